@@ -1,0 +1,321 @@
+//! Settings from the environment (`CLIENTAPI_*`, `DATABASE_URL`) over an optional TOML file,
+//! validated at start with every bad setting named. Secrets are wrapped so `Debug` redacts them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use url::Url;
+
+/// A value that must never be printed: `Debug` and `Display` show `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+    /// The value itself: call it only where the secret is used, never to log it.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The 32-byte master key that encrypts provider tokens at rest.
+pub type MasterKey = Secret<[u8; 32]>;
+
+/// One provider app's OAuth credentials and base URLs.
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret<String>>,
+    pub api_url: Url,
+    pub oauth_url: Url,
+}
+
+/// The service's validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// External Postgres; `None` runs the local cluster in `data_dir`.
+    pub database_url: Option<Secret<String>>,
+    pub data_dir: PathBuf,
+    pub bind: SocketAddr,
+    pub public_url: Url,
+    /// From `CLIENTAPI_SECRET_KEY`; `None` means "generate or read it in the data dir".
+    pub secret_key: Option<MasterKey>,
+    pub servicem8: ProviderSettings,
+    /// Days of request logs kept.
+    pub request_log_retention_days: u32,
+}
+
+/// Every setting: environment name, TOML key, default shown in docs.
+pub const SETTINGS: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database_url"),
+    ("CLIENTAPI_DATA_DIR", "data_dir"),
+    ("CLIENTAPI_BIND", "bind"),
+    ("CLIENTAPI_PUBLIC_URL", "public_url"),
+    ("CLIENTAPI_SECRET_KEY", "secret_key"),
+    ("CLIENTAPI_SERVICEM8_CLIENT_ID", "servicem8_client_id"),
+    ("CLIENTAPI_SERVICEM8_CLIENT_SECRET", "servicem8_client_secret"),
+    ("CLIENTAPI_SERVICEM8_API_URL", "servicem8_api_url"),
+    ("CLIENTAPI_SERVICEM8_OAUTH_URL", "servicem8_oauth_url"),
+    ("CLIENTAPI_REQUEST_LOG_RETENTION_DAYS", "request_log_retention_days"),
+];
+
+pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = ".clientapi";
+pub const DEFAULT_SERVICEM8_API_URL: &str = "https://api.servicem8.com/api_1.0";
+pub const DEFAULT_SERVICEM8_OAUTH_URL: &str = "https://go.servicem8.com/oauth";
+
+/// All the problems found in the settings, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|(k, m)| format!("  {k}: {m}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError(pub Vec<(String, String)>);
+
+impl Config {
+    /// Loads from the process environment and, if named by `--config` or `CLIENTAPI_CONFIG`,
+    /// a TOML file.
+    pub fn from_env(config_file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load(config_file, &env)
+    }
+
+    /// The pure core of loading: `env` wins over the file, the file over defaults.
+    pub fn load(config_file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut errors = Vec::new();
+        let mut raw: BTreeMap<&'static str, (String, String)> = BTreeMap::new();
+
+        let file = config_file
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("CLIENTAPI_CONFIG").filter(|s| !s.is_empty()).map(PathBuf::from));
+        if let Some(path) = &file {
+            match std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| text.parse::<toml::Table>().map_err(|e| e.message().to_owned()))
+            {
+                Err(e) => errors.push(("CLIENTAPI_CONFIG".into(), format!("{}: {e}", path.display()))),
+                Ok(table) => {
+                    for (key, value) in table {
+                        let source = format!("{} key `{key}`", path.display());
+                        match SETTINGS.iter().find(|(_, k)| *k == key) {
+                            None => errors.push((source, "unknown setting".into())),
+                            Some((_, k)) => match value {
+                                toml::Value::String(s) => {
+                                    raw.insert(k, (source, s));
+                                }
+                                toml::Value::Integer(i) => {
+                                    raw.insert(k, (source, i.to_string()));
+                                }
+                                other => errors.push((source, format!("expected a string, got {}", other.type_str()))),
+                            },
+                        }
+                    }
+                }
+            }
+        }
+        for (env_name, key) in SETTINGS {
+            if let Some(value) = env.get(*env_name).filter(|v| !v.is_empty()) {
+                raw.insert(key, (env_name.to_string(), value.clone()));
+            }
+        }
+
+        let get = |key: &str| raw.get(key).map(|(source, value)| (source.clone(), value.clone()));
+        let or_default =
+            |key: &str, default: &str| get(key).unwrap_or_else(|| (env_name_of(key).to_owned(), default.to_owned()));
+
+        let (src, v) = or_default("bind", DEFAULT_BIND);
+        let bind = v
+            .parse::<SocketAddr>()
+            .map_err(|_| errors.push((src, format!("not a socket address like {DEFAULT_BIND} (got {v:?})"))))
+            .ok();
+        let data_dir = PathBuf::from(or_default("data_dir", DEFAULT_DATA_DIR).1);
+
+        let public_url = match get("public_url") {
+            Some((src, v)) => parse_url(&src, &v, &mut errors),
+            None => bind.and_then(|b| {
+                let host = if b.ip().is_unspecified() { "127.0.0.1".to_string() } else { b.ip().to_string() };
+                let host = if b.is_ipv6() && !b.ip().is_unspecified() { format!("[{host}]") } else { host };
+                Url::parse(&format!("http://{host}:{}", b.port())).ok()
+            }),
+        };
+
+        let database_url = get("database_url").and_then(|(src, v)| {
+            if v.starts_with("postgres://") || v.starts_with("postgresql://") {
+                Some(Secret::new(v))
+            } else {
+                // Never echo the value: it may hold a password.
+                errors.push((src, "must be a postgres:// or postgresql:// URL".into()));
+                None
+            }
+        });
+
+        let secret_key = get("secret_key").and_then(|(src, v)| match parse_master_key(&v) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                errors.push((src, e));
+                None
+            }
+        });
+
+        let api_url = get("servicem8_api_url")
+            .map_or_else(|| Url::parse(DEFAULT_SERVICEM8_API_URL).ok(), |(s, v)| parse_url(&s, &v, &mut errors));
+        let oauth_url = get("servicem8_oauth_url")
+            .map_or_else(|| Url::parse(DEFAULT_SERVICEM8_OAUTH_URL).ok(), |(s, v)| parse_url(&s, &v, &mut errors));
+
+        let retention = match get("request_log_retention_days") {
+            None => Some(30),
+            Some((src, v)) => match v.parse::<u32>() {
+                Ok(d) if (1..=3650).contains(&d) => Some(d),
+                _ => {
+                    errors.push((src, format!("expected a number of days from 1 to 3650 (got {v:?})")));
+                    None
+                }
+            },
+        };
+
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
+        }
+        Ok(Config {
+            database_url,
+            data_dir,
+            bind: bind.expect("checked above"),
+            public_url: public_url.expect("checked above"),
+            secret_key,
+            servicem8: ProviderSettings {
+                client_id: get("servicem8_client_id").map(|(_, v)| v),
+                client_secret: get("servicem8_client_secret").map(|(_, v)| Secret::new(v)),
+                api_url: api_url.expect("checked above"),
+                oauth_url: oauth_url.expect("checked above"),
+            },
+            request_log_retention_days: retention.expect("checked above"),
+        })
+    }
+
+    /// The master key: configured, or read from (first run: generated into) the data dir, 0600.
+    pub fn master_key(&self) -> anyhow::Result<MasterKey> {
+        use anyhow::Context;
+        if let Some(key) = &self.secret_key {
+            return Ok(key.clone());
+        }
+        let path = self.data_dir.join("master.key");
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            return parse_master_key(text.trim()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+        }
+        std::fs::create_dir_all(&self.data_dir).with_context(|| format!("creating {}", self.data_dir.display()))?;
+        let key: [u8; 32] = rand::random();
+        clientapi_schema::local_pg::write_secret_file(&path, &BASE64.encode(key))
+            .with_context(|| format!("writing {}", path.display()))?;
+        tracing::info!(path = %path.display(), "generated a new master key for tokens at rest");
+        Ok(Secret::new(key))
+    }
+}
+
+fn env_name_of(key: &str) -> &'static str {
+    SETTINGS.iter().find(|(_, k)| *k == key).map(|(e, _)| *e).unwrap_or("?")
+}
+
+fn parse_url(source: &str, value: &str, errors: &mut Vec<(String, String)>) -> Option<Url> {
+    match Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
+        _ => {
+            errors.push((source.to_owned(), format!("expected an http(s) URL (got {value:?})")));
+            None
+        }
+    }
+}
+
+fn parse_master_key(value: &str) -> Result<MasterKey, String> {
+    let bytes = BASE64
+        .decode(value.trim())
+        .map_err(|_| "must be base64 (generate one with `openssl rand -base64 32`)".to_string())?;
+    let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| format!("must decode to 32 bytes, got {}", b.len()))?;
+    Ok(Secret::new(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let config = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(config.bind.to_string(), DEFAULT_BIND);
+        assert_eq!(config.public_url.as_str(), "http://127.0.0.1:8080/");
+        assert!(config.database_url.is_none());
+        assert_eq!(config.servicem8.api_url.as_str(), DEFAULT_SERVICEM8_API_URL);
+    }
+
+    #[test]
+    fn every_bad_setting_is_named_in_one_error() {
+        let err = Config::load(
+            None,
+            &env(&[
+                ("CLIENTAPI_BIND", "nope"),
+                ("CLIENTAPI_SECRET_KEY", "c2hvcnQ="),
+                ("DATABASE_URL", "mysql://root:hunter2@x/db"),
+                ("CLIENTAPI_SERVICEM8_API_URL", "ftp://x"),
+            ]),
+        )
+        .unwrap_err();
+        let names: Vec<&str> = err.0.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["CLIENTAPI_BIND", "DATABASE_URL", "CLIENTAPI_SECRET_KEY", "CLIENTAPI_SERVICEM8_API_URL"]);
+        assert!(!err.to_string().contains("hunter2"), "a bad DATABASE_URL must not be echoed");
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "bind = \"127.0.0.1:9000\"\ndata_dir = \"/x\"\nbogus = \"1\"\n").unwrap();
+        let err = Config::load(Some(&file), &env(&[])).unwrap_err();
+        assert!(err.0[0].0.ends_with("key `bogus`"), "{err}");
+
+        std::fs::write(&file, "bind = \"127.0.0.1:9000\"\ndata_dir = \"/x\"\n").unwrap();
+        let config = Config::load(Some(&file), &env(&[("CLIENTAPI_BIND", "127.0.0.1:9100")])).unwrap();
+        assert_eq!(config.bind.port(), 9100);
+        assert_eq!(config.data_dir, PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let key = BASE64.encode([7u8; 32]);
+        let config = Config::load(
+            None,
+            &env(&[
+                ("DATABASE_URL", "postgres://u:hunter2@h/db"),
+                ("CLIENTAPI_SECRET_KEY", &key),
+                ("CLIENTAPI_SERVICEM8_CLIENT_SECRET", "sm8-secret"),
+            ]),
+        )
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains(&key) && !shown.contains("sm8-secret"), "{shown}");
+    }
+
+    #[test]
+    fn the_master_key_is_generated_once_with_mode_0600_and_then_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let config = Config::load(None, &env(&[("CLIENTAPI_DATA_DIR", data_dir.to_str().unwrap())])).unwrap();
+        let first = config.master_key().unwrap();
+        let mode = std::fs::metadata(data_dir.join("master.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(config.master_key().unwrap().expose(), first.expose());
+    }
+}

@@ -1,0 +1,29 @@
+//! The HTTP surface: one router per area, merged here, under the request-context middleware.
+
+pub mod health;
+pub mod request_context;
+
+use axum::Router;
+use axum::http::StatusCode;
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// The whole application router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(request_context::request_context))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+/// A handler panic still answers problem+json (and is logged); the connection survives.
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    tracing::error!("handler panicked");
+    let mut response = axum::response::IntoResponse::into_response(ApiError::Internal(anyhow::anyhow!("panic")));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}

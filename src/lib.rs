@@ -1,0 +1,11 @@
+//! clientapi: the service. CLI, configuration, startup, the HTTP surface (public REST, admin
+//! API), authentication and the request log. Provider access lives in `clientapi-sync`, the
+//! mirror in `clientapi-schema`, GraphQL in `clientapi-graphql`.
+
+pub mod accounts;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,131 @@
+//! Startup: the database (local cluster or `DATABASE_URL`), the shared `AppState`, the HTTP
+//! server, and graceful shutdown through one cancellation token. Tests build the same thing.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clientapi_schema::db;
+use clientapi_schema::local_pg::{Durability, LocalPostgres};
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, MasterKey};
+
+/// Everything a handler or worker needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub config: Arc<Config>,
+    pub master_key: Arc<MasterKey>,
+    pub shutdown: CancellationToken,
+}
+
+/// The service's database: a pool, and the local cluster behind it when there is one.
+pub struct Database {
+    pub pool: PgPool,
+    local: Option<LocalPostgres>,
+}
+
+impl Database {
+    /// Connects (starting the local cluster when `DATABASE_URL` is unset) and migrates.
+    pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        let (options, local) = match &config.database_url {
+            Some(url) => {
+                let options = PgConnectOptions::from_str(url.expose()).context("parsing DATABASE_URL")?;
+                (options, None)
+            }
+            None => {
+                let dir = config.data_dir.clone();
+                let local = tokio::task::spawn_blocking(move || LocalPostgres::start(&dir, Durability::Durable))
+                    .await
+                    .context("local Postgres start-up task")?
+                    .context("starting the local Postgres")?;
+                db::ensure_database(&local.connect_options("postgres"), db::SERVICE_DATABASE, None)
+                    .await
+                    .context("creating the service database")?;
+                (local.connect_options(db::SERVICE_DATABASE), Some(local))
+            }
+        };
+        let pool = db::connect(options).await.context("connecting to Postgres")?;
+        db::migrate(&pool).await.context("running migrations")?;
+        Ok(Self { pool, local })
+    }
+
+    /// Closes the pool, then stops the local cluster if this process owns it.
+    pub async fn close(self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        if let Some(local) = self.local {
+            tokio::task::spawn_blocking(move || local.stop()).await??;
+        }
+        Ok(())
+    }
+}
+
+/// A built, bound, not yet running service.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    database: Database,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let master_key = config.master_key()?;
+        let database = Database::open(&config).await?;
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .with_context(|| format!("binding {} (CLIENTAPI_BIND)", config.bind))?;
+        crate::telemetry::metrics_handle();
+        let state = AppState {
+            db: database.pool.clone(),
+            config: Arc::new(config),
+            master_key: Arc::new(master_key),
+            shutdown: CancellationToken::new(),
+        };
+        Ok(Self { listener, state, database })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` fires, then drains in-flight requests and stops the database.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { listener, state, database } = self;
+        let app_shutdown = state.shutdown.clone();
+        let router = crate::http::router(state);
+        tracing::info!(addr = %listener.local_addr()?, "serving");
+        let signal = shutdown.clone();
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { signal.cancelled().await })
+            .await
+            .context("HTTP server")?;
+        app_shutdown.cancel();
+        tracing::info!("HTTP server stopped; closing the database");
+        database.close().await
+    }
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+        trigger.cancel();
+    });
+    token
+}

@@ -1,0 +1,81 @@
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_200_when_the_database_is_up() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["database"], "ok");
+}
+
+#[tokio::test]
+async fn readyz_answers_503_problem_json_when_the_database_is_gone() {
+    let app = spawn_app().await;
+    app.db.close().await;
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert!(response.headers().contains_key("retry-after"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "unavailable");
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_counting_requests_by_route_and_status() {
+    let app = spawn_app().await;
+    app.get("/healthz").await;
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("http_requests_total") && l.contains("route=\"/healthz\"") && l.contains("status=\"200\"")
+        })
+        .unwrap_or_else(|| panic!("no /healthz counter in:\n{text}"));
+    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 1.0);
+    assert!(text.contains("http_request_duration_seconds_bucket"));
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_echoing_a_sane_one() {
+    let app = spawn_app().await;
+
+    let generated = app.get("/healthz").await;
+    let id = generated.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "generated id {id:?} is not a UUID");
+
+    let echoed = app.client.get(app.url("/healthz")).header("x-request-id", "abc-123_X.y").send().await.unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "abc-123_X.y");
+
+    for hostile in ["a b", "<script>", &"x".repeat(200)] {
+        let replaced = app.client.get(app.url("/healthz")).header("x-request-id", hostile).send().await.unwrap();
+        let id = replaced.headers()["x-request-id"].to_str().unwrap();
+        assert_ne!(id, hostile);
+        assert!(uuid::Uuid::parse_str(id).is_ok());
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_problem_json_with_the_request_id_as_instance() {
+    let app = spawn_app().await;
+    let response = app.client.get(app.url("/no/such/thing")).header("x-request-id", "req-42").send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["instance"], "req-42");
+    assert_eq!(body["code"], "not_found");
+    assert_eq!(body["status"], 404);
+    for field in ["type", "title", "detail"] {
+        assert!(body[field].is_string(), "{field} missing in {body}");
+    }
+
+    let response = app.client.post(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "method_not_allowed");
+}

@@ -1,0 +1,237 @@
+//! The test harness: one local Postgres cluster per test run (or `DATABASE_URL`), one database
+//! per test cloned from a migrated template, and the app on port 0, driven over HTTP.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use clientapi::config::Config;
+use clientapi::startup::Application;
+use clientapi_schema::db;
+use clientapi_schema::local_pg::{Durability, LocalPostgres};
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use tokio_util::sync::CancellationToken;
+
+/// A fixed master key for tests (base64 of 32 bytes of 0x2a).
+pub const TEST_MASTER_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+
+enum Cluster {
+    /// Started for this run; never stopped explicitly: the parent-death signal stops it when
+    /// the test process exits.
+    Local(LocalPostgres),
+    External(Box<(PgConnectOptions, url::Url)>),
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+
+fn init_test_logging() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        clientapi::telemetry::init_logging("info,sqlx=warn");
+    }
+}
+
+/// Where this run keeps scratch: clusters of earlier runs whose process is gone are removed.
+pub fn scratch_root() -> PathBuf {
+    let root = std::env::temp_dir().join("clientapi-tests");
+    std::fs::create_dir_all(&root).unwrap();
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(pid) = name.strip_prefix("run-").and_then(|p| p.parse::<u32>().ok())
+                && pid != std::process::id()
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    root.join(format!("run-{}", std::process::id()))
+}
+
+fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        init_test_logging();
+        match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.is_empty() => {
+                let options = PgConnectOptions::from_str(&url).expect("DATABASE_URL must parse");
+                Cluster::External(Box::new((options, url::Url::parse(&url).expect("DATABASE_URL must be a URL"))))
+            }
+            _ => Cluster::Local(
+                LocalPostgres::start(&scratch_root().join("pg"), Durability::Ephemeral)
+                    .expect("starting the test run's local Postgres"),
+            ),
+        }
+    })
+}
+
+/// Options and URL for `database` on the test cluster.
+pub fn database_target(database: &str) -> (PgConnectOptions, String) {
+    match cluster() {
+        Cluster::Local(pg) => (pg.connect_options(database), pg.url(database)),
+        Cluster::External(external) => {
+            let (options, url) = &**external;
+            let mut url = url.clone();
+            url.set_path(database);
+            (options.clone().database(database), url.to_string())
+        }
+    }
+}
+
+/// A fresh database for one test, cloned from the migrated template. Returns its name.
+pub async fn fresh_database() -> String {
+    let template = TEMPLATE
+        .get_or_init(|| async {
+            let name = format!("clientapi_template_{}", std::process::id());
+            let (maintenance, _) = database_target("postgres");
+            db::ensure_database(&maintenance, &name, None).await.expect("creating the template database");
+            let (options, _) = database_target(&name);
+            let pool = db::connect(options).await.expect("connecting to the template");
+            db::migrate(&pool).await.expect("migrating the template");
+            pool.close().await;
+            name
+        })
+        .await;
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let (maintenance, _) = database_target("postgres");
+    db::ensure_database(&maintenance, &name, Some(template)).await.expect("cloning the template");
+    name
+}
+
+/// A running app on its own database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub db: PgPool,
+    pub shutdown: CancellationToken,
+    _data_dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("request failed")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Settings for a test: the given database, port 0, a scratch data dir, a fixed master key.
+pub fn test_config(database_url: &str, data_dir: &Path, extra: &[(&str, &str)]) -> Config {
+    let mut env: HashMap<String, String> = [
+        ("DATABASE_URL", database_url),
+        ("CLIENTAPI_BIND", "127.0.0.1:0"),
+        ("CLIENTAPI_DATA_DIR", data_dir.to_str().unwrap()),
+        ("CLIENTAPI_SECRET_KEY", TEST_MASTER_KEY),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Config::load(None, &env).expect("test config is valid")
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Spawns the app with extra settings (environment names and values).
+pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
+    let name = fresh_database().await;
+    let (_, database_url) = database_target(&name);
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = test_config(&database_url, data_dir.path(), extra);
+    let app = Application::build(config).await.expect("building the app");
+    let addr = app.local_addr();
+    let db = app.state().db.clone();
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = app.run_until_stopped(stop).await {
+            eprintln!("test app stopped with an error: {e:#}");
+        }
+    });
+    TestApp {
+        addr,
+        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        db,
+        shutdown,
+        _data_dir: data_dir,
+    }
+}
+
+/// A free loopback port (released before it is returned, so racy but fine on a test machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The `clientapi` binary run as a child process, as an operator would.
+pub fn clientapi(args: &[&str], envs: &[(&str, &str)]) -> Command {
+    clientapi_at(Path::new(env!("CARGO_BIN_EXE_clientapi")), args, envs)
+}
+
+pub fn clientapi_at(binary: &Path, args: &[&str], envs: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(binary);
+    cmd.args(args).env_remove("DATABASE_URL").env_remove("CLIENTAPI_CONFIG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Waits until `GET /readyz` on `port` answers 200, or panics with the child's stderr.
+pub fn wait_ready(child: &mut Child, port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the service exited early ({status}): {}", read_stderr(child));
+        }
+        if http_status(port, "/readyz") == Some(200) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the service was not ready within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn read_stderr(child: &mut Child) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut text);
+    }
+    text
+}
+
+/// A bare HTTP/1.1 GET over loopback (blocking), returning the status code.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Spawns `serve` with piped stderr.
+pub fn spawn_serve(cmd: &mut Command) -> Child {
+    cmd.arg("serve")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning clientapi serve")
+}
