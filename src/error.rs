@@ -39,6 +39,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
+    #[error("bad gateway: {detail}")]
+    BadGateway { detail: String },
     #[error("service unavailable: {detail}")]
     Unavailable { detail: String, retry_after_secs: Option<u64> },
     #[error(transparent)]
@@ -77,6 +79,7 @@ impl ApiError {
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::BadGateway { .. } => (StatusCode::BAD_GATEWAY, "provider_error"),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -90,6 +93,7 @@ impl ApiError {
             ApiError::Forbidden { detail, .. }
             | ApiError::BadRequest { detail, .. }
             | ApiError::Conflict { detail, .. }
+            | ApiError::BadGateway { detail }
             | ApiError::Unavailable { detail, .. } => detail.clone(),
             ApiError::Invalid(errors) => {
                 let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();

@@ -14,6 +14,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, MasterKey};
+use clientapi_sync::Providers;
+use clientapi_sync::connections::TokenManager;
+use clientapi_sync::crypto::Cipher;
+use clientapi_sync::servicem8::{ServiceM8, ServiceM8Config};
 
 /// Everything a handler or worker needs, cheap to clone.
 #[derive(Clone)]
@@ -21,6 +25,8 @@ pub struct AppState {
     pub db: PgPool,
     pub config: Arc<Config>,
     pub master_key: Arc<MasterKey>,
+    pub providers: Providers,
+    pub tokens: TokenManager,
     pub shutdown: CancellationToken,
 }
 
@@ -82,6 +88,8 @@ impl Application {
         crate::telemetry::metrics_handle();
         let state = AppState {
             db: database.pool.clone(),
+            providers: providers(&config),
+            tokens: TokenManager::new(database.pool.clone(), Cipher::new(master_key.expose())),
             config: Arc::new(config),
             master_key: Arc::new(master_key),
             shutdown: CancellationToken::new(),
@@ -111,6 +119,19 @@ impl Application {
         app_shutdown.cancel();
         tracing::info!("HTTP server stopped; closing the database");
         database.close().await
+    }
+}
+
+/// The provider adapters, configured from settings.
+pub fn providers(config: &Config) -> Providers {
+    Providers {
+        servicem8: Arc::new(ServiceM8::new(ServiceM8Config {
+            api_url: config.servicem8.api_url.clone(),
+            oauth_url: config.servicem8.oauth_url.clone(),
+            client_id: config.servicem8.client_id.clone(),
+            client_secret: config.servicem8.client_secret.clone(),
+            currency: "AUD".into(),
+        })),
     }
 }
 

@@ -4,5 +4,7 @@
 pub mod db;
 pub mod ids;
 pub mod local_pg;
+pub mod model;
+pub mod secret;
 
 pub use ids::*;

@@ -1,5 +1,7 @@
 //! The HTTP surface: one router per area, merged here, under the request-context middleware.
 
+pub mod admin;
+pub mod extract;
 pub mod health;
 pub mod request_context;
 
@@ -13,6 +15,7 @@ use crate::startup::AppState;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(admin::router())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(request_context::request_context))

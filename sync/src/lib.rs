@@ -1,1 +1,28 @@
-//! placeholder
+//! clientapi-sync: provider adapters (ServiceM8), OAuth tokens, the sync engine and its
+//! scheduler, and provider simulators. Knows the mirror through `clientapi-schema`; knows
+//! nothing of the public API or GraphQL (the simulators serve HTTP only as provider stand-ins).
+
+pub mod connections;
+pub mod crypto;
+pub mod oauth;
+pub mod provider;
+pub mod servicem8;
+pub mod simulator;
+
+use std::sync::Arc;
+
+use provider::{Provider, ProviderKind};
+
+/// The configured provider adapters, by kind.
+#[derive(Clone)]
+pub struct Providers {
+    pub servicem8: Arc<servicem8::ServiceM8>,
+}
+
+impl Providers {
+    pub fn get(&self, kind: ProviderKind) -> Arc<dyn Provider> {
+        match kind {
+            ProviderKind::ServiceM8 => self.servicem8.clone(),
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The unified record model (DESIGN.md §4): what every provider adapter produces and the mirror
+//! stores. Public ids are the provider's own ids. Money is a decimal with a currency, never a float.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// The unified resources, in the order a sync visits them (owners before what they own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resource {
+    Client,
+    Contact,
+    Job,
+    Invoice,
+    LineItem,
+    Payment,
+    Attachment,
+}
+
+impl Resource {
+    pub const ALL: [Resource; 7] = [
+        Resource::Client,
+        Resource::Contact,
+        Resource::Job,
+        Resource::Invoice,
+        Resource::LineItem,
+        Resource::Payment,
+        Resource::Attachment,
+    ];
+
+    pub fn singular(self) -> &'static str {
+        match self {
+            Resource::Client => "client",
+            Resource::Contact => "contact",
+            Resource::Job => "job",
+            Resource::Invoice => "invoice",
+            Resource::LineItem => "line_item",
+            Resource::Payment => "payment",
+            Resource::Attachment => "attachment",
+        }
+    }
+
+    /// The plural, which is also the mirror table's name and the REST path segment.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Resource::Client => "clients",
+            Resource::Contact => "contacts",
+            Resource::Job => "jobs",
+            Resource::Invoice => "invoices",
+            Resource::LineItem => "line_items",
+            Resource::Payment => "payments",
+            Resource::Attachment => "attachments",
+        }
+    }
+
+    /// Accepts the singular or the plural name.
+    pub fn parse(name: &str) -> Option<Resource> {
+        Resource::ALL.into_iter().find(|r| r.singular() == name || r.plural() == name)
+    }
+}
+
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.singular())
+    }
+}
+
+/// How a record finds its company (the unit of scope).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Owner {
+    /// Directly: the company's (client's) provider id.
+    Company(String),
+    /// Through a job: the record belongs to whichever company owns the job, and moves with it.
+    Job(String),
+    /// No company at all (counted by the sync, never exposed).
+    Unowned,
+}
+
+/// One provider record, mapped to the unified model, with its raw payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub external_id: String,
+    pub owner: Owner,
+    pub created_at: Option<DateTime<Utc>>,
+    pub remote_updated_at: Option<DateTime<Utc>>,
+    /// The provider marks it deleted (ServiceM8 `active = 0`): a tombstone in the mirror.
+    pub deleted: bool,
+    pub fields: Fields,
+    pub remote_data: serde_json::Value,
+}
+
+impl Record {
+    pub fn resource(&self) -> Resource {
+        self.fields.resource()
+    }
+}
+
+/// The typed, unified columns of each resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "resource", rename_all = "snake_case")]
+pub enum Fields {
+    Client(ClientFields),
+    Contact(ContactFields),
+    Job(JobFields),
+    Invoice(InvoiceFields),
+    LineItem(LineItemFields),
+    Payment(PaymentFields),
+    Attachment(AttachmentFields),
+}
+
+impl Fields {
+    pub fn resource(&self) -> Resource {
+        match self {
+            Fields::Client(_) => Resource::Client,
+            Fields::Contact(_) => Resource::Contact,
+            Fields::Job(_) => Resource::Job,
+            Fields::Invoice(_) => Resource::Invoice,
+            Fields::LineItem(_) => Resource::LineItem,
+            Fields::Payment(_) => Resource::Payment,
+            Fields::Attachment(_) => Resource::Attachment,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientFields {
+    pub name: String,
+    pub is_individual: bool,
+    pub address: Option<String>,
+    pub billing_address: Option<String>,
+    pub website: Option<String>,
+    /// A site's head office (ServiceM8 `parent_company_uuid`); sites share their head office's scope.
+    pub parent_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContactFields {
+    pub client_id: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub mobile: Option<String>,
+    pub kind: Option<String>,
+    pub is_primary: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobFields {
+    pub client_id: Option<String>,
+    pub number: Option<i64>,
+    pub status: String,
+    pub description: Option<String>,
+    pub address: Option<String>,
+    pub purchase_order: Option<String>,
+    pub scheduled_on: Option<NaiveDate>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub total: Option<Decimal>,
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InvoiceFields {
+    pub client_id: Option<String>,
+    pub job_id: Option<String>,
+    pub number: Option<i64>,
+    /// `draft`, `awaiting_payment` or `paid`.
+    pub status: String,
+    pub issued_at: Option<DateTime<Utc>>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub total: Option<Decimal>,
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LineItemFields {
+    pub job_id: Option<String>,
+    pub invoice_id: Option<String>,
+    pub name: String,
+    pub quantity: Decimal,
+    pub unit_price: Option<Decimal>,
+    pub total: Option<Decimal>,
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PaymentFields {
+    pub job_id: Option<String>,
+    pub invoice_id: Option<String>,
+    pub amount: Decimal,
+    pub method: Option<String>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub note: Option<String>,
+    pub is_deposit: bool,
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttachmentFields {
+    pub job_id: Option<String>,
+    pub related_object: Option<String>,
+    pub related_object_id: Option<String>,
+    pub name: String,
+    pub file_type: Option<String>,
+    pub source: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_parse_by_singular_or_plural_name() {
+        for r in Resource::ALL {
+            assert_eq!(Resource::parse(r.singular()), Some(r));
+            assert_eq!(Resource::parse(r.plural()), Some(r));
+        }
+        assert_eq!(Resource::parse("jobz"), None);
+    }
+}

@@ -1,0 +1,141 @@
+//! Connecting provider accounts (the OAuth flow) and managing connections.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use clientapi_schema::ConnectionId;
+use clientapi_sync::connections::{self, Connection};
+use clientapi_sync::oauth::{self, OAuthError};
+use clientapi_sync::provider::{ProviderError, ProviderKind};
+use serde::Deserialize;
+use serde_json::json;
+use url::Url;
+
+use super::auth::AdminAuth;
+use crate::error::ApiError;
+use crate::http::extract::{ApiQuery, parse_id};
+use crate::startup::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/connections/{provider}/authorize", post(authorize_connection))
+        .route("/api/admin/oauth/{provider}/callback", get(oauth_callback))
+        .route("/api/admin/connections", get(list_connections))
+        .route("/api/admin/connections/{id}", get(get_connection).delete(delete_connection))
+}
+
+fn provider_kind(name: &str) -> Result<ProviderKind, ApiError> {
+    ProviderKind::parse(name).ok_or(ApiError::NotFound)
+}
+
+/// Where the provider sends the admin back to.
+pub fn redirect_uri(state: &AppState, kind: ProviderKind) -> Url {
+    let base = state.config.public_url.as_str().trim_end_matches('/');
+    Url::parse(&format!("{base}/api/admin/oauth/{}/callback", kind.as_str())).expect("public URL is valid")
+}
+
+pub fn provider_error(e: ProviderError) -> ApiError {
+    match e {
+        ProviderError::NotConfigured(detail) => ApiError::Conflict { code: "provider_not_configured", detail },
+        ProviderError::InvalidGrant => ApiError::BadRequest {
+            code: "invalid_grant",
+            detail: "The provider refused the authorization code; start the connection again.".into(),
+        },
+        other => ApiError::BadGateway { detail: format!("The provider failed: {other}") },
+    }
+}
+
+async fn authorize_connection(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    Path(provider): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let kind = provider_kind(&provider)?;
+    let adapter = state.providers.get(kind);
+    let url = oauth::begin(
+        &state.db,
+        state.tokens.cipher(),
+        adapter.as_ref(),
+        admin.account_id,
+        admin.user_id,
+        &redirect_uri(&state, kind),
+    )
+    .await
+    .map_err(oauth_error)?;
+    Ok(Json(json!({ "authorize_url": url.as_str(), "expires_in": oauth::STATE_TTL_MINUTES * 60 })))
+}
+
+#[derive(Deserialize)]
+struct CallbackParams {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+fn oauth_error(e: OAuthError) -> ApiError {
+    match e {
+        OAuthError::InvalidState => ApiError::BadRequest { code: "invalid_state", detail: e.to_string() },
+        OAuthError::Denied(why) => {
+            ApiError::BadRequest { code: "access_denied", detail: format!("Access was denied: {why}") }
+        }
+        OAuthError::Provider(p) => provider_error(p),
+        OAuthError::Database(d) => ApiError::from(d),
+    }
+}
+
+async fn oauth_callback(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    Path(provider): Path<String>,
+    ApiQuery(params): ApiQuery<CallbackParams>,
+) -> Result<impl IntoResponse, ApiError> {
+    let kind = provider_kind(&provider)?;
+    if let Some(error) = params.error {
+        return Err(oauth_error(OAuthError::Denied(error.chars().take(100).collect())));
+    }
+    let (Some(code), Some(oauth_state)) = (params.code, params.state) else {
+        return Err(oauth_error(OAuthError::InvalidState));
+    };
+    let adapter = state.providers.get(kind);
+    let connection = oauth::complete(
+        &state.db,
+        state.tokens.cipher(),
+        adapter.as_ref(),
+        admin.user_id,
+        &oauth_state,
+        &code,
+        &redirect_uri(&state, kind),
+    )
+    .await
+    .map_err(oauth_error)?;
+    Ok((StatusCode::CREATED, Json(connection)))
+}
+
+async fn list_connections(State(state): State<AppState>, admin: AdminAuth) -> Result<Json<Vec<Connection>>, ApiError> {
+    Ok(Json(connections::list(&state.db, admin.account_id).await?))
+}
+
+async fn get_connection(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Connection>, ApiError> {
+    let id = ConnectionId(parse_id(&id)?);
+    connections::get(&state.db, admin.account_id, id).await?.map(Json).ok_or(ApiError::NotFound)
+}
+
+async fn delete_connection(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = ConnectionId(parse_id(&id)?);
+    if connections::disconnect(&state.db, admin.account_id, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound)
+    }
+}

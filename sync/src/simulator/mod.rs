@@ -1,0 +1,3 @@
+//! Provider simulators: stand-ins for provider servers on loopback, for tests and the demo.
+
+pub mod servicem8;
