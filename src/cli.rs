@@ -31,6 +31,61 @@ pub enum Command {
     /// Manage admin API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Run a provider simulator on loopback (for development, tests and the demo).
+    #[command(subcommand)]
+    Simulate(SimulateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimulateCommand {
+    /// ServiceM8's OAuth and api_1.0 REST shape, with generated data and fault knobs.
+    Servicem8(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// 0 picks a free port.
+    #[arg(long, default_value_t = 8090)]
+    pub port: u16,
+    #[arg(long, default_value_t = 30)]
+    pub companies: usize,
+    #[arg(long, default_value_t = 100)]
+    pub jobs_per_company: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 5000)]
+    pub page_size: usize,
+    #[arg(long, default_value = "sim-client")]
+    pub client_id: String,
+    #[arg(long, default_value = "sim-secret")]
+    pub client_secret: String,
+    /// Access-token lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub token_ttl: u64,
+    /// Keep refresh tokens valid across refreshes (default: rotate on every refresh).
+    #[arg(long)]
+    pub no_rotate: bool,
+    #[arg(long, default_value_t = 180)]
+    pub per_minute: u32,
+    #[arg(long, default_value_t = 20_000)]
+    pub per_day: u32,
+    /// Probability (0–1) of an injected 429 on each API request.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_429: f64,
+    /// Retry-After seconds sent with 429s (omit for none).
+    #[arg(long)]
+    pub retry_after: Option<u64>,
+    /// Probability (0–1) of a 500 on each API request.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_5xx: f64,
+    /// Probability (0–1) of a truncated JSON body.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_truncated: f64,
+    /// Added latency per API request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("created user {user} in account {account}");
             Ok(())
         }
+        Command::Simulate(SimulateCommand::Servicem8(args)) => simulate_servicem8(args).await,
         Command::Token(TokenCommand::Create { email, name }) => {
             let db = Database::open(&config).await?;
             let result = crate::accounts::create_admin_token(&db.pool, &email, &name).await;
@@ -99,6 +155,49 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn simulate_servicem8(args: SimulateArgs) -> anyhow::Result<()> {
+    use clientapi_sync::simulator::servicem8::{FaultKnobs, SimConfig, Simulator};
+    for (name, p) in
+        [("--rate-429", args.rate_429), ("--rate-5xx", args.rate_5xx), ("--rate-truncated", args.rate_truncated)]
+    {
+        if !(0.0..=1.0).contains(&p) {
+            bail!("{name} must be a probability from 0 to 1");
+        }
+    }
+    let config = SimConfig {
+        companies: args.companies,
+        jobs_per_company: args.jobs_per_company,
+        seed: args.seed,
+        client_id: args.client_id,
+        client_secret: args.client_secret,
+        page_size: args.page_size.max(1),
+        access_token_ttl: std::time::Duration::from_secs(args.token_ttl),
+        rotate_refresh_tokens: !args.no_rotate,
+        per_minute_limit: args.per_minute,
+        per_day_limit: args.per_day,
+        faults: FaultKnobs {
+            rate_429: args.rate_429,
+            retry_after_secs: args.retry_after,
+            rate_5xx: args.rate_5xx,
+            rate_truncated: args.rate_truncated,
+            latency: std::time::Duration::from_millis(args.latency_ms),
+        },
+    };
+    let (client_id, client_secret) = (config.client_id.clone(), config.client_secret.clone());
+    let running = Simulator::spawn(config, std::net::SocketAddr::new(args.host, args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+    println!("ServiceM8 simulator on {}", running.base_url());
+    println!("  CLIENTAPI_SERVICEM8_API_URL={}", running.api_url());
+    println!("  CLIENTAPI_SERVICEM8_OAUTH_URL={}", running.oauth_url());
+    println!("  CLIENTAPI_SERVICEM8_CLIENT_ID={client_id}");
+    println!("  CLIENTAPI_SERVICEM8_CLIENT_SECRET={client_secret}");
+    let shutdown = shutdown_on_signals();
+    shutdown.cancelled().await;
+    drop(running);
+    Ok(())
 }
 
 fn read_password(from_stdin: bool) -> anyhow::Result<String> {

@@ -79,12 +79,16 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+    pub async fn build(mut config: Config) -> anyhow::Result<Self> {
         let master_key = config.master_key()?;
         let database = Database::open(&config).await?;
         let listener = TcpListener::bind(config.bind)
             .await
             .with_context(|| format!("binding {} (CLIENTAPI_BIND)", config.bind))?;
+        // A public URL derived from a port-0 bind means "wherever we ended up".
+        if config.public_url.port() == Some(0) {
+            let _ = config.public_url.set_port(Some(listener.local_addr()?.port()));
+        }
         crate::telemetry::metrics_handle();
         let state = AppState {
             db: database.pool.clone(),

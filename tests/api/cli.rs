@@ -169,3 +169,30 @@ async fn user_create_refuses_a_short_password_and_a_duplicate_email() {
         assert!(!stderr.contains(stdin.trim()), "the password must not be echoed");
     }
 }
+
+#[test]
+fn simulate_servicem8_serves_the_provider_shape_until_stopped() {
+    let port = free_port();
+    let mut sim = clientapi(
+        &["simulate", "servicem8", "--port", &port.to_string(), "--companies", "2", "--jobs-per-company", "3"],
+        &[],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut waited = 0;
+    // Unauthenticated API calls answer ServiceM8's 401; the authorize page redirects.
+    while crate::helpers::http_status(port, "/api_1.0/job.json") != Some(401) {
+        assert!(waited < 300, "the simulator did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    let redirect = crate::helpers::http_status(
+        port,
+        "/oauth/authorize?response_type=code&client_id=sim-client&redirect_uri=http%3A%2F%2F127.0.0.1%3A1%2Fcb&state=s",
+    );
+    assert_eq!(redirect, Some(302));
+    kill(Pid::from_raw(sim.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(sim.wait().unwrap().success());
+}

@@ -106,6 +106,7 @@ pub async fn fresh_database() -> String {
 /// A running app on its own database.
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub state: clientapi::startup::AppState,
     pub client: reqwest::Client,
     pub db: PgPool,
     pub shutdown: CancellationToken,
@@ -156,6 +157,7 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     let app = Application::build(config).await.expect("building the app");
     let addr = app.local_addr();
     let db = app.state().db.clone();
+    let state = app.state().clone();
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -165,6 +167,7 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     });
     TestApp {
         addr,
+        state,
         client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
         db,
         shutdown,
@@ -234,4 +237,51 @@ pub fn spawn_serve(cmd: &mut Command) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning clientapi serve")
+}
+
+/// A ServiceM8 simulator on a loopback port.
+pub async fn spawn_sim(
+    config: clientapi_sync::simulator::servicem8::SimConfig,
+) -> clientapi_sync::simulator::servicem8::Running {
+    clientapi_sync::simulator::servicem8::Simulator::spawn(config, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+/// The app, configured to use `sim` as ServiceM8.
+pub async fn spawn_app_for(sim: &clientapi_sync::simulator::servicem8::Running) -> TestApp {
+    let (api, oauth) = (sim.api_url(), sim.oauth_url());
+    let config = sim.sim.config().clone();
+    spawn_app_with(&[
+        ("CLIENTAPI_SERVICEM8_API_URL", &api),
+        ("CLIENTAPI_SERVICEM8_OAUTH_URL", &oauth),
+        ("CLIENTAPI_SERVICEM8_CLIENT_ID", &config.client_id),
+        ("CLIENTAPI_SERVICEM8_CLIENT_SECRET", &config.client_secret),
+    ])
+    .await
+}
+
+/// Creates an admin user in `account` and returns an `ak_` token for it.
+pub async fn admin_token(app: &TestApp, email: &str, account: &str) -> String {
+    clientapi::accounts::create_user(&app.db, email, "a long enough password".into(), account).await.unwrap();
+    clientapi::accounts::create_admin_token(&app.db, email, "test").await.unwrap()
+}
+
+/// Starts the OAuth flow as `token`'s admin; returns the provider's redirect back to us.
+pub async fn authorize_redirect(app: &TestApp, token: &str) -> String {
+    let response =
+        app.client.post(app.url("/api/admin/connections/servicem8/authorize")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let body: serde_json::Value = response.json().await.unwrap();
+    let authorize_url = body["authorize_url"].as_str().unwrap().to_owned();
+    // The simulator approves at once and redirects back to the callback.
+    let approval = app.client.get(&authorize_url).send().await.unwrap();
+    assert_eq!(approval.status(), 302);
+    approval.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// Runs the whole OAuth flow over HTTP; returns the new connection.
+pub async fn connect_servicem8(app: &TestApp, token: &str) -> serde_json::Value {
+    let callback = authorize_redirect(app, token).await;
+    let response = app.client.get(&callback).bearer_auth(token).send().await.unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    response.json().await.unwrap()
 }

@@ -5,3 +5,4 @@ mod health;
 mod helpers;
 mod local_postgres;
 mod migrations;
+mod servicem8;

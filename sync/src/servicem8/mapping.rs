@@ -95,7 +95,8 @@ impl<'a> Raw<'a> {
     /// `YYYY-MM-DD HH:MM:SS` (or a bare date); the all-zero "no date" is `None`.
     pub fn datetime(&self, field: &str) -> Result<Option<DateTime<Utc>>, RecordError> {
         let Some(text) = self.text(field) else { return Ok(None) };
-        parse_datetime(&text).map_err(|()| self.err(field, format!("expected YYYY-MM-DD HH:MM:SS, got {text:?}")))
+        parse_datetime(&text)
+            .map_err(|BadDatetime| self.err(field, format!("expected YYYY-MM-DD HH:MM:SS, got {text:?}")))
     }
 
     pub fn date(&self, field: &str) -> Result<Option<NaiveDate>, RecordError> {
@@ -108,7 +109,7 @@ impl<'a> Raw<'a> {
 }
 
 /// Parses a ServiceM8 datetime; `Ok(None)` for the all-zero placeholder.
-pub fn parse_datetime(text: &str) -> Result<Option<DateTime<Utc>>, ()> {
+pub fn parse_datetime(text: &str) -> Result<Option<DateTime<Utc>>, BadDatetime> {
     let text = text.trim();
     if text.is_empty() || text.starts_with("0000-00-00") {
         return Ok(None);
@@ -119,8 +120,12 @@ pub fn parse_datetime(text: &str) -> Result<Option<DateTime<Utc>>, ()> {
     if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(Some(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()));
     }
-    Err(())
+    Err(BadDatetime)
 }
+
+/// A ServiceM8 datetime in neither of its two formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadDatetime;
 
 fn kind_of(v: &Value) -> &'static str {
     match v {

@@ -147,23 +147,7 @@ impl ServiceM8 {
         }
     }
 
-    fn oauth_client(
-        &self,
-    ) -> Result<
-        oauth2::Client<
-            oauth2::basic::BasicErrorResponse,
-            oauth2::basic::BasicTokenResponse,
-            oauth2::basic::BasicTokenIntrospectionResponse,
-            oauth2::StandardRevocableToken,
-            oauth2::basic::BasicRevocationErrorResponse,
-            oauth2::EndpointSet,
-            oauth2::EndpointNotSet,
-            oauth2::EndpointNotSet,
-            oauth2::EndpointNotSet,
-            oauth2::EndpointSet,
-        >,
-        ProviderError,
-    > {
+    fn oauth_client(&self) -> Result<OAuthClient, ProviderError> {
         let (Some(id), Some(secret)) = (&self.config.client_id, &self.config.client_secret) else {
             return Err(ProviderError::NotConfigured(
                 "set CLIENTAPI_SERVICEM8_CLIENT_ID and CLIENTAPI_SERVICEM8_CLIENT_SECRET".into(),
@@ -199,6 +183,20 @@ impl ServiceM8 {
         }
     }
 }
+
+/// The `oauth2` client with its authorize and token endpoints set.
+type OAuthClient = oauth2::Client<
+    oauth2::basic::BasicErrorResponse,
+    oauth2::basic::BasicTokenResponse,
+    oauth2::basic::BasicTokenIntrospectionResponse,
+    oauth2::StandardRevocableToken,
+    oauth2::basic::BasicRevocationErrorResponse,
+    oauth2::EndpointSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+>;
 
 type OAuthFuture = std::pin::Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, HttpError>> + Send>>;
 
@@ -302,9 +300,9 @@ impl Provider for ServiceM8 {
         let response = self.send(token, Method::GET, url, None).await?;
         let next = response.headers().get("x-next-cursor").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let items = Self::json_records(response).await?;
-        let mut out = Page::default();
         // The n8n node also stops when the cursor repeats: a server that echoes it would loop.
-        out.next_page = next.filter(|n| !n.is_empty() && Some(n.as_str()) != page && !items.is_empty());
+        let next_page = next.filter(|n| !n.is_empty() && Some(n.as_str()) != page && !items.is_empty());
+        let mut out = Page { next_page, ..Page::default() };
         for item in &items {
             if let Some(id) = item.get("uuid").and_then(Value::as_str) {
                 out.seen_ids.push(id.to_owned());

@@ -104,6 +104,8 @@ pub struct Stats {
     pub api_requests: u64,
     pub token_exchanges: u64,
     pub refreshes: u64,
+    /// Refresh calls, successful or not.
+    pub refresh_attempts: u64,
     pub creates: u64,
     pub rate_limited: u64,
 }
@@ -201,12 +203,12 @@ impl Simulator {
                 &mut objects,
                 "company",
                 json!({
-                    "uuid": company, "active": flag(true, n % 3 == 0), "edit_date": stamp(&mut rng),
+                    "uuid": company, "active": flag(true, n.is_multiple_of(3)), "edit_date": stamp(&mut rng),
                     "name": format!("Company {c:04}"), "abn_number": "", "address": format!("{} Main St", c + 1),
                     "address_street": format!("{} Main St", c + 1), "address_city": "Springfield", "address_state": "NSW",
                     "address_postcode": "2000", "address_country": "Australia", "billing_address": "",
                     "website": "", "fax_number": "", "badges": "[]", "tax_rate_uuid": "", "payment_terms": "",
-                    "is_individual": flag(c % 7 == 0, n % 2 == 0), "parent_company_uuid": ""
+                    "is_individual": flag(c.is_multiple_of(7), n.is_multiple_of(2)), "parent_company_uuid": ""
                 }),
             );
             for k in 0..2 {
@@ -250,13 +252,13 @@ impl Simulator {
                     &mut objects,
                     "job",
                     json!({
-                        "uuid": job, "active": flag(true, n % 3 == 0), "edit_date": edit, "status": status,
+                        "uuid": job, "active": flag(true, n.is_multiple_of(3)), "edit_date": edit, "status": status,
                         "generated_job_id": job_number.to_string(), "company_uuid": company,
                         "date": &edit[..10], "job_address": format!("{} Main St", c + 1),
                         "billing_address": "", "job_description": format!("Job {job_number}"),
-                        "work_done_description": "", "purchase_order_number": if n % 4 == 0 { format!("PO-{n}") } else { String::new() },
+                        "work_done_description": "", "purchase_order_number": if n.is_multiple_of(4) { format!("PO-{n}") } else { String::new() },
                         "completion_date": if status == "Completed" { edit.clone() } else { EMPTY_DATETIME.into() },
-                        "invoice_sent": flag(invoiced, n % 2 == 0),
+                        "invoice_sent": flag(invoiced, n.is_multiple_of(2)),
                         "invoice_sent_stamp": if invoiced { edit.clone() } else { EMPTY_DATETIME.into() },
                         "total_invoice_amount": money(total), "payment_received": flag(paid, false),
                         "payment_received_stamp": if paid { edit.clone() } else { EMPTY_DATETIME.into() },
@@ -431,8 +433,9 @@ impl Simulator {
     }
 }
 
-fn random_token(rng: &mut StdRng) -> String {
-    let bytes: [u8; 24] = rng.random();
+/// Codes and tokens come from OS randomness, not the seeded generator: they must not repeat.
+fn random_token(_: &mut StdRng) -> String {
+    let bytes: [u8; 24] = rand::random();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
@@ -519,6 +522,7 @@ async fn access_token(State(sim): State<Arc<Simulator>>, headers: HeaderMap, For
             axum::Json(body).into_response()
         }
         "refresh_token" => {
+            state.stats.refresh_attempts += 1;
             let Some(token) = form.refresh_token else { return oauth_error("invalid_request") };
             if !state.refresh_tokens.contains_key(&token) {
                 return oauth_error("invalid_grant");
@@ -824,25 +828,25 @@ fn apply_write(
     uuid: &str,
     body: &Map<String, Value>,
     create: bool,
-) -> Result<(), Response> {
+) -> Result<(), Box<Response>> {
     let mut state = sim.lock();
-    if create && object == "job" {
-        if !body
+    if create
+        && object == "job"
+        && !body
             .get("status")
             .and_then(Value::as_str)
             .is_some_and(|s| ["Quote", "Work Order", "Unsuccessful", "Completed"].contains(&s))
-        {
-            return Err(sm_error(
-                StatusCode::BAD_REQUEST,
-                "status is required and must be Quote, Work Order, Unsuccessful or Completed",
-            ));
-        }
+    {
+        return Err(Box::new(sm_error(
+            StatusCode::BAD_REQUEST,
+            "status is required and must be Quote, Work Order, Unsuccessful or Completed",
+        )));
     }
     let number = state.next_job_number;
     let table = state.objects.get_mut(object).expect("known");
     let record = if create {
         if table.contains_key(uuid) {
-            return Err(sm_error(StatusCode::BAD_REQUEST, "A record with this uuid already exists"));
+            return Err(Box::new(sm_error(StatusCode::BAD_REQUEST, "A record with this uuid already exists")));
         }
         table.entry(uuid.to_owned()).or_insert_with(|| {
             let mut m = Map::new();
@@ -854,10 +858,10 @@ fn apply_write(
         match table.get_mut(uuid) {
             Some(r) => r,
             None => {
-                return Err(sm_error(
+                return Err(Box::new(sm_error(
                     StatusCode::NOT_FOUND,
                     "Resource not found. The requested record does not exist or has been deleted.",
-                ));
+                )));
             }
         }
     };
@@ -942,7 +946,7 @@ async fn create_object(
         }
     };
     if let Err(r) = apply_write(&sim, object, &uuid, &body, true) {
-        return r;
+        return *r;
     }
     sim.lock().stats.creates += 1;
     finish(lose, ok_body(Some(&uuid))).await
@@ -966,7 +970,7 @@ async fn update_object(
         return sm_error(StatusCode::BAD_REQUEST, "An error occurred completing your request");
     };
     if let Err(r) = apply_write(&sim, object, uuid, &body, false) {
-        return r;
+        return *r;
     }
     finish(lose, ok_body(None)).await
 }
@@ -987,7 +991,7 @@ async fn delete_object(
     };
     let body: Map<String, Value> = [("active".to_owned(), json!(0))].into_iter().collect();
     if let Err(r) = apply_write(&sim, object, uuid, &body, false) {
-        return r;
+        return *r;
     }
     finish(lose, ok_body(None)).await
 }
