@@ -129,13 +129,12 @@ impl Application {
 /// The provider adapters, configured from settings.
 pub fn providers(config: &Config) -> Providers {
     Providers {
-        servicem8: Arc::new(ServiceM8::new(ServiceM8Config {
-            api_url: config.servicem8.api_url.clone(),
-            oauth_url: config.servicem8.oauth_url.clone(),
-            client_id: config.servicem8.client_id.clone(),
-            client_secret: config.servicem8.client_secret.clone(),
-            currency: "AUD".into(),
-        })),
+        servicem8: Arc::new(ServiceM8::new(ServiceM8Config::new(
+            config.servicem8.api_url.clone(),
+            config.servicem8.oauth_url.clone(),
+            config.servicem8.client_id.clone(),
+            config.servicem8.client_secret.clone(),
+        ))),
     }
 }
 

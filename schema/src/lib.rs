@@ -4,6 +4,7 @@
 pub mod db;
 pub mod ids;
 pub mod local_pg;
+pub mod mirror;
 pub mod model;
 pub mod secret;
 

@@ -4,6 +4,7 @@
 
 pub mod connections;
 pub mod crypto;
+pub mod engine;
 pub mod oauth;
 pub mod provider;
 pub mod servicem8;

@@ -6,3 +6,4 @@ mod helpers;
 mod local_postgres;
 mod migrations;
 mod servicem8;
+mod sync;

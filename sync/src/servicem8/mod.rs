@@ -65,6 +65,15 @@ pub struct ServiceM8Config {
     pub client_secret: Option<Secret<String>>,
     /// ServiceM8 records carry no currency; the account's (default AUD).
     pub currency: String,
+    /// Per request, from connect to the last body byte.
+    pub request_timeout: Duration,
+}
+
+impl ServiceM8Config {
+    /// ServiceM8's own hosts, the given credentials, and default timeouts.
+    pub fn new(api_url: Url, oauth_url: Url, client_id: Option<String>, client_secret: Option<Secret<String>>) -> Self {
+        Self { api_url, oauth_url, client_id, client_secret, currency: "AUD".into(), request_timeout: REQUEST_TIMEOUT }
+    }
 }
 
 pub struct ServiceM8 {
@@ -79,7 +88,7 @@ struct HttpError(String);
 impl ServiceM8 {
     pub fn new(config: ServiceM8Config) -> Self {
         let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(config.request_timeout)
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("clientapi/", env!("CARGO_PKG_VERSION")))
             .build()

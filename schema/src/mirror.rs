@@ -1,0 +1,379 @@
+//! Writing the mirror: a page of unified records applied in one transaction (the caller's),
+//! in batches (one statement per table, never one per row). An upsert writes nothing, and does
+//! not bump `change_seq`, when the record has not changed. A record whose company changed (a job
+//! reassigned to another client) leaves its old company's partition in the same transaction,
+//! and a moved job takes its line items, payments and attachments with it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde_json::{Map, Value};
+use sqlx::PgConnection;
+
+use crate::model::{Fields, Owner, Record, Resource};
+use crate::{CompanyId, ConnectionId};
+
+/// The typed columns of each mirror table (besides the common ones).
+pub fn columns(resource: Resource) -> &'static [&'static str] {
+    match resource {
+        Resource::Client => &["name", "is_individual", "address", "billing_address", "website", "parent_id"],
+        Resource::Contact => {
+            &["client_id", "first_name", "last_name", "email", "phone", "mobile", "kind", "is_primary"]
+        }
+        Resource::Job => &[
+            "client_id",
+            "number",
+            "status",
+            "description",
+            "address",
+            "purchase_order",
+            "scheduled_on",
+            "completed_at",
+            "total",
+            "currency",
+        ],
+        Resource::Invoice => &["client_id", "job_id", "number", "status", "issued_at", "paid_at", "total", "currency"],
+        Resource::LineItem => &["job_id", "invoice_id", "name", "quantity", "unit_price", "total", "currency"],
+        Resource::Payment => &["job_id", "invoice_id", "amount", "method", "paid_at", "note", "is_deposit", "currency"],
+        Resource::Attachment => &["job_id", "related_object", "related_object_id", "name", "file_type", "source"],
+    }
+}
+
+/// Columns every mirror table has after its typed ones.
+pub const COMMON_COLUMNS: &[&str] =
+    &["created_at", "remote_updated_at", "remote_data", "synced_at", "deleted_at", "change_seq"];
+
+/// Resources that belong to a job and move with it.
+const JOB_CHILDREN: [Resource; 3] = [Resource::LineItem, Resource::Payment, Resource::Attachment];
+
+/// What applying a batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ApplyStats {
+    pub inserted: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub deleted: u64,
+    /// Records with no company (or whose job is unknown): counted, never exposed.
+    pub unowned: u64,
+}
+
+impl std::ops::AddAssign for ApplyStats {
+    fn add_assign(&mut self, o: Self) {
+        self.inserted += o.inserted;
+        self.updated += o.updated;
+        self.unchanged += o.unchanged;
+        self.deleted += o.deleted;
+        self.unowned += o.unowned;
+    }
+}
+
+fn fields_json(fields: &Fields) -> Map<String, Value> {
+    let value = match fields {
+        Fields::Client(f) => serde_json::to_value(f),
+        Fields::Contact(f) => serde_json::to_value(f),
+        Fields::Job(f) => serde_json::to_value(f),
+        Fields::Invoice(f) => serde_json::to_value(f),
+        Fields::LineItem(f) => serde_json::to_value(f),
+        Fields::Payment(f) => serde_json::to_value(f),
+        Fields::Attachment(f) => serde_json::to_value(f),
+    };
+    match value {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    }
+}
+
+/// Allocates (on first sight) and returns the company ids of `external_ids` in `connection`.
+pub async fn company_ids(
+    conn: &mut PgConnection,
+    connection: ConnectionId,
+    external_ids: &[String],
+) -> Result<HashMap<String, CompanyId>, sqlx::Error> {
+    if external_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    sqlx::query(
+        "insert into companies (connection_id, external_id) select $1, x from unnest($2::text[]) as x
+         on conflict (connection_id, external_id) do nothing",
+    )
+    .bind(connection)
+    .bind(external_ids)
+    .execute(&mut *conn)
+    .await?;
+    let rows: Vec<(String, CompanyId)> =
+        sqlx::query_as("select external_id, id from companies where connection_id = $1 and external_id = any($2)")
+            .bind(connection)
+            .bind(external_ids)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+async fn current_owners(
+    conn: &mut PgConnection,
+    connection: ConnectionId,
+    resource: Resource,
+    external_ids: &[String],
+) -> Result<HashMap<String, CompanyId>, sqlx::Error> {
+    let rows: Vec<(String, CompanyId)> = sqlx::query_as(
+        "select external_id, company_id from mirror_keys
+         where connection_id = $1 and resource = $2 and external_id = any($3)",
+    )
+    .bind(connection)
+    .bind(resource.singular())
+    .bind(external_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Applies a batch of records of one connection. Run it inside the transaction that also
+/// advances the sync cursor, so the two commit together or not at all.
+pub async fn apply(
+    conn: &mut PgConnection,
+    connection: ConnectionId,
+    records: &[Record],
+) -> Result<ApplyStats, sqlx::Error> {
+    let mut stats = ApplyStats::default();
+
+    // Resolve every record's company.
+    let company_refs: Vec<String> = records
+        .iter()
+        .filter_map(|r| match &r.owner {
+            Owner::Company(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let companies = company_ids(conn, connection, &company_refs).await?;
+    let job_refs: Vec<String> = records
+        .iter()
+        .filter_map(|r| match &r.owner {
+            Owner::Job(j) => Some(j.clone()),
+            _ => None,
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let job_owners = current_owners(conn, connection, Resource::Job, &job_refs).await?;
+    record_company_names(conn, connection, records).await?;
+
+    let mut by_resource: BTreeMap<Resource, Vec<(&Record, CompanyId)>> = BTreeMap::new();
+    for record in records {
+        let company = match &record.owner {
+            Owner::Company(c) => companies.get(c).copied(),
+            Owner::Job(j) => job_owners.get(j).copied(),
+            Owner::Unowned => None,
+        };
+        match company {
+            Some(company) => by_resource.entry(record.resource()).or_default().push((record, company)),
+            None => stats.unowned += 1,
+        }
+    }
+
+    for (resource, mut batch) in by_resource {
+        // A page can hold a record twice (overlapping windows): the last copy wins.
+        let mut seen = HashSet::new();
+        batch.reverse();
+        batch.retain(|(r, _)| seen.insert(r.external_id.clone()));
+        stats += apply_resource(conn, connection, resource, &batch).await?;
+    }
+    Ok(stats)
+}
+
+/// Keeps the registry's display names in step with client records of the company itself.
+async fn record_company_names(
+    conn: &mut PgConnection,
+    connection: ConnectionId,
+    records: &[Record],
+) -> Result<(), sqlx::Error> {
+    let (ids, names): (Vec<String>, Vec<String>) = records
+        .iter()
+        .filter_map(|r| match (&r.fields, &r.owner) {
+            (Fields::Client(c), Owner::Company(owner)) if *owner == r.external_id => {
+                Some((r.external_id.clone(), c.name.clone()))
+            }
+            _ => None,
+        })
+        .unzip();
+    if !ids.is_empty() {
+        sqlx::query(
+            "update companies set name = v.name from unnest($2::text[], $3::text[]) as v(id, name)
+             where companies.connection_id = $1 and companies.external_id = v.id and companies.name is distinct from v.name",
+        )
+        .bind(connection)
+        .bind(ids)
+        .bind(names)
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn apply_resource(
+    conn: &mut PgConnection,
+    connection: ConnectionId,
+    resource: Resource,
+    batch: &[(&Record, CompanyId)],
+) -> Result<ApplyStats, sqlx::Error> {
+    let mut stats = ApplyStats::default();
+    let table = resource.plural();
+    let ids: Vec<String> = batch.iter().map(|(r, _)| r.external_id.clone()).collect();
+    let owners = current_owners(conn, connection, resource, &ids).await?;
+
+    // Moves: out of the old company's partition, in this transaction.
+    let (mut moved_old, mut moved_new, mut moved_ids) = (Vec::new(), Vec::new(), Vec::new());
+    for (record, company) in batch {
+        if let Some(old) = owners.get(&record.external_id).filter(|old| *old != company) {
+            moved_old.push(old.0);
+            moved_new.push(company.0);
+            moved_ids.push(record.external_id.clone());
+        }
+    }
+    if !moved_ids.is_empty() {
+        let sql = format!(
+            "delete from {table} t using unnest($1::bigint[], $2::text[]) as m(c, e)
+             where t.company_id = m.c and t.external_id = m.e"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&moved_old).bind(&moved_ids).execute(&mut *conn).await?;
+        if resource == Resource::Job {
+            move_job_children(conn, connection, &moved_old, &moved_new, &moved_ids).await?;
+        }
+    }
+
+    // Rows to write: every live record, and tombstones only for records the mirror has.
+    let mut rows = Vec::with_capacity(batch.len());
+    let mut written = Vec::with_capacity(batch.len());
+    for (record, company) in batch {
+        if record.deleted && !owners.contains_key(&record.external_id) {
+            stats.unchanged += 1;
+            continue;
+        }
+        let mut row = fields_json(&record.fields);
+        row.insert("company_id".into(), Value::from(company.0));
+        row.insert("external_id".into(), Value::from(record.external_id.clone()));
+        row.insert("created_at".into(), serde_json::to_value(record.created_at).unwrap_or(Value::Null));
+        row.insert("remote_updated_at".into(), serde_json::to_value(record.remote_updated_at).unwrap_or(Value::Null));
+        row.insert("remote_data".into(), record.remote_data.clone());
+        let deleted_at = if record.deleted { Value::from(chrono::Utc::now().to_rfc3339()) } else { Value::Null };
+        row.insert("deleted_at".into(), deleted_at);
+        rows.push(Value::Object(row));
+        written.push((record.external_id.clone(), company.0));
+    }
+    if rows.is_empty() {
+        return Ok(stats);
+    }
+
+    let typed = columns(resource);
+    let cols = typed.join(", ");
+    let updates: String = typed.iter().map(|c| format!("{c} = excluded.{c}, ")).collect();
+    let old_tuple: String = typed.iter().map(|c| format!("t.{c}, ")).collect();
+    let new_tuple: String = typed.iter().map(|c| format!("excluded.{c}, ")).collect();
+    let sql = format!(
+        "insert into {table} as t (company_id, external_id, {cols}, created_at, remote_updated_at, remote_data,
+                                   deleted_at, change_seq, synced_at)
+         select company_id, external_id, {cols}, created_at, remote_updated_at, remote_data, deleted_at,
+                nextval('mirror_change_seq'), now()
+         from jsonb_populate_recordset(null::{table}, $1)
+         on conflict (company_id, external_id) do update set {updates}
+             created_at = excluded.created_at, remote_updated_at = excluded.remote_updated_at,
+             remote_data = excluded.remote_data,
+             deleted_at = case when excluded.deleted_at is null then null
+                               else coalesce(t.deleted_at, excluded.deleted_at) end,
+             change_seq = excluded.change_seq, synced_at = now()
+         where ({old_tuple} t.created_at, t.remote_updated_at, t.remote_data, t.deleted_at is null)
+               is distinct from
+               ({new_tuple} excluded.created_at, excluded.remote_updated_at, excluded.remote_data,
+                excluded.deleted_at is null)
+         returning external_id, deleted_at is not null as deleted"
+    );
+    let changed: Vec<(String, bool)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(Value::Array(rows)).fetch_all(&mut *conn).await?;
+    // (`xmax = 0` cannot be read back from a partitioned table: the key registry says instead.)
+    for (external_id, deleted) in &changed {
+        match (owners.contains_key(external_id), deleted) {
+            (false, _) => stats.inserted += 1,
+            (true, true) => stats.deleted += 1,
+            (true, false) => stats.updated += 1,
+        }
+    }
+    stats.unchanged += (written.len() - changed.len()) as u64;
+
+    let (keys, companies): (Vec<String>, Vec<i64>) = written.into_iter().unzip();
+    sqlx::query(
+        "insert into mirror_keys (connection_id, resource, external_id, company_id)
+         select $1, $2, e, c from unnest($3::text[], $4::bigint[]) as x(e, c)
+         on conflict (connection_id, resource, external_id)
+         do update set company_id = excluded.company_id where mirror_keys.company_id <> excluded.company_id",
+    )
+    .bind(connection)
+    .bind(resource.singular())
+    .bind(keys)
+    .bind(companies)
+    .execute(&mut *conn)
+    .await?;
+    Ok(stats)
+}
+
+/// A job changed company: its line items, payments and attachments go with it.
+async fn move_job_children(
+    conn: &mut PgConnection,
+    connection: ConnectionId,
+    old: &[i64],
+    new: &[i64],
+    jobs: &[String],
+) -> Result<(), sqlx::Error> {
+    for child in JOB_CHILDREN {
+        let table = child.plural();
+        // Updating the partition key moves the row to the new company's partition.
+        let sql = format!(
+            "update {table} t set company_id = m.n, change_seq = nextval('mirror_change_seq'), synced_at = now()
+             from unnest($1::bigint[], $2::bigint[], $3::text[]) as m(o, n, j)
+             where t.company_id = m.o and t.job_id = m.j
+             returning t.external_id, t.company_id"
+        );
+        let moved: Vec<(String, i64)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(old).bind(new).bind(jobs).fetch_all(&mut *conn).await?;
+        if moved.is_empty() {
+            continue;
+        }
+        let (ids, companies): (Vec<String>, Vec<i64>) = moved.into_iter().unzip();
+        sqlx::query(
+            "update mirror_keys k set company_id = x.c from unnest($3::text[], $4::bigint[]) as x(e, c)
+             where k.connection_id = $1 and k.resource = $2 and k.external_id = x.e",
+        )
+        .bind(connection)
+        .bind(child.singular())
+        .bind(ids)
+        .bind(companies)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// After a complete scan of a resource: every mirrored record the provider no longer has
+/// (a hard delete) becomes a tombstone. Call it only when the scan finished.
+pub async fn tombstone_missing(
+    conn: &mut PgConnection,
+    connection: ConnectionId,
+    resource: Resource,
+    seen: &[String],
+) -> Result<u64, sqlx::Error> {
+    let table = resource.plural();
+    let sql = format!(
+        "with seen as (select unnest($3::text[]) as id),
+              gone as (select k.company_id, k.external_id from mirror_keys k
+                       where k.connection_id = $1 and k.resource = $2
+                         and not exists (select 1 from seen where seen.id = k.external_id))
+         update {table} t set deleted_at = now(), change_seq = nextval('mirror_change_seq'), synced_at = now()
+         from gone where t.company_id = gone.company_id and t.external_id = gone.external_id and t.deleted_at is null"
+    );
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(connection)
+        .bind(resource.singular())
+        .bind(seen)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}

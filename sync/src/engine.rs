@@ -1,0 +1,376 @@
+//! The sync engine (DESIGN.md §8): per connection and stream, fetch pages changed since the
+//! stored watermark, apply each page to the mirror and advance the scan cursor in the same
+//! transaction, so a crash at any instant resumes from the last committed page and the cursor
+//! never runs ahead of committed data. The watermark itself moves only when a scan completes.
+//!
+//! A full run (reconciliation) scans everything and, only when its scan completed, tombstones
+//! what the provider no longer has. 429/5xx/timeouts/truncated bodies back off with full jitter
+//! (honouring `Retry-After`); a 401 refreshes the token once; the provider's per-minute budget
+//! is kept by a GCRA limiter per connection. A lease in Postgres keeps one sync per connection.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clientapi_schema::ConnectionId;
+use clientapi_schema::mirror::{self, ApplyStats};
+use clientapi_schema::model::Resource;
+use clientapi_schema::secret::Secret;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::Rng;
+use sqlx::PgPool;
+
+use crate::Providers;
+use crate::connections::{self, TokenError, TokenManager};
+use crate::provider::{Page, Provider, ProviderError, ProviderKind, RecordError, Stream};
+
+/// How long a claimed lease lasts without renewal (renewed on every page).
+pub const LEASE: Duration = Duration::from_secs(120);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const MAX_ATTEMPTS: u32 = 8;
+/// Record errors kept on a run (the rest are counted).
+const MAX_RECORDED_ERRORS: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("another worker is syncing this connection")]
+    Busy,
+    #[error("no such connection")]
+    NotFound,
+    #[error("unknown provider {0}")]
+    UnknownProvider(String),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("the provider kept failing: {0}")]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Progress reports, for a progress bar.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub stream: &'static str,
+    pub pages: u64,
+    pub fetched: u64,
+}
+
+/// What a run did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RunSummary {
+    pub run_id: i64,
+    pub pages: u64,
+    pub fetched: u64,
+    pub stats: ApplyStats,
+    pub record_errors: Vec<RecordError>,
+    pub error_count: u64,
+}
+
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// Runs syncs. Cheap to clone; one per process.
+#[derive(Clone)]
+pub struct SyncEngine {
+    db: PgPool,
+    tokens: TokenManager,
+    providers: Providers,
+    worker: uuid::Uuid,
+    limiters: Arc<Mutex<HashMap<ConnectionId, Arc<DefaultDirectRateLimiter>>>>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl SyncEngine {
+    pub fn new(
+        db: PgPool,
+        tokens: TokenManager,
+        providers: Providers,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        Self { db, tokens, providers, worker: uuid::Uuid::new_v4(), limiters: Arc::default(), shutdown }
+    }
+
+    fn limiter(&self, id: ConnectionId, provider: &dyn Provider) -> Arc<DefaultDirectRateLimiter> {
+        let per_minute = NonZeroU32::new(provider.rate_limits().per_minute).unwrap_or(NonZeroU32::MIN);
+        self.limiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_insert_with(|| Arc::new(RateLimiter::direct(Quota::per_minute(per_minute))))
+            .clone()
+    }
+
+    async fn claim(&self, id: ConnectionId) -> Result<bool, sqlx::Error> {
+        let claimed = sqlx::query(
+            "update connections set sync_lease_owner = $2, sync_lease_until = now() + make_interval(secs => $3)
+             where id = $1 and status = 'active'
+               and (sync_lease_until is null or sync_lease_until < now() or sync_lease_owner = $2)",
+        )
+        .bind(id)
+        .bind(self.worker)
+        .bind(LEASE.as_secs_f64())
+        .execute(&self.db)
+        .await?;
+        Ok(claimed.rows_affected() == 1)
+    }
+
+    async fn release(&self, id: ConnectionId) {
+        let _ = sqlx::query(
+            "update connections set sync_lease_owner = null, sync_lease_until = null where id = $1 and sync_lease_owner = $2",
+        )
+        .bind(id)
+        .bind(self.worker)
+        .execute(&self.db)
+        .await;
+    }
+
+    /// Syncs one connection: every stream, incrementally, or in full (`full`) with a
+    /// reconciliation of hard deletes.
+    pub async fn sync_connection(
+        &self,
+        id: ConnectionId,
+        full: bool,
+        progress: Option<ProgressFn>,
+    ) -> Result<RunSummary, SyncError> {
+        let connection = connections::get_any(&self.db, id).await?.ok_or(SyncError::NotFound)?;
+        let kind = ProviderKind::parse(&connection.provider)
+            .ok_or_else(|| SyncError::UnknownProvider(connection.provider.clone()))?;
+        let provider = self.providers.get(kind);
+        if connection.status != "active" {
+            return Err(SyncError::Token(if connection.status == "needs_reauth" {
+                TokenError::NeedsReauth
+            } else {
+                TokenError::Disconnected
+            }));
+        }
+        if !self.claim(id).await? {
+            return Err(SyncError::Busy);
+        }
+        let run_id: i64 =
+            match sqlx::query_scalar("insert into sync_runs (connection_id, kind) values ($1, $2) returning id")
+                .bind(id)
+                .bind(if full { "full" } else { "incremental" })
+                .fetch_one(&self.db)
+                .await
+            {
+                Ok(run_id) => run_id,
+                Err(e) => {
+                    self.release(id).await;
+                    return Err(e.into());
+                }
+            };
+        let span = tracing::info_span!("sync_run", connection_id = %id, run_id, full);
+        let _entered = span.enter();
+        let mut summary = RunSummary { run_id, ..RunSummary::default() };
+        let mut result = Ok(());
+        for stream in provider.streams() {
+            result = self.sync_stream(id, provider.as_ref(), *stream, full, &mut summary, progress.as_ref()).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        let (status, error) = match &result {
+            Ok(()) => ("succeeded", None),
+            Err(e) => ("failed", Some(e.to_string())),
+        };
+        let finished = sqlx::query(
+            "update sync_runs set status = $2, finished_at = now(), pages = $3, fetched = $4, inserted = $5, updated = $6,
+             unchanged = $7, deleted = $8, unowned = $9, record_errors = $10, error = $11,
+             lag_seconds = extract(epoch from now() - started_at) where id = $1",
+        )
+        .bind(run_id)
+        .bind(status)
+        .bind(summary.pages as i64)
+        .bind(summary.fetched as i64)
+        .bind(summary.stats.inserted as i64)
+        .bind(summary.stats.updated as i64)
+        .bind(summary.stats.unchanged as i64)
+        .bind(summary.stats.deleted as i64)
+        .bind(summary.stats.unowned as i64)
+        .bind(serde_json::to_value(&summary.record_errors).unwrap_or_default())
+        .bind(error)
+        .execute(&self.db)
+        .await;
+        self.release(id).await;
+        metrics::counter!("sync_runs_total", "status" => status).increment(1);
+        finished?;
+        result.map(|()| summary)
+    }
+
+    async fn sync_stream(
+        &self,
+        id: ConnectionId,
+        provider: &dyn Provider,
+        stream: Stream,
+        full: bool,
+        summary: &mut RunSummary,
+        progress: Option<&ProgressFn>,
+    ) -> Result<(), SyncError> {
+        let state: Option<(Option<String>, Option<String>)> =
+            sqlx::query_as("select watermark, scan_page from sync_state where connection_id = $1 and stream = $2")
+                .bind(id)
+                .bind(stream.name)
+                .fetch_optional(&self.db)
+                .await?;
+        let (watermark, resume) = state.unwrap_or_default();
+        // A full scan starts over (its id set must be complete); an incremental one resumes.
+        let since = if full { None } else { watermark };
+        let mut page_cursor = if full { None } else { resume };
+        let mut seen_ids: Vec<String> = Vec::new();
+        let mut pages = 0;
+        let mut fetched = 0;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Err(SyncError::Cancelled);
+            }
+            let page = self.fetch(id, provider, stream, since.as_deref(), page_cursor.as_deref()).await?;
+            let mut tx = self.db.begin().await?;
+            let stats = mirror::apply(&mut tx, id, &page.records).await?;
+            // The scan position commits with the page: never ahead of the data.
+            sqlx::query(
+                "insert into sync_state (connection_id, stream, scan_page, scan_max, updated_at) values ($1, $2, $3, $4, now())
+                 on conflict (connection_id, stream) do update set scan_page = excluded.scan_page,
+                   scan_max = greatest(sync_state.scan_max, excluded.scan_max), updated_at = now()",
+            )
+            .bind(id)
+            .bind(stream.name)
+            .bind(&page.next_page)
+            .bind(&page.max_updated)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("update connections set sync_lease_until = now() + make_interval(secs => $2) where id = $1 and sync_lease_owner = $3")
+                .bind(id)
+                .bind(LEASE.as_secs_f64())
+                .bind(self.worker)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+
+            pages += 1;
+            fetched += page.seen_ids.len() as u64;
+            summary.pages += 1;
+            summary.fetched += page.seen_ids.len() as u64;
+            summary.stats += stats;
+            summary.error_count += page.bad_records.len() as u64;
+            for error in page.bad_records {
+                tracing::warn!(%error, "a provider record could not be mapped");
+                if summary.record_errors.len() < MAX_RECORDED_ERRORS {
+                    summary.record_errors.push(error);
+                }
+            }
+            for resource in stream.resources {
+                metrics::counter!("sync_records_total", "resource" => resource.singular())
+                    .increment(page.records.len() as u64);
+            }
+            if full {
+                seen_ids.extend(page.seen_ids);
+            }
+            if let Some(report) = progress {
+                report(Progress { stream: stream.name, pages, fetched });
+            }
+            match page.next_page {
+                Some(next) => page_cursor = Some(next),
+                None => break,
+            }
+        }
+
+        let mut tx = self.db.begin().await?;
+        if full {
+            // Only a scan that reached its last page may conclude anything is gone.
+            for resource in stream.resources {
+                if *resource == Resource::Invoice {
+                    continue; // derived from jobs: follows its job's tombstone
+                }
+                summary.stats.deleted += mirror::tombstone_missing(&mut tx, id, *resource, &seen_ids).await?;
+            }
+        }
+        sqlx::query(
+            "update sync_state set watermark = case when scan_max is null then watermark
+                                                    when watermark is null then scan_max
+                                                    else greatest(watermark, scan_max) end,
+                scan_page = null, scan_max = null, last_success_at = now(),
+                last_full_at = case when $3 then now() else last_full_at end, updated_at = now()
+             where connection_id = $1 and stream = $2",
+        )
+        .bind(id)
+        .bind(stream.name)
+        .bind(full)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One page, with the provider's budget, token refresh and retries.
+    async fn fetch(
+        &self,
+        id: ConnectionId,
+        provider: &dyn Provider,
+        stream: Stream,
+        since: Option<&str>,
+        page: Option<&str>,
+    ) -> Result<Page, SyncError> {
+        let limiter = self.limiter(id, provider);
+        let mut token: Secret<String> = self.tokens.access_token(provider, id).await?;
+        let mut refreshed = false;
+        let mut attempt = 0;
+        loop {
+            limiter.until_ready().await;
+            let error = match provider.list_page(&token, stream, since, page).await {
+                Ok(page) => return Ok(page),
+                Err(e) => e,
+            };
+            attempt += 1;
+            match error {
+                ProviderError::Unauthorized if !refreshed => {
+                    token = self.tokens.refresh_after_rejection(provider, id, &token).await?;
+                    refreshed = true;
+                    continue;
+                }
+                e if e.is_transient() && attempt < MAX_ATTEMPTS => {
+                    let wait = backoff(attempt, retry_after(&e));
+                    tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "provider call failed; backing off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.shutdown.cancelled() => return Err(SyncError::Cancelled),
+                    }
+                }
+                e => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn retry_after(e: &ProviderError) -> Option<Duration> {
+    match e {
+        ProviderError::RateLimited { retry_after, .. } => *retry_after,
+        _ => None,
+    }
+}
+
+/// Full jitter: a random wait up to the exponential cap, never shorter than `Retry-After`.
+pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let cap = FIRST_BACKOFF.saturating_mul(1 << attempt.min(16)).min(MAX_BACKOFF);
+    let jittered = Duration::from_millis(rand::rng().random_range(0..=cap.as_millis() as u64));
+    match retry_after {
+        Some(at_least) => at_least.max(jittered).min(MAX_BACKOFF.max(at_least)),
+        None => jittered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_under_the_cap_and_honours_retry_after() {
+        for attempt in 1..10 {
+            let wait = backoff(attempt, None);
+            assert!(wait <= MAX_BACKOFF);
+            assert!(backoff(attempt, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+        }
+    }
+}
