@@ -31,9 +31,27 @@ pub enum Command {
     /// Manage admin API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Inspect and sync connections.
+    #[command(subcommand)]
+    Connection(ConnectionCommand),
     /// Run a provider simulator on loopback (for development, tests and the demo).
     #[command(subcommand)]
     Simulate(SimulateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionCommand {
+    /// Every connection, of every account.
+    List,
+    /// Sync one connection now (a progress bar on a terminal).
+    Sync {
+        id: i64,
+        /// A full scan that also finds hard deletes.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Sync status per stream and the latest runs.
+    Status { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,11 +165,114 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(SimulateCommand::Servicem8(args)) => simulate_servicem8(args).await,
+        Command::Connection(command) => {
+            let master_key = config.master_key()?;
+            let db = Database::open(&config).await?;
+            let state = crate::startup::AppState::new(db.pool.clone(), config, master_key);
+            let result = connection_command(&state, command).await;
+            state.shutdown.cancel();
+            db.close().await?;
+            result
+        }
         Command::Token(TokenCommand::Create { email, name }) => {
             let db = Database::open(&config).await?;
             let result = crate::accounts::create_admin_token(&db.pool, &email, &name).await;
             db.close().await?;
             println!("{}", result?);
+            Ok(())
+        }
+    }
+}
+
+async fn connection_command(state: &crate::startup::AppState, command: ConnectionCommand) -> anyhow::Result<()> {
+    use clientapi_schema::ConnectionId;
+    match command {
+        ConnectionCommand::List => {
+            let rows: Vec<(i64, i64, String, String, String, String)> = sqlx::query_as(
+                "select id, account_id, provider, external_account_id, name, status from connections order by id",
+            )
+            .fetch_all(&state.db)
+            .await?;
+            println!("{:>4}  {:>7}  {:<10}  {:<13}  NAME", "ID", "ACCOUNT", "PROVIDER", "STATUS");
+            for (id, account, provider, _external, name, status) in rows {
+                println!("{id:>4}  {account:>7}  {provider:<10}  {status:<13}  {name}");
+            }
+            Ok(())
+        }
+        ConnectionCommand::Sync { id, full } => {
+            let bar = std::io::stderr().is_terminal().then(|| {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                bar
+            });
+            let progress: Option<clientapi_sync::engine::ProgressFn> = bar.clone().map(|bar| {
+                std::sync::Arc::new(move |p: clientapi_sync::engine::Progress| {
+                    bar.set_message(format!("{}: {} pages, {} records", p.stream, p.pages, p.fetched));
+                }) as clientapi_sync::engine::ProgressFn
+            });
+            let shutdown = shutdown_on_signals();
+            let engine = state.engine.clone();
+            let cancel = state.shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                cancel.cancel();
+            });
+            let run = engine.sync_connection(ConnectionId(id), full, progress).await;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            let run = run?;
+            let s = run.stats;
+            println!(
+                "run {}: {} pages, {} fetched, {} inserted, {} updated, {} unchanged, {} deleted, {} unowned, {} record errors",
+                run.run_id,
+                run.pages,
+                run.fetched,
+                s.inserted,
+                s.updated,
+                s.unchanged,
+                s.deleted,
+                s.unowned,
+                run.error_count
+            );
+            Ok(())
+        }
+        ConnectionCommand::Status { id } => {
+            let account: Option<i64> = sqlx::query_scalar("select account_id from connections where id = $1")
+                .bind(id)
+                .fetch_optional(&state.db)
+                .await?;
+            let Some(account) = account else { bail!("no connection {id}") };
+            println!("{:<16} {:<21} {:>10}  IN PROGRESS", "STREAM", "WATERMARK", "AGE (s)");
+            for s in clientapi_sync::status::streams(&state.db, ConnectionId(id)).await? {
+                println!(
+                    "{:<16} {:<21} {:>10}  {}",
+                    s.stream,
+                    s.watermark.unwrap_or_else(|| "-".into()),
+                    s.freshness_seconds.map_or("-".into(), |f| format!("{f:.0}")),
+                    if s.scan_in_progress { "yes" } else { "no" }
+                );
+            }
+            let runs = clientapi_sync::status::runs(
+                &state.db,
+                clientapi_schema::AccountId(account),
+                Some(ConnectionId(id)),
+                5,
+            )
+            .await?;
+            for r in runs {
+                println!(
+                    "run {} {} {}: fetched {}, inserted {}, updated {}, deleted {}{}",
+                    r.id,
+                    r.kind,
+                    r.status,
+                    r.fetched,
+                    r.inserted,
+                    r.updated,
+                    r.deleted,
+                    r.error.map(|e| format!(" — {e}")).unwrap_or_default()
+                );
+            }
             Ok(())
         }
     }

@@ -17,6 +17,7 @@ use crate::config::{Config, MasterKey};
 use clientapi_sync::Providers;
 use clientapi_sync::connections::TokenManager;
 use clientapi_sync::crypto::Cipher;
+use clientapi_sync::engine::SyncEngine;
 use clientapi_sync::servicem8::{ServiceM8, ServiceM8Config};
 
 /// Everything a handler or worker needs, cheap to clone.
@@ -27,7 +28,18 @@ pub struct AppState {
     pub master_key: Arc<MasterKey>,
     pub providers: Providers,
     pub tokens: TokenManager,
+    pub engine: SyncEngine,
     pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    pub fn new(db: PgPool, config: Config, master_key: MasterKey) -> Self {
+        let providers = providers(&config);
+        let tokens = TokenManager::new(db.clone(), Cipher::new(master_key.expose()));
+        let shutdown = CancellationToken::new();
+        let engine = SyncEngine::new(db.clone(), tokens.clone(), providers.clone(), shutdown.clone());
+        Self { db, providers, tokens, engine, config: Arc::new(config), master_key: Arc::new(master_key), shutdown }
+    }
 }
 
 /// The service's database: a pool, and the local cluster behind it when there is one.
@@ -90,14 +102,7 @@ impl Application {
             let _ = config.public_url.set_port(Some(listener.local_addr()?.port()));
         }
         crate::telemetry::metrics_handle();
-        let state = AppState {
-            db: database.pool.clone(),
-            providers: providers(&config),
-            tokens: TokenManager::new(database.pool.clone(), Cipher::new(master_key.expose())),
-            config: Arc::new(config),
-            master_key: Arc::new(master_key),
-            shutdown: CancellationToken::new(),
-        };
+        let state = AppState::new(database.pool.clone(), config, master_key);
         Ok(Self { listener, state, database })
     }
 
@@ -113,7 +118,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self { listener, state, database } = self;
         let app_shutdown = state.shutdown.clone();
-        let router = crate::http::router(state);
+        let router = crate::http::router(state.clone());
         tracing::info!(addr = %listener.local_addr()?, "serving");
         let signal = shutdown.clone();
         axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())

@@ -9,6 +9,7 @@ pub mod oauth;
 pub mod provider;
 pub mod servicem8;
 pub mod simulator;
+pub mod status;
 
 use std::sync::Arc;
 

@@ -201,7 +201,7 @@ async fn invalid_grant_marks_the_connection_needs_reauth_without_looping() {
     let response =
         app.client.get(app.url(&format!("/api/admin/connections/{id}"))).bearer_auth(&token).send().await.unwrap();
     let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["status"], "needs_reauth");
+    assert_eq!(body["connection"]["status"], "needs_reauth");
 
     // Re-authorising the same provider account brings it back.
     let connection = connect_servicem8(&app, &token).await;

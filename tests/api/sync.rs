@@ -311,3 +311,74 @@ async fn injected_faults_at_the_first_a_middle_and_the_last_page_lose_and_duplic
         }
     }
 }
+
+#[tokio::test]
+async fn a_sync_process_killed_at_random_points_resumes_and_converges_exactly() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use rand::Rng;
+
+    let config = SimConfig {
+        companies: 8,
+        jobs_per_company: 8,
+        page_size: 5,
+        per_minute_limit: 100_000,
+        faults: FaultKnobs { latency: Duration::from_millis(10), ..FaultKnobs::default() },
+        ..SimConfig::default()
+    };
+    let (sim, app, id) = connected(config).await;
+    let sim_config = sim.sim.config().clone();
+    let database_url = app.state.config.database_url.as_ref().unwrap().expose().clone();
+    let (api, oauth) = (sim.api_url(), sim.oauth_url());
+    let envs = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("CLIENTAPI_SECRET_KEY", crate::helpers::TEST_MASTER_KEY),
+        ("CLIENTAPI_SERVICEM8_API_URL", api.as_str()),
+        ("CLIENTAPI_SERVICEM8_OAUTH_URL", oauth.as_str()),
+        ("CLIENTAPI_SERVICEM8_CLIENT_ID", sim_config.client_id.as_str()),
+        ("CLIENTAPI_SERVICEM8_CLIENT_SECRET", sim_config.client_secret.as_str()),
+    ];
+    let id_arg = id.0.to_string();
+    let mut finished = 0;
+    for trial in 0..20 {
+        // The provider keeps changing between (and during) runs.
+        let jobs = sim.sim.records("job");
+        let companies = sim.sim.records("company");
+        let (job, company) = {
+            let mut rng = rand::rng();
+            (
+                jobs[rng.random_range(0..jobs.len())]["uuid"].as_str().unwrap().to_owned(),
+                companies[rng.random_range(0..companies.len())]["uuid"].as_str().unwrap().to_owned(),
+            )
+        };
+        sim.sim.modify("job", &job, json!({"company_uuid": company, "job_description": format!("trial {trial}")}));
+
+        let mut child = crate::helpers::clientapi(&["connection", "sync", &id_arg], &envs)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = rand::rng().random_range(20..900);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        if child.try_wait().unwrap().is_some() {
+            finished += 1;
+        }
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        child.wait().unwrap();
+        // A killed worker's lease would expire by itself after LEASE; the test does not wait.
+        sqlx::query("update connections set sync_lease_owner = null, sync_lease_until = null")
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
+    assert!(finished < 20, "no trial was interrupted mid-sync; the kills proved nothing");
+    engine(&app, &sim).sync_connection(id, false, None).await.unwrap();
+    assert_converged(&app, &sim).await;
+    let (killed, succeeded): (i64, i64) = sqlx::query_as(
+        "select count(*) filter (where status = 'running'), count(*) filter (where status = 'succeeded') from sync_runs",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(killed > 0 && succeeded > 0, "killed runs {killed}, succeeded {succeeded}");
+}

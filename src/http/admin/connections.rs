@@ -10,12 +10,14 @@ use clientapi_schema::ConnectionId;
 use clientapi_sync::connections::{self, Connection};
 use clientapi_sync::oauth::{self, OAuthError};
 use clientapi_sync::provider::{ProviderError, ProviderKind};
+use clientapi_sync::status;
 use serde::Deserialize;
 use serde_json::json;
 use url::Url;
 
 use super::auth::AdminAuth;
 use crate::error::ApiError;
+use crate::error::FieldError;
 use crate::http::extract::{ApiQuery, parse_id};
 use crate::startup::AppState;
 
@@ -25,6 +27,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/oauth/{provider}/callback", get(oauth_callback))
         .route("/api/admin/connections", get(list_connections))
         .route("/api/admin/connections/{id}", get(get_connection).delete(delete_connection))
+        .route("/api/admin/connections/{id}/sync", post(sync_connection))
+        .route("/api/admin/sync-runs", get(list_sync_runs))
 }
 
 fn provider_kind(name: &str) -> Result<ProviderKind, ApiError> {
@@ -118,13 +122,77 @@ async fn list_connections(State(state): State<AppState>, admin: AdminAuth) -> Re
     Ok(Json(connections::list(&state.db, admin.account_id).await?))
 }
 
+/// The connection with its sync status per stream and its latest runs.
 async fn get_connection(
     State(state): State<AppState>,
     admin: AdminAuth,
     Path(id): Path<String>,
-) -> Result<Json<Connection>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let id = ConnectionId(parse_id(&id)?);
-    connections::get(&state.db, admin.account_id, id).await?.map(Json).ok_or(ApiError::NotFound)
+    let connection = connections::get(&state.db, admin.account_id, id).await?.ok_or(ApiError::NotFound)?;
+    let streams = status::streams(&state.db, id).await?;
+    let runs = status::runs(&state.db, admin.account_id, Some(id), 5).await?;
+    Ok(Json(json!({ "connection": connection, "sync": { "streams": streams, "recent_runs": runs } })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SyncBody {
+    #[serde(default)]
+    full: bool,
+}
+
+/// Starts a sync in the background: 202 with where to watch it, 409 if one is running.
+async fn sync_connection(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    // The body is optional: none means an incremental sync.
+    let body: SyncBody = if body.iter().all(u8::is_ascii_whitespace) {
+        SyncBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::Invalid(vec![FieldError::new("body", e.to_string())]))?
+    };
+    let id = ConnectionId(parse_id(&id)?);
+    let connection = connections::get(&state.db, admin.account_id, id).await?.ok_or(ApiError::NotFound)?;
+    if connection.status != "active" {
+        return Err(ApiError::Conflict {
+            code: "connection_inactive",
+            detail: format!("The connection is {}; authorise it again first.", connection.status),
+        });
+    }
+    let busy: bool =
+        sqlx::query_scalar("select coalesce(sync_lease_until > now(), false) from connections where id = $1")
+            .bind(id)
+            .fetch_one(&state.db)
+            .await?;
+    if busy {
+        return Err(ApiError::Conflict {
+            code: "sync_running",
+            detail: "A sync of this connection is already running.".into(),
+        });
+    }
+    let full = body.full;
+    let engine = state.engine.clone();
+    tokio::spawn(async move {
+        match engine.sync_connection(id, full, None).await {
+            Ok(run) => tracing::info!(connection_id = %id, run_id = run.run_id, "manual sync finished"),
+            Err(e) => tracing::warn!(connection_id = %id, error = %e, "manual sync failed"),
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "status": "started", "full": full, "watch": format!("/api/admin/connections/{id}") })),
+    ))
+}
+
+async fn list_sync_runs(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+) -> Result<Json<Vec<status::SyncRun>>, ApiError> {
+    Ok(Json(status::runs(&state.db, admin.account_id, None, 100).await?))
 }
 
 async fn delete_connection(
