@@ -119,6 +119,12 @@ impl Application {
         let Self { listener, state, database } = self;
         let app_shutdown = state.shutdown.clone();
         let router = crate::http::router(state.clone());
+        let scheduler = tokio::spawn(clientapi_sync::scheduler::run(
+            state.engine.clone(),
+            state.db.clone(),
+            clientapi_sync::scheduler::REFRESH,
+            state.shutdown.clone(),
+        ));
         tracing::info!(addr = %listener.local_addr()?, "serving");
         let signal = shutdown.clone();
         axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
@@ -126,6 +132,11 @@ impl Application {
             .await
             .context("HTTP server")?;
         app_shutdown.cancel();
+        match scheduler.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the sync scheduler stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "the sync scheduler task failed"),
+            Ok(Ok(())) => {}
+        }
         tracing::info!("HTTP server stopped; closing the database");
         database.close().await
     }

@@ -7,6 +7,7 @@ pub mod crypto;
 pub mod engine;
 pub mod oauth;
 pub mod provider;
+pub mod scheduler;
 pub mod servicem8;
 pub mod simulator;
 pub mod status;

@@ -382,3 +382,37 @@ async fn a_sync_process_killed_at_random_points_resumes_and_converges_exactly() 
     .unwrap();
     assert!(killed > 0 && succeeded > 0, "killed runs {killed}, succeeded {succeeded}");
 }
+
+#[tokio::test]
+async fn the_scheduler_runs_each_connections_sync_on_its_cron_schedule() {
+    let (sim, app, id) = connected(SimConfig { companies: 2, jobs_per_company: 2, ..SimConfig::default() }).await;
+    sqlx::query("update connections set sync_schedule = '*/1 * * * * *' where id = $1")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let scheduler = tokio::spawn(clientapi_sync::scheduler::run(
+        engine(&app, &sim),
+        app.db.clone(),
+        Duration::from_millis(200),
+        shutdown.clone(),
+    ));
+    let mut runs = 0;
+    for _ in 0..100 {
+        runs = sqlx::query_scalar::<_, i64>(
+            "select count(*) from sync_runs where status = 'succeeded' and kind = 'incremental'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        if runs >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    scheduler.await.unwrap().unwrap();
+    assert!(runs >= 2, "the every-second schedule ran {runs} times");
+    assert_converged(&app, &sim).await;
+}
