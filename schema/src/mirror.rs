@@ -136,25 +136,8 @@ pub async fn apply(
     let mut stats = ApplyStats::default();
 
     // Resolve every record's company.
-    let company_refs: Vec<String> = records
-        .iter()
-        .filter_map(|r| match &r.owner {
-            Owner::Company(c) => Some(c.clone()),
-            _ => None,
-        })
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    let companies = company_ids(conn, connection, &company_refs).await?;
-    let job_refs: Vec<String> = records
-        .iter()
-        .filter_map(|r| match &r.owner {
-            Owner::Job(j) => Some(j.clone()),
-            _ => None,
-        })
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
+    let companies = company_ids(conn, connection, &distinct_refs(records, Owner::company_ref)).await?;
+    let job_refs = distinct_refs(records, Owner::job_ref);
     let job_owners = current_owners(conn, connection, Resource::Job, &job_refs).await?;
     record_company_names(conn, connection, records).await?;
 
@@ -179,6 +162,11 @@ pub async fn apply(
         stats += apply_resource(conn, connection, resource, &batch).await?;
     }
     Ok(stats)
+}
+
+/// The distinct owner references of one kind in a batch.
+fn distinct_refs(records: &[Record], pick: fn(&Owner) -> Option<&String>) -> Vec<String> {
+    records.iter().filter_map(|r| pick(&r.owner).cloned()).collect::<HashSet<_>>().into_iter().collect()
 }
 
 /// Keeps the registry's display names in step with client records of the company itself.

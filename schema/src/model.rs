@@ -77,6 +77,22 @@ pub enum Owner {
     Unowned,
 }
 
+impl Owner {
+    pub fn company_ref(&self) -> Option<&String> {
+        match self {
+            Owner::Company(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub fn job_ref(&self) -> Option<&String> {
+        match self {
+            Owner::Job(j) => Some(j),
+            _ => None,
+        }
+    }
+}
+
 /// One provider record, mapped to the unified model, with its raw payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
