@@ -416,3 +416,43 @@ async fn the_scheduler_runs_each_connections_sync_on_its_cron_schedule() {
     assert!(runs >= 2, "the every-second schedule ran {runs} times");
     assert_converged(&app, &sim).await;
 }
+
+#[tokio::test]
+async fn row_level_security_shows_the_reader_role_only_the_company_set_for_its_transaction() {
+    let (sim, app, id) = connected(SimConfig { companies: 3, jobs_per_company: 4, ..SimConfig::default() }).await;
+    engine(&app, &sim).sync_connection(id, false, None).await.unwrap();
+    let (company, total): (i64, i64) =
+        sqlx::query_as("select (select min(company_id) from jobs), (select count(*) from jobs)")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    let own: i64 = sqlx::query_scalar("select count(*) from jobs where company_id = $1")
+        .bind(company)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(own > 0 && own < total);
+
+    let mut tx = app.db.begin().await.unwrap();
+    sqlx::query("set local role clientapi_reader").execute(&mut *tx).await.unwrap();
+    for resource in Resource::ALL {
+        let sql = format!("select count(*) from {}", resource.plural());
+        let seen: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *tx).await.unwrap();
+        assert_eq!(seen, 0, "{resource}: a reader with no company set must see nothing");
+    }
+    sqlx::query("select set_config('clientapi.company_id', $1, true)")
+        .bind(company.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let seen: i64 = sqlx::query_scalar("select count(*) from jobs").fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(seen, own, "the reader sees exactly its company's jobs");
+    let foreign: i64 = sqlx::query_scalar("select count(*) from jobs where company_id <> $1")
+        .bind(company)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(foreign, 0, "even asking for other companies returns nothing");
+    let write = sqlx::query("delete from jobs").execute(&mut *tx).await;
+    assert!(write.is_err(), "the reader role cannot write");
+}
