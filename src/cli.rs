@@ -34,6 +34,9 @@ pub enum Command {
     /// Inspect and sync connections.
     #[command(subcommand)]
     Connection(ConnectionCommand),
+    /// Manage customer endpoints and their keys.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
     /// Run a provider simulator on loopback (for development, tests and the demo).
     #[command(subcommand)]
     Simulate(SimulateCommand),
@@ -52,6 +55,38 @@ pub enum ConnectionCommand {
     },
     /// Sync status per stream and the latest runs.
     Status { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// Create an endpoint for one company of a connection; prints its key once, on stdout.
+    Create {
+        #[arg(long)]
+        connection: i64,
+        /// The provider's id of the customer company.
+        #[arg(long)]
+        company: String,
+        #[arg(long)]
+        name: String,
+        /// Allow writes (through to the provider).
+        #[arg(long)]
+        read_write: bool,
+        /// A `sk_test_` key for a sandbox connection.
+        #[arg(long)]
+        test: bool,
+        #[arg(long)]
+        rate_limit: Option<i32>,
+    },
+    /// Every endpoint (never a key).
+    List,
+    /// Issue a new key; the old one keeps working for the grace period. Prints the key once.
+    Reissue {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        grace_seconds: i64,
+    },
+    /// Stop an endpoint answering (its key stays, for re-activation).
+    Deactivate { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,12 +200,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(SimulateCommand::Servicem8(args)) => simulate_servicem8(args).await,
+        Command::Endpoint(command) => {
+            let master_key = config.master_key()?;
+            let db = Database::open(&config).await?;
+            let state = crate::startup::AppState::new(db.pool.clone(), config, master_key);
+            let result = endpoint_command(&state, command).await;
+            state.stop_background().await;
+            db.close().await?;
+            result
+        }
         Command::Connection(command) => {
             let master_key = config.master_key()?;
             let db = Database::open(&config).await?;
             let state = crate::startup::AppState::new(db.pool.clone(), config, master_key);
             let result = connection_command(&state, command).await;
-            state.shutdown.cancel();
+            state.stop_background().await;
             db.close().await?;
             result
         }
@@ -273,6 +317,93 @@ async fn connection_command(state: &crate::startup::AppState, command: Connectio
                     r.error.map(|e| format!(" — {e}")).unwrap_or_default()
                 );
             }
+            Ok(())
+        }
+    }
+}
+
+/// The account that owns a connection or an endpoint: the CLI acts as that account's admin.
+async fn owning_account(
+    state: &crate::startup::AppState,
+    sql: &'static str,
+    id: String,
+) -> anyhow::Result<clientapi_schema::AccountId> {
+    let account: Option<clientapi_schema::AccountId> =
+        sqlx::query_scalar(sql).bind(id).fetch_optional(&state.db).await?;
+    account.context("not found")
+}
+
+fn api_error(e: crate::error::ApiError) -> anyhow::Error {
+    match e {
+        crate::error::ApiError::Invalid(errors) => {
+            anyhow::anyhow!(
+                "{}",
+                errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
+            )
+        }
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
+async fn endpoint_command(state: &crate::startup::AppState, command: EndpointCommand) -> anyhow::Result<()> {
+    use crate::endpoints;
+    match command {
+        EndpointCommand::Create { connection, company, name, read_write, test, rate_limit } => {
+            let account = owning_account(
+                state,
+                "select account_id from connections where id = $1::text::bigint",
+                connection.to_string(),
+            )
+            .await
+            .with_context(|| format!("no connection {connection}"))?;
+            let mut body = serde_json::json!({
+                "connection_id": connection, "company_external_id": company, "name": name,
+                "access": if read_write { "read_write" } else { "read_only" },
+                "environment": if test { "test" } else { "live" },
+            });
+            if let Some(limit) = rate_limit {
+                body["rate_limit_per_minute"] = limit.into();
+            }
+            let created = endpoints::create(&state.db, account, &body).await.map_err(api_error)?;
+            eprintln!(
+                "created endpoint {} ({}) at {}/api/public/{}; the key below is shown once",
+                created.endpoint.public_id,
+                created.endpoint.access,
+                state.config.public_url.as_str().trim_end_matches('/'),
+                created.endpoint.public_id
+            );
+            println!("{}", created.key);
+            Ok(())
+        }
+        EndpointCommand::List => {
+            let rows: Vec<(String, String, String, String, String, Option<String>)> = sqlx::query_as(
+                "select e.public_id, e.name, e.access, e.status, c.external_id,
+                        (select hint from endpoint_keys k where k.endpoint_id = e.id and k.revoked_at is null order by id desc limit 1)
+                 from endpoints e join companies c on c.id = e.company_id order by e.id",
+            )
+            .fetch_all(&state.db)
+            .await?;
+            println!("{:<20} {:<10} {:<8} {:<24} {:<40} NAME", "ID", "ACCESS", "STATUS", "KEY", "COMPANY");
+            for (id, name, access, status, company, hint) in rows {
+                println!("{id:<20} {access:<10} {status:<8} {:<24} {company:<40} {name}", hint.unwrap_or_default());
+            }
+            Ok(())
+        }
+        EndpointCommand::Reissue { id, grace_seconds } => {
+            let account = owning_account(state, "select account_id from endpoints where public_id = $1", id.clone())
+                .await
+                .with_context(|| format!("no endpoint {id}"))?;
+            let created = endpoints::reissue(&state.db, account, &id, grace_seconds).await.map_err(api_error)?;
+            eprintln!("new key for {id}; the old key works for {grace_seconds} more seconds");
+            println!("{}", created.key);
+            Ok(())
+        }
+        EndpointCommand::Deactivate { id } => {
+            let account = owning_account(state, "select account_id from endpoints where public_id = $1", id.clone())
+                .await
+                .with_context(|| format!("no endpoint {id}"))?;
+            endpoints::set_status(&state.db, account, &id, false).await.map_err(api_error)?;
+            eprintln!("endpoint {id} deactivated");
             Ok(())
         }
     }

@@ -39,6 +39,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
+    /// Too many unverified keys from one client or for one endpoint.
+    #[error("too many authentication attempts")]
+    TooManyAuthAttempts,
     #[error("bad gateway: {detail}")]
     BadGateway { detail: String },
     #[error("service unavailable: {detail}")]
@@ -79,6 +82,7 @@ impl ApiError {
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::TooManyAuthAttempts => (StatusCode::TOO_MANY_REQUESTS, "too_many_auth_attempts"),
             ApiError::BadGateway { .. } => (StatusCode::BAD_GATEWAY, "provider_error"),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -103,6 +107,7 @@ impl ApiError {
             ApiError::RateLimited { retry_after_secs } => {
                 format!("Rate limit exceeded; retry after {retry_after_secs} s.")
             }
+            ApiError::TooManyAuthAttempts => "Too many unverified keys; retry shortly.".into(),
             ApiError::Internal(_) => "An internal error occurred; it has been logged with the request id.".into(),
         }
     }
@@ -137,6 +142,7 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         let retry_after = match &self {
             ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            ApiError::TooManyAuthAttempts => Some(1),
             ApiError::Unavailable { retry_after_secs, .. } => *retry_after_secs,
             _ => None,
         };

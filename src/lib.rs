@@ -3,9 +3,14 @@
 //! mirror in `clientapi-schema`, GraphQL in `clientapi-graphql`.
 
 pub mod accounts;
+pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod endpoint_key;
+pub mod endpoints;
 pub mod error;
 pub mod http;
+pub mod rate_limit;
+pub mod request_log;
 pub mod startup;
 pub mod telemetry;

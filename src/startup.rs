@@ -13,7 +13,10 @@ use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::KeyVerifier;
 use crate::config::{Config, MasterKey};
+use crate::rate_limit::EndpointRateLimits;
+use crate::request_log::{self, RequestLog};
 use clientapi_sync::Providers;
 use clientapi_sync::connections::TokenManager;
 use clientapi_sync::crypto::Cipher;
@@ -29,6 +32,11 @@ pub struct AppState {
     pub providers: Providers,
     pub tokens: TokenManager,
     pub engine: SyncEngine,
+    pub verifier: Arc<KeyVerifier>,
+    pub rate_limits: Arc<EndpointRateLimits>,
+    pub request_log: RequestLog,
+    /// Background tasks (request log writer, key invalidation), awaited after `shutdown`.
+    pub tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     pub shutdown: CancellationToken,
 }
 
@@ -38,7 +46,31 @@ impl AppState {
         let tokens = TokenManager::new(db.clone(), Cipher::new(master_key.expose()));
         let shutdown = CancellationToken::new();
         let engine = SyncEngine::new(db.clone(), tokens.clone(), providers.clone(), shutdown.clone());
-        Self { db, providers, tokens, engine, config: Arc::new(config), master_key: Arc::new(master_key), shutdown }
+        let verifier = Arc::new(KeyVerifier::new());
+        let (request_log, writer) = request_log::spawn(db.clone(), config.request_log_retention_days, shutdown.clone());
+        let listener = tokio::spawn(verifier.clone().run(db.clone(), shutdown.clone()));
+        Self {
+            db,
+            providers,
+            tokens,
+            engine,
+            verifier,
+            rate_limits: Arc::default(),
+            request_log,
+            tasks: Arc::new(std::sync::Mutex::new(vec![writer, listener])),
+            config: Arc::new(config),
+            master_key: Arc::new(master_key),
+            shutdown,
+        }
+    }
+
+    /// Stops background work and waits for it (the request log flushes its queue).
+    pub async fn stop_background(&self) {
+        self.shutdown.cancel();
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
     }
 }
 
@@ -117,7 +149,6 @@ impl Application {
     /// Serves until `shutdown` fires, then drains in-flight requests and stops the database.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self { listener, state, database } = self;
-        let app_shutdown = state.shutdown.clone();
         let router = crate::http::router(state.clone());
         let scheduler = tokio::spawn(clientapi_sync::scheduler::run(
             state.engine.clone(),
@@ -131,7 +162,7 @@ impl Application {
             .with_graceful_shutdown(async move { signal.cancelled().await })
             .await
             .context("HTTP server")?;
-        app_shutdown.cancel();
+        state.stop_background().await;
         match scheduler.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "the sync scheduler stopped with an error"),
             Err(e) => tracing::warn!(error = %e, "the sync scheduler task failed"),

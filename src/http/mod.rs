@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod extract;
 pub mod health;
+pub mod public;
 pub mod request_context;
 
 use axum::Router;
@@ -16,6 +17,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(admin::router())
+        .merge(public::router(state.clone()))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(request_context::request_context))

@@ -2,11 +2,12 @@
 
 pub mod auth;
 pub mod connections;
+pub mod endpoints;
 
 use axum::Router;
 
 use crate::startup::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().merge(auth::router()).merge(connections::router())
+    Router::new().merge(auth::router()).merge(connections::router()).merge(endpoints::router())
 }

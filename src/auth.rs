@@ -1,0 +1,338 @@
+//! Verifying API keys on the hot path (DESIGN.md §6). The checksum is checked before any
+//! database work; a verified key is cached (moka) under SHA-256 of the token with its endpoint;
+//! argon2 runs on `spawn_blocking`, bounded per endpoint, per client IP and in total, so a
+//! flood of wrong keys cannot starve the CPU; a wrong key is remembered briefly so repeating
+//! it costs nothing. Any change to an endpoint or key reaches every process through Postgres
+//! `LISTEN/NOTIFY` (channel `clientapi_endpoints`), with the cache's TTL as the fallback.
+//! `last_used_at`/`last_used_ip` are collected in memory and written in one batch.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clientapi_schema::{AccountId, CompanyId, ConnectionId};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ipnet::IpNet;
+use moka::future::Cache;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::endpoint_key;
+
+/// A verified key stays cached this long without a NOTIFY (the fallback bound on staleness).
+pub const CACHE_TTL: Duration = Duration::from_secs(60);
+/// A key that failed verification is refused without argon2 for this long.
+const REJECTED_TTL: Duration = Duration::from_secs(60);
+const CACHE_CAPACITY: u64 = 100_000;
+/// argon2 verifications allowed per endpoint and per client IP (sustained per second, burst).
+const ARGON2_PER_ENDPOINT: (u32, u32) = (10, 20);
+const ARGON2_PER_IP: (u32, u32) = (20, 50);
+/// How often last-used times are written.
+pub const LAST_USED_FLUSH: Duration = Duration::from_secs(5);
+pub const NOTIFY_CHANNEL: &str = "clientapi_endpoints";
+
+/// Who a verified key speaks for: the endpoint and its settings, as of verification.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub endpoint_id: i64,
+    pub public_id: String,
+    pub key_id: i64,
+    pub account_id: AccountId,
+    pub connection_id: ConnectionId,
+    pub company_id: CompanyId,
+    pub company_external_id: String,
+    pub provider: String,
+    pub name: String,
+    pub access: String,
+    pub scopes: Vec<String>,
+    pub environment: String,
+    pub status: String,
+    pub ip_allowlist: Vec<IpNet>,
+    pub rate_limit_per_minute: u32,
+    pub endpoint_expires_at: Option<DateTime<Utc>>,
+    pub key_expires_at: Option<DateTime<Utc>>,
+}
+
+impl Principal {
+    /// Expiry is a moment, not an event: checked on every request, cached or not.
+    pub fn expired(&self) -> bool {
+        let now = Utc::now();
+        self.endpoint_expires_at.is_some_and(|at| at <= now) || self.key_expires_at.is_some_and(|at| at <= now)
+    }
+
+    pub fn ip_allowed(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        self.ip_allowlist.is_empty() || self.ip_allowlist.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Why a key was not accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// Missing, malformed, wrong, revoked or expired: one answer for all.
+    Unauthorized,
+    /// Too many unverified keys from this client or for this endpoint: try later.
+    Throttled,
+}
+
+#[derive(sqlx::FromRow)]
+struct Candidate {
+    key_id: i64,
+    key_hash: String,
+    key_expires_at: Option<DateTime<Utc>>,
+    endpoint_id: i64,
+    account_id: AccountId,
+    connection_id: ConnectionId,
+    company_id: CompanyId,
+    company_external_id: String,
+    provider: String,
+    name: String,
+    access: String,
+    scopes: Vec<String>,
+    environment: String,
+    status: String,
+    ip_allowlist: Vec<String>,
+    rate_limit_per_minute: i32,
+    endpoint_expires_at: Option<DateTime<Utc>>,
+}
+
+pub struct KeyVerifier {
+    verified: Cache<[u8; 32], Arc<Principal>>,
+    /// Refusals are per endpoint: a key tried on the wrong endpoint is still good on its own.
+    rejected: Cache<(String, [u8; 32]), ()>,
+    per_endpoint: DefaultKeyedRateLimiter<String>,
+    per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    argon2_slots: Semaphore,
+    last_used: Mutex<HashMap<i64, (DateTime<Utc>, IpAddr)>>,
+}
+
+fn quota((per_second, burst): (u32, u32)) -> Quota {
+    Quota::per_second(NonZeroU32::new(per_second).expect("non-zero"))
+        .allow_burst(NonZeroU32::new(burst).expect("non-zero"))
+}
+
+impl Default for KeyVerifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KeyVerifier {
+    pub fn new() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Self {
+            verified: Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(CACHE_TTL)
+                .support_invalidation_closures()
+                .build(),
+            rejected: Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(REJECTED_TTL).build(),
+            per_endpoint: RateLimiter::keyed(quota(ARGON2_PER_ENDPOINT)),
+            per_ip: RateLimiter::keyed(quota(ARGON2_PER_IP)),
+            // Leave a core for serving cached traffic.
+            argon2_slots: Semaphore::new(cores.saturating_sub(1).max(1)),
+            last_used: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Verifies `token` for the endpoint `public_id` called from `ip`.
+    pub async fn authenticate(
+        &self,
+        db: &PgPool,
+        public_id: &str,
+        token: &str,
+        ip: IpAddr,
+    ) -> Result<Arc<Principal>, AuthFailure> {
+        if !endpoint_key::well_formed(token) {
+            return Err(AuthFailure::Unauthorized);
+        }
+        let digest = endpoint_key::digest(token);
+        if let Some(principal) = self.verified.get(&digest).await {
+            metrics::counter!("key_cache_total", "result" => "hit").increment(1);
+            return if principal.public_id == public_id && !principal.expired() {
+                Ok(principal)
+            } else {
+                Err(AuthFailure::Unauthorized)
+            };
+        }
+        let refusal = (public_id.to_owned(), digest);
+        if self.rejected.contains_key(&refusal) {
+            metrics::counter!("key_cache_total", "result" => "rejected").increment(1);
+            return Err(AuthFailure::Unauthorized);
+        }
+        metrics::counter!("key_cache_total", "result" => "miss").increment(1);
+        // argon2 budget: refuse before doing the expensive work.
+        if self.per_ip.check_key(&ip).is_err() || self.per_endpoint.check_key(&public_id.to_owned()).is_err() {
+            metrics::counter!("key_verifications_throttled_total").increment(1);
+            return Err(AuthFailure::Throttled);
+        }
+        let candidates: Vec<Candidate> = sqlx::query_as(
+            "select k.id as key_id, k.key_hash, k.expires_at as key_expires_at, e.id as endpoint_id, e.account_id,
+                    e.connection_id, e.company_id, c.external_id as company_external_id, n.provider, e.name, e.access,
+                    e.scopes, e.environment, e.status, e.ip_allowlist::text[] as ip_allowlist, e.rate_limit_per_minute,
+                    e.expires_at as endpoint_expires_at
+             from endpoints e join endpoint_keys k on k.endpoint_id = e.id
+                  join companies c on c.id = e.company_id join connections n on n.id = e.connection_id
+             where e.public_id = $1 and k.revoked_at is null and (k.expires_at is null or k.expires_at > now())
+             order by k.id desc limit 2",
+        )
+        .bind(public_id)
+        .fetch_all(db)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "loading endpoint keys failed");
+            AuthFailure::Unauthorized
+        })?;
+        if candidates.is_empty() {
+            self.rejected.insert(refusal, ()).await;
+            return Err(AuthFailure::Unauthorized);
+        }
+        let _slot = self.argon2_slots.acquire().await.map_err(|_| AuthFailure::Throttled)?;
+        let hashes: Vec<String> = candidates.iter().map(|c| c.key_hash.clone()).collect();
+        let token_owned = token.to_owned();
+        let matched =
+            tokio::task::spawn_blocking(move || hashes.iter().position(|h| endpoint_key::verify(&token_owned, h)))
+                .await
+                .map_err(|_| AuthFailure::Unauthorized)?;
+        let Some(index) = matched else {
+            self.rejected.insert(refusal, ()).await;
+            return Err(AuthFailure::Unauthorized);
+        };
+        let c = candidates.into_iter().nth(index).expect("index from this list");
+        let principal = Arc::new(Principal {
+            endpoint_id: c.endpoint_id,
+            public_id: public_id.to_owned(),
+            key_id: c.key_id,
+            account_id: c.account_id,
+            connection_id: c.connection_id,
+            company_id: c.company_id,
+            company_external_id: c.company_external_id,
+            provider: c.provider,
+            name: c.name,
+            access: c.access,
+            scopes: c.scopes,
+            environment: c.environment,
+            status: c.status,
+            ip_allowlist: c.ip_allowlist.iter().filter_map(|n| n.parse().ok()).collect(),
+            rate_limit_per_minute: c.rate_limit_per_minute.max(1) as u32,
+            endpoint_expires_at: c.endpoint_expires_at,
+            key_expires_at: c.key_expires_at,
+        });
+        if principal.expired() {
+            return Err(AuthFailure::Unauthorized);
+        }
+        self.verified.insert(digest, principal.clone()).await;
+        Ok(principal)
+    }
+
+    /// Drops every cached verification of `endpoint_id` (its settings or keys changed).
+    pub fn invalidate_endpoint(&self, endpoint_id: i64) {
+        let _ = self.verified.invalidate_entries_if(move |_, p| p.endpoint_id == endpoint_id);
+        // A key refused a moment ago may be valid now (a reissue): forget refusals too.
+        self.rejected.invalidate_all();
+    }
+
+    pub fn invalidate_all(&self) {
+        self.verified.invalidate_all();
+        self.rejected.invalidate_all();
+    }
+
+    /// Remembers a use; written later in one batch.
+    pub fn touch(&self, endpoint_id: i64, ip: IpAddr) {
+        self.last_used.lock().unwrap_or_else(|e| e.into_inner()).insert(endpoint_id, (Utc::now(), ip));
+    }
+
+    /// Writes the collected last-used times (one statement for all endpoints).
+    pub async fn flush_last_used(&self, db: &PgPool) -> Result<(), sqlx::Error> {
+        let pending: Vec<(i64, (DateTime<Utc>, IpAddr))> =
+            self.last_used.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = pending.iter().map(|(id, _)| *id).collect();
+        let times: Vec<DateTime<Utc>> = pending.iter().map(|(_, (t, _))| *t).collect();
+        let ips: Vec<String> = pending.iter().map(|(_, (_, ip))| ip.to_string()).collect();
+        sqlx::query(
+            "update endpoints e set last_used_at = greatest(e.last_used_at, v.t), last_used_ip = v.ip::inet
+             from unnest($1::bigint[], $2::timestamptz[], $3::text[]) as v(id, t, ip) where e.id = v.id",
+        )
+        .bind(ids)
+        .bind(times)
+        .bind(ips)
+        .execute(db)
+        .await?;
+        Ok(())
+    }
+
+    /// Background work: NOTIFY-driven invalidation and periodic last-used writes, until shutdown.
+    pub async fn run(self: Arc<Self>, db: PgPool, shutdown: CancellationToken) {
+        let listener = {
+            let verifier = self.clone();
+            let db = db.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { verifier.listen(db, shutdown).await })
+        };
+        let mut tick = tokio::time::interval(LAST_USED_FLUSH);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => break,
+            }
+            if let Err(e) = self.flush_last_used(&db).await {
+                tracing::warn!(error = %e, "writing last-used times failed");
+            }
+            self.per_ip.retain_recent();
+            self.per_endpoint.retain_recent();
+        }
+        let _ = self.flush_last_used(&db).await;
+        let _ = listener.await;
+    }
+
+    async fn listen(&self, db: PgPool, shutdown: CancellationToken) {
+        loop {
+            let mut listener = match PgListener::connect_with(&db).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "key invalidation listener could not connect; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            };
+            if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
+                tracing::warn!(error = %e, "LISTEN failed; retrying");
+                continue;
+            }
+            // Anything may have changed while we were not listening.
+            self.invalidate_all();
+            loop {
+                tokio::select! {
+                    notification = listener.try_recv() => match notification {
+                        Ok(Some(n)) => match n.payload().parse::<i64>() {
+                            Ok(id) => self.invalidate_endpoint(id),
+                            Err(_) => self.invalidate_all(),
+                        },
+                        // The connection dropped and is being re-established: notifications
+                        // may have been missed, so trust nothing cached.
+                        Ok(None) => self.invalidate_all(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "key invalidation listener lost its connection; reconnecting");
+                            self.invalidate_all();
+                            break;
+                        }
+                    },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Per-endpoint request quotas: GCRA (governor) with the endpoint's per-minute limit as both
+//! rate and burst. Only authenticated requests reach it, so failed authentications never
+//! spend a victim endpoint's quota.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use moka::sync::Cache;
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// The outcome, for the `RateLimit-Policy` / `RateLimit` headers.
+#[derive(Debug, Clone, Copy)]
+pub struct RateInfo {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the quota is whole again; when refused, until the next request is admitted.
+    pub reset_secs: u64,
+    pub allowed: bool,
+}
+
+impl RateInfo {
+    pub fn policy_header(&self) -> String {
+        format!("\"default\";q={};w=60", self.limit)
+    }
+    pub fn header(&self) -> String {
+        format!("\"default\";r={};t={}", self.remaining, self.reset_secs)
+    }
+}
+
+pub struct EndpointRateLimits {
+    limiters: Cache<(i64, u32), Arc<Limiter>>,
+}
+
+impl Default for EndpointRateLimits {
+    fn default() -> Self {
+        Self { limiters: Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(600)).build() }
+    }
+}
+
+impl EndpointRateLimits {
+    /// Spends one request of `endpoint_id`'s quota (`per_minute`), if there is one left.
+    pub fn check(&self, endpoint_id: i64, per_minute: u32) -> RateInfo {
+        let per_minute = per_minute.max(1);
+        let limiter = self.limiters.get_with((endpoint_id, per_minute), || {
+            let q = NonZeroU32::new(per_minute).expect("at least 1");
+            Arc::new(RateLimiter::direct(Quota::per_minute(q)).with_middleware::<StateInformationMiddleware>())
+        });
+        let interval = 60.0 / f64::from(per_minute);
+        match limiter.check() {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                let missing = f64::from(per_minute - remaining.min(per_minute));
+                RateInfo { limit: per_minute, remaining, reset_secs: (missing * interval).ceil() as u64, allowed: true }
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                RateInfo {
+                    limit: per_minute,
+                    remaining: 0,
+                    reset_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                    allowed: false,
+                }
+            }
+        }
+    }
+}

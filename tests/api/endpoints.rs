@@ -1,0 +1,417 @@
+//! Scoped endpoints and keys: issue, scope, rotate, revoke, rate-limit, log.
+
+use std::time::{Duration, Instant};
+
+use clientapi_schema::ConnectionId;
+use clientapi_sync::simulator::servicem8::{Running, SimConfig};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, admin_token, connect_servicem8, spawn_app_for, spawn_sim};
+
+/// A synced connection and an admin token.
+pub async fn synced(companies: usize) -> (Running, TestApp, String, ConnectionId) {
+    let sim = spawn_sim(SimConfig { companies, jobs_per_company: 4, ..SimConfig::default() }).await;
+    let app = spawn_app_for(&sim).await;
+    let token = admin_token(&app, "ops@example.com", "acme").await;
+    let id = ConnectionId(connect_servicem8(&app, &token).await["id"].as_i64().unwrap());
+    app.state.engine.sync_connection(id, false, None).await.unwrap();
+    (sim, app, token, id)
+}
+
+pub fn company(sim: &Running, n: usize) -> String {
+    sim.sim.records("company")[n]["uuid"].as_str().unwrap().to_owned()
+}
+
+/// Creates an endpoint through the admin API; returns (endpoint id, key).
+pub async fn create_endpoint(
+    app: &TestApp,
+    token: &str,
+    connection: ConnectionId,
+    company: &str,
+    extra: Value,
+) -> (String, String) {
+    let mut body = json!({"connection_id": connection.0, "company_external_id": company, "name": "Portal"});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let response =
+        app.client.post(app.url("/api/admin/endpoints")).bearer_auth(token).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let body: Value = response.json().await.unwrap();
+    (body["endpoint"]["id"].as_str().unwrap().to_owned(), body["key"].as_str().unwrap().to_owned())
+}
+
+async fn get_as(app: &TestApp, path: &str, key: Option<&str>) -> reqwest::Response {
+    let mut request = app.client.get(app.url(path));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    request.send().await.unwrap()
+}
+
+async fn problem(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// Flips one character of a well-formed key's checksum.
+fn bad_checksum(key: &str) -> String {
+    let mut bytes = key.as_bytes().to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] = if bytes[last] == b'a' { b'b' } else { b'a' };
+    String::from_utf8(bytes).unwrap()
+}
+
+#[tokio::test]
+async fn the_authorization_matrix_answers_exactly_for_every_public_route() {
+    let (sim, app, token, conn) = synced(3).await;
+    let (ep, key) = create_endpoint(&app, &token, conn, &company(&sim, 0), json!({})).await;
+    let (other_ep, other_key) = create_endpoint(&app, &token, conn, &company(&sim, 1), json!({})).await;
+    let (allow_ep, allow_key) = create_endpoint(
+        &app,
+        &token,
+        conn,
+        &company(&sim, 2),
+        json!({"ip_allowlist": ["10.0.0.0/8", "2001:db8::/32"]}),
+    )
+    .await;
+    let (off_ep, off_key) = create_endpoint(&app, &token, conn, &company(&sim, 2), json!({})).await;
+    app.client
+        .post(app.url(&format!("/api/admin/endpoints/{off_ep}/deactivate")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let (old_ep, revoked_key) = create_endpoint(&app, &token, conn, &company(&sim, 0), json!({})).await;
+    app.client
+        .post(app.url(&format!("/api/admin/endpoints/{old_ep}/reissue")))
+        .bearer_auth(&token)
+        .json(&json!({"grace_seconds": 0}))
+        .send()
+        .await
+        .unwrap();
+    let (expired_ep, expired_key) = create_endpoint(&app, &token, conn, &company(&sim, 0), json!({})).await;
+    sqlx::query("update endpoints set expires_at = now() - interval '1 second' where public_id = $1")
+        .bind(&expired_ep)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let wrong_secret = clientapi::endpoint_key::generate(false);
+
+    // Every public route (this list grows with the API).
+    let routes = ["/me"];
+    for route in routes {
+        let path = |e: &str| format!("/api/public/{e}{route}");
+        let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
+            ("no key", path(&ep), None, 401, "unauthorized"),
+            ("malformed", path(&ep), Some("hello".into()), 401, "unauthorized"),
+            ("bad checksum", path(&ep), Some(bad_checksum(&key)), 401, "unauthorized"),
+            ("wrong secret", path(&ep), Some(wrong_secret.clone()), 401, "unauthorized"),
+            ("revoked", path(&old_ep), Some(revoked_key.clone()), 401, "unauthorized"),
+            ("expired", path(&expired_ep), Some(expired_key.clone()), 401, "unauthorized"),
+            ("other company's key", path(&ep), Some(other_key.clone()), 401, "unauthorized"),
+            ("IP outside allowlist", path(&allow_ep), Some(allow_key.clone()), 403, "ip_not_allowed"),
+            ("deactivated endpoint", path(&off_ep), Some(off_key.clone()), 403, "endpoint_inactive"),
+            ("valid", path(&ep), Some(key.clone()), 200, ""),
+            ("valid, other endpoint", path(&other_ep), Some(other_key.clone()), 200, ""),
+        ];
+        let mut unauthorized_bodies = Vec::new();
+        for (case, path, key, status, code) in cases {
+            let (got, body) = problem(get_as(&app, &path, key.as_deref()).await).await;
+            assert_eq!(got, status, "{route} / {case}: {body}");
+            if status >= 400 {
+                assert_eq!(body["code"], code, "{route} / {case}");
+            }
+            if status == 401 {
+                unauthorized_bodies.push((body["title"].clone(), body["detail"].clone(), body["type"].clone()));
+            }
+        }
+        unauthorized_bodies.dedup();
+        assert_eq!(unauthorized_bodies.len(), 1, "every 401 must look the same: {unauthorized_bodies:?}");
+        // X-API-Key works like Bearer.
+        let response = app.client.get(app.url(&path(&ep))).header("x-api-key", &key).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let me: Value = get_as(&app, &format!("/api/public/{ep}/me"), Some(&key)).await.json().await.unwrap();
+    assert_eq!(me["company_external_id"], company(&sim, 0));
+    assert_eq!(me["access"], "read_only");
+    assert!(me["scopes"].as_array().unwrap().iter().all(|s| s.as_str().unwrap().ends_with(":read")));
+    assert!(me["freshness"].as_array().unwrap().iter().any(|f| f["resource"] == "job" && f["sync_status"] == "synced"));
+}
+
+#[tokio::test]
+async fn a_key_is_shown_once_stored_hashed_and_a_reissue_grace_window_ends_on_time() {
+    let (sim, app, token, conn) = synced(2).await;
+    let (ep, key) = create_endpoint(&app, &token, conn, &company(&sim, 0), json!({})).await;
+    assert_eq!(get_as(&app, &format!("/api/public/{ep}/me"), Some(&key)).await.status(), 200);
+
+    // Never again in an admin answer: only a hint.
+    for path in [format!("/api/admin/endpoints/{ep}"), "/api/admin/endpoints".to_owned()] {
+        let text = app.client.get(app.url(&path)).bearer_auth(&token).send().await.unwrap().text().await.unwrap();
+        assert!(!text.contains(&key[8..]), "{path} shows the key");
+        assert!(text.contains(&key[..12]), "{path} shows the hint");
+    }
+
+    let response = app
+        .client
+        .post(app.url(&format!("/api/admin/endpoints/{ep}/reissue")))
+        .bearer_auth(&token)
+        .json(&json!({"grace_seconds": 2}))
+        .send()
+        .await
+        .unwrap();
+    let new_key = response.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_owned();
+    assert_ne!(new_key, key);
+    let reissued = Instant::now();
+    assert_eq!(
+        get_as(&app, &format!("/api/public/{ep}/me"), Some(&new_key)).await.status(),
+        200,
+        "the new key works at once"
+    );
+    assert_eq!(
+        get_as(&app, &format!("/api/public/{ep}/me"), Some(&key)).await.status(),
+        200,
+        "the old key works in the grace window"
+    );
+    tokio::time::sleep(Duration::from_millis(2300).saturating_sub(reissued.elapsed())).await;
+    assert_eq!(
+        get_as(&app, &format!("/api/public/{ep}/me"), Some(&key)).await.status(),
+        401,
+        "the old key is dead after the grace window"
+    );
+    assert_eq!(get_as(&app, &format!("/api/public/{ep}/me"), Some(&new_key)).await.status(), 200);
+
+    // Out-of-range grace windows are refused.
+    for grace in [-1, 7 * 24 * 3600 + 1] {
+        let response = app
+            .client
+            .post(app.url(&format!("/api/admin/endpoints/{ep}/reissue")))
+            .bearer_auth(&token)
+            .json(&json!({"grace_seconds": grace}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 422);
+    }
+
+    // Neither the database nor the request log holds a key.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let pg_dump = clientapi_schema::local_pg::find_bin_dir().unwrap().join("pg_dump");
+    let url = app.state.config.database_url.as_ref().unwrap().expose().clone();
+    let dump = std::process::Command::new(pg_dump).args(["--data-only", "--dbname", &url]).output().unwrap();
+    let text = String::from_utf8_lossy(&dump.stdout);
+    assert!(text.contains("COPY public.endpoint_keys") && text.contains("COPY public.request_logs"));
+    for secret in [&key, &new_key] {
+        assert!(!text.contains(&secret[8..]), "the dump holds a key");
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_on_one_process_reaches_another_within_a_second() {
+    let (sim, app, token, conn) = synced(2).await;
+    let (ep, mut key) =
+        create_endpoint(&app, &token, conn, &company(&sim, 0), json!({"rate_limit_per_minute": 100000})).await;
+    // A second service process on the same database.
+    let port = crate::helpers::free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let url = app.state.config.database_url.as_ref().unwrap().expose().clone();
+    let mut other = crate::helpers::spawn_serve(&mut crate::helpers::clientapi(
+        &[],
+        &[("DATABASE_URL", &url), ("CLIENTAPI_BIND", &bind), ("CLIENTAPI_SECRET_KEY", crate::helpers::TEST_MASTER_KEY)],
+    ));
+    crate::helpers::wait_ready(&mut other, port, Duration::from_secs(60));
+    let remote = |key: String| {
+        let client = app.client.clone();
+        let url = format!("http://127.0.0.1:{port}/api/public/{ep}/me");
+        async move { client.get(url).bearer_auth(key).send().await.unwrap().status().as_u16() }
+    };
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        assert_eq!(remote(key.clone()).await, 200, "warm the other process's cache");
+        assert_eq!(remote(key.clone()).await, 200);
+        let revoked_at = Instant::now();
+        let response = app
+            .client
+            .post(app.url(&format!("/api/admin/endpoints/{ep}/reissue")))
+            .bearer_auth(&token)
+            .json(&json!({"grace_seconds": 0}))
+            .send()
+            .await
+            .unwrap();
+        let next = response.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_owned();
+        while remote(key.clone()).await != 401 {
+            assert!(
+                revoked_at.elapsed() < Duration::from_secs(1),
+                "the other process still accepts a revoked key after 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        worst = worst.max(revoked_at.elapsed());
+        key = next;
+    }
+    eprintln!("revocation propagation, worst of 10: {worst:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(other.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    other.wait().unwrap();
+}
+
+fn rate_header(response: &reqwest::Response) -> (u32, u64) {
+    let value = response.headers()["ratelimit"].to_str().unwrap().to_owned();
+    let field = |name: &str| value.split(';').find_map(|p| p.strip_prefix(name)).unwrap().parse::<u64>().unwrap();
+    (field("r=") as u32, field("t="))
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_honoured_with_headers_and_failed_auth_spends_nothing() {
+    let (sim, app, token, conn) = synced(2).await;
+    let (ep, key) = create_endpoint(&app, &token, conn, &company(&sim, 0), json!({"rate_limit_per_minute": 5})).await;
+    let path = format!("/api/public/{ep}/me");
+    // An attacker's wrong keys against the endpoint do not eat its quota.
+    for _ in 0..8 {
+        assert_eq!(get_as(&app, &path, Some(&clientapi::endpoint_key::generate(false))).await.status(), 401);
+    }
+    for expected_remaining in (0..5).rev() {
+        let response = get_as(&app, &path, Some(&key)).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["ratelimit-policy"], "\"default\";q=5;w=60");
+        assert_eq!(rate_header(&response).0, expected_remaining);
+    }
+    let refused = get_as(&app, &path, Some(&key)).await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let (remaining, reset) = rate_header(&refused);
+    assert_eq!(remaining, 0);
+    assert_eq!(retry_after, reset, "Retry-After equals the reset time");
+    assert!((1..=12).contains(&retry_after), "one request every 12 s at 5/min: {retry_after}");
+    assert_eq!(refused.json::<Value>().await.unwrap()["code"], "rate_limited");
+}
+
+#[tokio::test]
+async fn every_public_request_leaves_exactly_one_log_row_whatever_its_status() {
+    let (sim, app, token, conn) = synced(2).await;
+    let (ep, key) = create_endpoint(&app, &token, conn, &company(&sim, 0), json!({"rate_limit_per_minute": 3})).await;
+    let me = format!("/api/public/{ep}/me");
+    let mut expected = vec![];
+    for (path, key) in [
+        (me.clone(), Some(key.as_str())),
+        (me.clone(), None),
+        (format!("/api/public/{ep}/nope"), Some(key.as_str())),
+        (me.clone(), Some(key.as_str())),
+        (me.clone(), Some(key.as_str())),
+    ] {
+        expected.push(get_as(&app, &format!("{path}?page_size=5&api_key=sk_live_secret"), key).await.status().as_u16());
+    }
+    assert_eq!(expected, [200, 401, 404, 200, 429]);
+    /// status, endpoint, error code, query, request id
+    type Row = (i16, Option<i64>, Option<String>, Value, String);
+    let mut rows: Vec<Row> = Vec::new();
+    for _ in 0..50 {
+        rows = sqlx::query_as(
+            "select status, endpoint_id, error_code, query, request_id from request_logs order by created_at",
+        )
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+        if rows.len() >= expected.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let statuses: Vec<u16> = rows.iter().map(|r| r.0 as u16).collect();
+    assert_eq!(statuses, expected, "one row per request, in order");
+    assert!(rows[1].1.is_none() && rows[1].2.as_deref() == Some("unauthorized"), "a 401 is logged without an endpoint");
+    assert_eq!(rows[4].2.as_deref(), Some("rate_limited"));
+    assert!(rows.iter().all(|r| r.3["api_key"] == "[redacted]" && r.3["page_size"] == "5"));
+    let ids: std::collections::HashSet<&String> = rows.iter().map(|r| &r.4).collect();
+    assert_eq!(ids.len(), rows.len(), "each row carries its own request id");
+
+    // The admin log view and usage see them; another account sees nothing.
+    let logs: Value = app
+        .client
+        .get(app.url(&format!("/api/admin/endpoints/{ep}/logs?status=4xx")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(logs.as_array().unwrap().len(), 2, "{logs}");
+    let usage: Value = app
+        .client
+        .get(app.url(&format!("/api/admin/endpoints/{ep}/usage?bucket=day")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage[0]["requests"], 4);
+    assert_eq!(usage[0]["errors"], 2);
+    let stranger = admin_token(&app, "eve@example.org", "other").await;
+    for path in [
+        format!("/api/admin/endpoints/{ep}/logs"),
+        format!("/api/admin/endpoints/{ep}"),
+        format!("/api/admin/endpoints/{ep}/usage"),
+    ] {
+        assert_eq!(app.client.get(app.url(&path)).bearer_auth(&stranger).send().await.unwrap().status(), 404, "{path}");
+    }
+    let response = app
+        .client
+        .post(app.url(&format!("/api/admin/endpoints/{ep}/deactivate")))
+        .bearer_auth(&stranger)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+#[tokio::test]
+async fn a_flood_of_wrong_keys_is_throttled_while_a_verified_key_keeps_working() {
+    let (sim, app, token, conn) = synced(2).await;
+    let (ep, key) =
+        create_endpoint(&app, &token, conn, &company(&sim, 0), json!({"rate_limit_per_minute": 100000})).await;
+    let path = format!("/api/public/{ep}/me");
+    assert_eq!(get_as(&app, &path, Some(&key)).await.status(), 200);
+    let mut throttled = 0;
+    for _ in 0..120 {
+        let status = get_as(&app, &path, Some(&clientapi::endpoint_key::generate(false))).await.status().as_u16();
+        assert!(status == 401 || status == 429, "{status}");
+        if status == 429 {
+            throttled += 1;
+        }
+        assert_eq!(get_as(&app, &path, Some(&key)).await.status(), 200, "a cached key is never throttled");
+    }
+    assert!(throttled >= 40, "argon2 work per client is bounded ({throttled} of 120 refused before hashing)");
+}
+
+#[tokio::test]
+async fn endpoint_input_is_validated_with_every_bad_field_named() {
+    let (_sim, app, token, conn) = synced(1).await;
+    let response = app
+        .client
+        .post(app.url("/api/admin/endpoints"))
+        .bearer_auth(&token)
+        .json(&json!({"connection_id": conn.0, "company_external_id": "nope", "access": "admin",
+            "scopes": ["jobs:read", "root"], "ip_allowlist": ["300.1.1.1"], "rate_limit_per_minute": 0,
+            "expires_at": "yesterday", "colour": "blue"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    let fields: Vec<&str> = body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    for field in [
+        "colour",
+        "access",
+        "scopes[1]",
+        "ip_allowlist[0]",
+        "rate_limit_per_minute",
+        "expires_at",
+        "name",
+        "company_external_id",
+    ] {
+        assert!(fields.contains(&field), "{field} not reported in {fields:?}");
+    }
+}
