@@ -203,7 +203,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Endpoint(command) => {
             let master_key = config.master_key()?;
             let db = Database::open(&config).await?;
-            let state = crate::startup::AppState::new(db.pool.clone(), config, master_key);
+            let state = crate::startup::AppState::new(db.pool.clone(), db.reader.clone(), config, master_key);
             let result = endpoint_command(&state, command).await;
             state.stop_background().await;
             db.close().await?;
@@ -212,7 +212,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Connection(command) => {
             let master_key = config.master_key()?;
             let db = Database::open(&config).await?;
-            let state = crate::startup::AppState::new(db.pool.clone(), config, master_key);
+            let state = crate::startup::AppState::new(db.pool.clone(), db.reader.clone(), config, master_key);
             let result = connection_command(&state, command).await;
             state.stop_background().await;
             db.close().await?;

@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod cursor;
 pub mod endpoint_key;
 pub mod endpoints;
 pub mod error;

@@ -14,6 +14,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::KeyVerifier;
+use crate::cursor::CursorSigner;
+use clientapi_schema::ConnectionId;
+use clientapi_sync::status::StreamStatus;
+
+/// How stale the sync status in an envelope may be.
+const FRESHNESS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::config::{Config, MasterKey};
 use crate::rate_limit::EndpointRateLimits;
 use crate::request_log::{self, RequestLog};
@@ -27,6 +33,10 @@ use clientapi_sync::servicem8::{ServiceM8, ServiceM8Config};
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
+    /// The public read path's pool: its connections act as the row-level-security role.
+    pub reader: PgPool,
+    pub cursors: CursorSigner,
+    freshness: moka::future::Cache<ConnectionId, Arc<Vec<StreamStatus>>>,
     pub config: Arc<Config>,
     pub master_key: Arc<MasterKey>,
     pub providers: Providers,
@@ -41,7 +51,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(db: PgPool, config: Config, master_key: MasterKey) -> Self {
+    pub fn new(db: PgPool, reader: PgPool, config: Config, master_key: MasterKey) -> Self {
         let providers = providers(&config);
         let tokens = TokenManager::new(db.clone(), Cipher::new(master_key.expose()));
         let shutdown = CancellationToken::new();
@@ -51,6 +61,9 @@ impl AppState {
         let listener = tokio::spawn(verifier.clone().run(db.clone(), shutdown.clone()));
         Self {
             db,
+            reader,
+            cursors: CursorSigner::new(master_key.expose()),
+            freshness: moka::future::Cache::builder().max_capacity(10_000).time_to_live(FRESHNESS_TTL).build(),
             providers,
             tokens,
             engine,
@@ -62,6 +75,16 @@ impl AppState {
             master_key: Arc::new(master_key),
             shutdown,
         }
+    }
+
+    /// Per-stream sync status of a connection, cached briefly: the read path asks on every page.
+    pub async fn freshness(&self, connection: ConnectionId) -> Arc<Vec<StreamStatus>> {
+        let db = self.db.clone();
+        self.freshness
+            .get_with(connection, async move {
+                Arc::new(clientapi_sync::status::streams(&db, connection).await.unwrap_or_default())
+            })
+            .await
     }
 
     /// Stops background work and waits for it (the request log flushes its queue).
@@ -77,6 +100,7 @@ impl AppState {
 /// The service's database: a pool, and the local cluster behind it when there is one.
 pub struct Database {
     pub pool: PgPool,
+    pub reader: PgPool,
     local: Option<LocalPostgres>,
 }
 
@@ -100,13 +124,15 @@ impl Database {
                 (local.connect_options(db::SERVICE_DATABASE), Some(local))
             }
         };
-        let pool = db::connect(options).await.context("connecting to Postgres")?;
+        let pool = db::connect(options.clone()).await.context("connecting to Postgres")?;
         db::migrate(&pool).await.context("running migrations")?;
-        Ok(Self { pool, local })
+        let reader = clientapi_schema::read::reader_pool(options);
+        Ok(Self { pool, reader, local })
     }
 
     /// Closes the pool, then stops the local cluster if this process owns it.
     pub async fn close(self) -> anyhow::Result<()> {
+        self.reader.close().await;
         self.pool.close().await;
         if let Some(local) = self.local {
             tokio::task::spawn_blocking(move || local.stop()).await??;
@@ -134,7 +160,7 @@ impl Application {
             let _ = config.public_url.set_port(Some(listener.local_addr()?.port()));
         }
         crate::telemetry::metrics_handle();
-        let state = AppState::new(database.pool.clone(), config, master_key);
+        let state = AppState::new(database.pool.clone(), database.reader.clone(), config, master_key);
         Ok(Self { listener, state, database })
     }
 

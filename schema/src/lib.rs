@@ -6,6 +6,7 @@ pub mod ids;
 pub mod local_pg;
 pub mod mirror;
 pub mod model;
+pub mod read;
 pub mod secret;
 
 pub use ids::*;

@@ -164,6 +164,14 @@ pub async fn apply(
     Ok(stats)
 }
 
+/// Serialises mirror writes of one connection until the transaction ends, so `change_seq`
+/// values are committed in the order they are drawn: a changes-feed reader that has seen seq
+/// N can never later find a smaller one appear (every company belongs to one connection).
+pub async fn lock_connection(conn: &mut PgConnection, connection: ConnectionId) -> Result<(), sqlx::Error> {
+    sqlx::query("select pg_advisory_xact_lock(7314, $1::int)").bind(connection.0 as i32).execute(conn).await?;
+    Ok(())
+}
+
 /// The distinct owner references of one kind in a batch.
 fn distinct_refs(records: &[Record], pick: fn(&Owner) -> Option<&String>) -> Vec<String> {
     records.iter().filter_map(|r| pick(&r.owner).cloned()).collect::<HashSet<_>>().into_iter().collect()
@@ -240,8 +248,12 @@ async fn apply_resource(
         let mut row = fields_json(&record.fields);
         row.insert("company_id".into(), Value::from(company.0));
         row.insert("external_id".into(), Value::from(record.external_id.clone()));
-        row.insert("created_at".into(), serde_json::to_value(record.created_at).unwrap_or(Value::Null));
-        row.insert("remote_updated_at".into(), serde_json::to_value(record.remote_updated_at).unwrap_or(Value::Null));
+        // An unknown time sorts first: -infinity (the read path shows it as null).
+        let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map_or(Value::from("-infinity"), |t| Value::from(t.to_rfc3339()))
+        };
+        row.insert("created_at".into(), time(record.created_at));
+        row.insert("remote_updated_at".into(), time(record.remote_updated_at));
         row.insert("remote_data".into(), record.remote_data.clone());
         let deleted_at = if record.deleted { Value::from(chrono::Utc::now().to_rfc3339()) } else { Value::Null };
         row.insert("deleted_at".into(), deleted_at);

@@ -278,6 +278,7 @@ impl SyncEngine {
         }
 
         let mut tx = self.db.begin().await?;
+        mirror::lock_connection(&mut tx, id).await?;
         if full {
             // Only a scan that reached its last page may conclude anything is gone.
             for resource in stream.resources {

@@ -98,10 +98,21 @@ async fn the_authorization_matrix_answers_exactly_for_every_public_route() {
         .await
         .unwrap();
     let wrong_secret = clientapi::endpoint_key::generate(false);
+    let (narrow_ep, narrow_key) =
+        create_endpoint(&app, &token, conn, &company(&sim, 0), json!({"scopes": ["clients:read"]})).await;
 
-    // Every public route (this list grows with the API).
-    let routes = ["/me"];
-    for route in routes {
+    // Every public route, what a valid key gets, and whether it needs more than clients:read.
+    let routes = [
+        ("/me", 200, false),
+        ("/jobs", 200, true),
+        ("/query/?resource=job", 200, true),
+        ("/jobs/no-such-job", 404, true),
+        ("/changes", 200, true),
+        ("/export?resource=job", 200, true),
+        ("/attachments/no-such-file/content", 404, true),
+        ("/clients", 200, false),
+    ];
+    for (route, valid, needs_scope) in routes {
         let path = |e: &str| format!("/api/public/{e}{route}");
         let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
             ("no key", path(&ep), None, 401, "unauthorized"),
@@ -113,8 +124,19 @@ async fn the_authorization_matrix_answers_exactly_for_every_public_route() {
             ("other company's key", path(&ep), Some(other_key.clone()), 401, "unauthorized"),
             ("IP outside allowlist", path(&allow_ep), Some(allow_key.clone()), 403, "ip_not_allowed"),
             ("deactivated endpoint", path(&off_ep), Some(off_key.clone()), 403, "endpoint_inactive"),
-            ("valid", path(&ep), Some(key.clone()), 200, ""),
-            ("valid, other endpoint", path(&other_ep), Some(other_key.clone()), 200, ""),
+            ("valid", path(&ep), Some(key.clone()), valid, if valid == 404 { "not_found" } else { "" }),
+            (
+                "valid, other endpoint",
+                path(&other_ep),
+                Some(other_key.clone()),
+                valid,
+                if valid == 404 { "not_found" } else { "" },
+            ),
+            if needs_scope {
+                ("missing scope", path(&narrow_ep), Some(narrow_key.clone()), 403, "missing_scope")
+            } else {
+                ("narrow scope suffices", path(&narrow_ep), Some(narrow_key.clone()), 200, "")
+            },
         ];
         let mut unauthorized_bodies = Vec::new();
         for (case, path, key, status, code) in cases {
@@ -131,7 +153,7 @@ async fn the_authorization_matrix_answers_exactly_for_every_public_route() {
         assert_eq!(unauthorized_bodies.len(), 1, "every 401 must look the same: {unauthorized_bodies:?}");
         // X-API-Key works like Bearer.
         let response = app.client.get(app.url(&path(&ep))).header("x-api-key", &key).send().await.unwrap();
-        assert_eq!(response.status(), 200);
+        assert_eq!(response.status().as_u16(), valid);
     }
     let me: Value = get_as(&app, &format!("/api/public/{ep}/me"), Some(&key)).await.json().await.unwrap();
     assert_eq!(me["company_external_id"], company(&sim, 0));

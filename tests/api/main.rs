@@ -6,5 +6,6 @@ mod health;
 mod helpers;
 mod local_postgres;
 mod migrations;
+mod rest;
 mod servicem8;
 mod sync;

@@ -40,6 +40,10 @@ impl FromRequestParts<AppState> for EndpointAuth {
         let params =
             Path::<HashMap<String, String>>::from_request_parts(parts, state).await.map_err(|_| ApiError::NotFound)?;
         let public_id = params.get("endpoint").ok_or(ApiError::NotFound)?;
+        // Not an id we could have issued: answer like any other unknown endpoint or bad key.
+        if public_id.len() > 64 || !public_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(ApiError::Unauthorized);
+        }
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()

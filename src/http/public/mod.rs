@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod me;
+pub mod rest;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -36,8 +37,10 @@ pub type ContextSlot = Arc<Mutex<PublicContext>>;
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .merge(me::router())
+        .merge(rest::router())
         // Unknown paths under an endpoint are public requests too: authenticated, logged, 404.
-        .route("/api/public/{endpoint}/{*rest}", axum::routing::any(unknown_route))
+        // (`/{resources}` and `/{resources}/{id}` answer 404 for unknown resources themselves.)
+        .route("/api/public/{endpoint}/{resources}/{id}/{*rest}", axum::routing::any(unknown_route))
         .layer(axum::middleware::from_fn_with_state(state, public_context))
 }
 

@@ -1,0 +1,619 @@
+//! The REST query API over the mirror (DESIGN.md §5): lists with filters and keyset pages,
+//! single records, the changes feed, bulk export and attachment bytes. Every read is served
+//! from the mirror through `read.rs` (one data statement per page, under row-level security);
+//! only attachment bytes come from the provider, after the same scope check.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, NaiveDate, Utc};
+use clientapi_schema::model::Resource;
+use clientapi_schema::read::{self, Filters, ListQuery, Sort};
+use clientapi_sync::provider::ProviderKind;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::auth::EndpointAuth;
+use crate::error::{ApiError, FieldError};
+use crate::startup::AppState;
+
+const MAX_VALUE_LEN: usize = 4096;
+const MAX_IDS: usize = 1000;
+const CHANGES_DEFAULT: u32 = 100;
+/// Export rows are gathered into chunks of up to about this many bytes.
+const EXPORT_CHUNK: usize = 64 * 1024;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/public/{endpoint}/query", get(query_records))
+        .route("/api/public/{endpoint}/query/", get(query_records))
+        .route("/api/public/{endpoint}/changes", get(list_changes))
+        .route("/api/public/{endpoint}/export", get(export_records))
+        .route("/api/public/{endpoint}/attachments/{id}/content", get(get_attachment_content))
+        .route("/api/public/{endpoint}/{resources}", get(list_records))
+        .route("/api/public/{endpoint}/{resources}/{id}", get(get_record))
+}
+
+/// The cursor of a list: where the last page ended, bound to what was asked.
+#[derive(Serialize, Deserialize)]
+struct ListCursor {
+    e: String,
+    r: String,
+    s: String,
+    f: String,
+    k: String,
+    i: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChangesCursor {
+    e: String,
+    r: String,
+    c: i64,
+}
+
+/// A parsed list request.
+pub struct ListRequest {
+    pub query: ListQuery,
+    fingerprint: String,
+}
+
+fn parse_time(field: &str, value: &str, errors: &mut Vec<FieldError>) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        return Some(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    }
+    errors.push(FieldError::new(field, "must be an RFC 3339 timestamp or a YYYY-MM-DD date"));
+    None
+}
+
+fn parse_list(value: &str, field: &str, max: usize, errors: &mut Vec<FieldError>) -> Option<Vec<String>> {
+    let items: Vec<String> = value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    if items.is_empty() || items.len() > max || items.iter().any(|s| s.len() > 200) {
+        errors.push(FieldError::new(field, format!("must be a comma-separated list of 1 to {max} values")));
+        return None;
+    }
+    Some(items)
+}
+
+/// Parses the query string of a list, reporting every bad or unknown parameter.
+/// `resource` is `None` for `/query`, which takes it as a parameter.
+pub fn parse_list_request(
+    auth: &EndpointAuth,
+    state: &AppState,
+    resource: Option<Resource>,
+    raw_query: Option<&str>,
+) -> Result<ListRequest, ApiError> {
+    let mut errors = Vec::new();
+    let mut params: Vec<(String, String)> = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()) {
+        if v.len() > MAX_VALUE_LEN || k.len() > 100 {
+            errors.push(FieldError::new(k.chars().take(100).collect::<String>(), "value too long"));
+            continue;
+        }
+        // Invalid UTF-8 in the percent-encoding decodes to U+FFFD: refuse it rather than guess.
+        if v.contains('\u{FFFD}') || k.contains('\u{FFFD}') {
+            errors.push(FieldError::new(
+                k.replace('\u{FFFD}', "?").chars().take(100).collect::<String>(),
+                "not valid UTF-8",
+            ));
+            continue;
+        }
+        if v.chars().chain(k.chars()).any(char::is_control) {
+            errors.push(FieldError::new(
+                k.chars().filter(|c| !c.is_control()).take(100).collect::<String>(),
+                "control characters are not allowed",
+            ));
+            continue;
+        }
+        if params.iter().any(|(seen, _)| *seen == k) {
+            errors.push(FieldError::new(k.to_string(), "given more than once"));
+            continue;
+        }
+        params.push((k.into_owned(), v.into_owned()));
+    }
+    let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let resource = match resource {
+        Some(r) => Some(r),
+        None => match get("resource") {
+            None => {
+                errors.push(FieldError::new(
+                    "resource",
+                    "required: one of clients, contacts, jobs, line_items, payments, invoices, attachments",
+                ));
+                None
+            }
+            Some(name) => {
+                let r = Resource::parse(name);
+                if r.is_none() {
+                    errors.push(FieldError::new("resource", format!("unknown resource {name:?}")));
+                }
+                r
+            }
+        },
+    };
+    const KNOWN: [&str; 15] = [
+        "resource",
+        "updated_since",
+        "updated_at_from",
+        "updated_before",
+        "created_since",
+        "status",
+        "ids",
+        "client_id",
+        "job_id",
+        "invoice_id",
+        "include_deleted",
+        "sort",
+        "page_size",
+        "cursor",
+        "include",
+    ];
+    for (k, _) in &params {
+        if !KNOWN.contains(&k.as_str()) {
+            errors.push(FieldError::new(k.clone(), "unknown parameter"));
+        }
+    }
+    let mut filters = Filters::default();
+    if get("updated_since").is_some() && get("updated_at_from").is_some() {
+        errors.push(FieldError::new("updated_at_from", "an alias of updated_since: give one of them"));
+    }
+    if let Some(v) = get("updated_since").or(get("updated_at_from")) {
+        let field = if get("updated_since").is_some() { "updated_since" } else { "updated_at_from" };
+        filters.updated_since = parse_time(field, v, &mut errors);
+    }
+    if let Some(v) = get("updated_before") {
+        filters.updated_before = parse_time("updated_before", v, &mut errors);
+    }
+    if let Some(v) = get("created_since") {
+        filters.created_since = parse_time("created_since", v, &mut errors);
+    }
+    if let Some(v) = get("ids") {
+        filters.ids = parse_list(v, "ids", MAX_IDS, &mut errors);
+    }
+    if let Some(r) = resource {
+        let applicable: [(&str, bool); 4] = [
+            ("status", read::has_status(r)),
+            ("client_id", read::has_client_id(r)),
+            ("job_id", read::has_job_id(r)),
+            ("invoice_id", read::has_invoice_id(r)),
+        ];
+        for (name, ok) in applicable {
+            let Some(v) = get(name) else { continue };
+            if !ok {
+                errors.push(FieldError::new(name, format!("{} records cannot be filtered by {name}", r.singular())));
+                continue;
+            }
+            match name {
+                "status" => filters.status = parse_list(v, "status", 50, &mut errors),
+                _ if v.is_empty() || v.len() > 200 => errors.push(FieldError::new(name, "must be 1 to 200 characters")),
+                "client_id" => filters.client_id = Some(v.to_owned()),
+                "job_id" => filters.job_id = Some(v.to_owned()),
+                _ => filters.invoice_id = Some(v.to_owned()),
+            }
+        }
+    }
+    match get("include_deleted") {
+        None => {}
+        Some("true" | "1") => filters.include_deleted = true,
+        Some("false" | "0") => {}
+        Some(_) => errors.push(FieldError::new("include_deleted", "must be true or false")),
+    }
+    let sort = match (get("sort"), resource) {
+        (None, _) => Sort::default(),
+        (Some(v), Some(r)) => Sort::parse(v, r).unwrap_or_else(|| {
+            let number = if read::has_number(r) { ", number, -number" } else { "" };
+            errors.push(FieldError::new(
+                "sort",
+                format!("one of id, -id, updated_at, -updated_at, created_at, -created_at{number}"),
+            ));
+            Sort::default()
+        }),
+        (Some(_), None) => Sort::default(),
+    };
+    let page_size = match get("page_size") {
+        None => read::DEFAULT_PAGE_SIZE,
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (1..=read::MAX_PAGE_SIZE).contains(&n) => n,
+            _ => {
+                errors.push(FieldError::new("page_size", format!("an integer from 1 to {}", read::MAX_PAGE_SIZE)));
+                read::DEFAULT_PAGE_SIZE
+            }
+        },
+    };
+    let include_remote_data = match get("include") {
+        None => false,
+        Some("remote_data") => true,
+        Some(_) => {
+            errors.push(FieldError::new("include", "only remote_data can be included"));
+            false
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    let resource = resource.expect("errors would have been reported");
+    // What the cursor must agree with: every filter and the sort (page size may change).
+    let mut canonical: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "cursor" | "page_size" | "include" | "resource"))
+        .map(|(k, v)| format!("{}={v}", if k == "updated_at_from" { "updated_since" } else { k }))
+        .collect();
+    canonical.sort();
+    let fingerprint = hex(&Sha256::digest(canonical.join("&").as_bytes())[..12]);
+    let after = match get("cursor") {
+        None => None,
+        Some(c) => {
+            let cursor: ListCursor = state.cursors.verify(c).ok_or_else(invalid_cursor)?;
+            if cursor.e != auth.principal.public_id
+                || cursor.r != resource.singular()
+                || cursor.s != sort.name()
+                || cursor.f != fingerprint
+            {
+                return Err(invalid_cursor());
+            }
+            Some((cursor.k, cursor.i))
+        }
+    };
+    Ok(ListRequest { query: ListQuery { resource, filters, sort, page_size, after, include_remote_data }, fingerprint })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn invalid_cursor() -> ApiError {
+    ApiError::BadRequest {
+        code: "invalid_cursor",
+        detail: "The cursor is not valid for this endpoint, resource, sort and filters; start again without it.".into(),
+    }
+}
+
+fn resource_from_path(name: &str) -> Result<Resource, ApiError> {
+    Resource::ALL.into_iter().find(|r| r.plural() == name).ok_or(ApiError::NotFound)
+}
+
+/// When this resource last synced, for the envelope.
+async fn freshness(state: &AppState, auth: &EndpointAuth, resource: Resource) -> (Value, &'static str) {
+    let p = &auth.principal;
+    let streams = state.freshness(p.connection_id).await;
+    let Some(kind) = ProviderKind::parse(&p.provider) else { return (Value::Null, "never_synced") };
+    let stream = state.providers.get(kind).streams().iter().find(|s| s.resources.contains(&resource)).map(|s| s.name);
+    match streams.iter().find(|s| Some(s.stream.as_str()) == stream) {
+        None => (Value::Null, "never_synced"),
+        Some(s) => (json!(s.last_success_at), if s.scan_in_progress { "syncing" } else { "synced" }),
+    }
+}
+
+fn json_response(body: String) -> Response {
+    let mut response = body.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Runs a parsed list and renders the envelope (shared by `/query` and `/{resources}`).
+pub async fn render_list(state: &AppState, auth: &EndpointAuth, request: ListRequest) -> Result<Response, ApiError> {
+    let resource = request.query.resource;
+    auth.require_read(resource)?;
+    let page = read::list_page(&state.reader, auth.principal.company_id, &request.query).await?;
+    let next_cursor = page.next.map(|(k, i)| {
+        state.cursors.sign(&ListCursor {
+            e: auth.principal.public_id.clone(),
+            r: resource.singular().into(),
+            s: request.query.sort.name(),
+            f: request.fingerprint.clone(),
+            k,
+            i,
+        })
+    });
+    auth.set_item_count(page.rows.len());
+    let (synced_at, sync_status) = freshness(state, auth, resource).await;
+    Ok(json_response(format!(
+        "{{\"provider\":{},\"company_external_id\":{},\"resource\":\"{}\",\"count\":{},\"data\":[{}],\"next_cursor\":{},\"synced_at\":{},\"sync_status\":\"{}\"}}",
+        json!(auth.principal.provider),
+        json!(auth.principal.company_external_id),
+        resource.singular(),
+        page.rows.len(),
+        page.rows.join(","),
+        json!(next_cursor),
+        synced_at,
+        sync_status,
+    )))
+}
+
+async fn query_records(
+    State(state): State<AppState>,
+    auth: EndpointAuth,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let request = parse_list_request(&auth, &state, None, q.as_deref())?;
+    render_list(&state, &auth, request).await
+}
+
+async fn list_records(
+    State(state): State<AppState>,
+    auth: EndpointAuth,
+    Path(params): Path<HashMap<String, String>>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let resource = resource_from_path(params.get("resources").map(String::as_str).unwrap_or(""))?;
+    if q.as_deref().is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "resource")) {
+        return Err(ApiError::Invalid(vec![FieldError::new(
+            "resource",
+            "the resource is in the path here; use /query to pass it",
+        )]));
+    }
+    let request = parse_list_request(&auth, &state, Some(resource), q.as_deref())?;
+    render_list(&state, &auth, request).await
+}
+
+async fn get_record(
+    State(state): State<AppState>,
+    auth: EndpointAuth,
+    Path(params): Path<HashMap<String, String>>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let resource = resource_from_path(params.get("resources").map(String::as_str).unwrap_or(""))?;
+    auth.require_read(resource)?;
+    let id = params.get("id").map(String::as_str).unwrap_or("");
+    if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+        return Err(ApiError::NotFound);
+    }
+    let mut include_remote_data = false;
+    let mut errors = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
+        match (k.as_ref(), v.as_ref()) {
+            ("include", "remote_data") => include_remote_data = true,
+            ("include", _) => errors.push(FieldError::new("include", "only remote_data can be included")),
+            (other, _) => {
+                errors.push(FieldError::new(other.chars().take(100).collect::<String>(), "unknown parameter"))
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    // Another company's id is not found, exactly like a missing one.
+    let row = read::get_one(&state.reader, auth.principal.company_id, resource, id, include_remote_data)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    auth.set_item_count(1);
+    let (synced_at, sync_status) = freshness(&state, &auth, resource).await;
+    Ok(json_response(format!(
+        "{{\"provider\":{},\"company_external_id\":{},\"resource\":\"{}\",\"data\":{row},\"synced_at\":{synced_at},\"sync_status\":\"{sync_status}\"}}",
+        json!(auth.principal.provider),
+        json!(auth.principal.company_external_id),
+        resource.singular(),
+    )))
+}
+
+async fn list_changes(
+    State(state): State<AppState>,
+    auth: EndpointAuth,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    let (mut since, mut resources, mut limit) = (None, None, CHANGES_DEFAULT);
+    for (k, v) in url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "since" => since = Some(v.into_owned()),
+            "resource" => {
+                let mut list = Vec::new();
+                for name in v.split(',').map(str::trim) {
+                    match Resource::parse(name) {
+                        Some(r) => list.push(r),
+                        None => errors.push(FieldError::new(
+                            "resource",
+                            format!("unknown resource {:?}", name.chars().take(50).collect::<String>()),
+                        )),
+                    }
+                }
+                list.sort();
+                list.dedup();
+                resources = Some(list);
+            }
+            "page_size" => match v.parse::<u32>() {
+                Ok(n) if (1..=read::MAX_PAGE_SIZE).contains(&n) => limit = n,
+                _ => errors.push(FieldError::new("page_size", format!("an integer from 1 to {}", read::MAX_PAGE_SIZE))),
+            },
+            other => errors.push(FieldError::new(other.chars().take(100).collect::<String>(), "unknown parameter")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    let resources: Vec<Resource> = resources.unwrap_or_else(|| Resource::ALL.to_vec());
+    for r in &resources {
+        auth.require_read(*r)?;
+    }
+    let key = resources.iter().map(|r| r.singular()).collect::<Vec<_>>().join(",");
+    let from = match since {
+        None => 0,
+        Some(c) => {
+            let cursor: ChangesCursor = state.cursors.verify(&c).ok_or_else(invalid_cursor)?;
+            if cursor.e != auth.principal.public_id || cursor.r != key {
+                return Err(invalid_cursor());
+            }
+            cursor.c
+        }
+    };
+    let changes = read::changes(&state.reader, auth.principal.company_id, &resources, from, limit).await?;
+    let last = changes.last().map_or(from, |c| c.seq);
+    let next = state.cursors.sign(&ChangesCursor { e: auth.principal.public_id.clone(), r: key, c: last });
+    auth.set_item_count(changes.len());
+    Ok(json_response(format!(
+        "{{\"provider\":{},\"company_external_id\":{},\"count\":{},\"data\":[{}],\"next_cursor\":{},\"has_more\":{}}}",
+        json!(auth.principal.provider),
+        json!(auth.principal.company_external_id),
+        changes.len(),
+        changes.iter().map(|c| c.json.as_str()).collect::<Vec<_>>().join(","),
+        json!(next),
+        changes.len() as u32 == limit,
+    )))
+}
+
+/// RFC 4180 quoting: fields with a comma, quote or line break are quoted, quotes doubled.
+pub fn csv_field(value: &Value) -> String {
+    let text = match value {
+        Value::Null => return String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text }
+}
+
+async fn export_records(
+    State(state): State<AppState>,
+    auth: EndpointAuth,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    // `format` is ours; everything else is a list filter.
+    let mut format = "ndjson".to_owned();
+    let mut rest = url::form_urlencoded::Serializer::new(String::new());
+    let mut errors = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "format" if v == "ndjson" || v == "csv" => format = v.into_owned(),
+            "format" => errors.push(FieldError::new("format", "ndjson or csv")),
+            "cursor" | "page_size" | "sort" | "include" => {
+                errors.push(FieldError::new(k.into_owned(), "not used by export: it streams the whole scope"))
+            }
+            _ => {
+                rest.append_pair(&k, &v);
+            }
+        }
+    }
+    let rest = rest.finish();
+    let request = parse_list_request(&auth, &state, None, Some(&rest));
+    let request = match (request, errors.is_empty()) {
+        (Ok(r), true) => r,
+        (Ok(_), false) => return Err(ApiError::Invalid(errors)),
+        (Err(ApiError::Invalid(mut more)), _) => {
+            errors.append(&mut more);
+            return Err(ApiError::Invalid(errors));
+        }
+        (Err(e), _) => return Err(e),
+    };
+    let resource = request.query.resource;
+    auth.require_read(resource)?;
+    let csv = format == "csv";
+    let (rows_tx, rows_rx) = tokio::sync::mpsc::channel::<String>(1024);
+    let reader = state.reader.clone();
+    let company = auth.principal.company_id;
+    let filters = request.query.filters.clone();
+    let endpoint = auth.principal.public_id.clone();
+    tokio::spawn(async move {
+        match read::export(&reader, company, resource, &filters, rows_tx).await {
+            Ok(count) => tracing::info!(endpoint, resource = resource.singular(), items = count, "export finished"),
+            Err(e) => tracing::error!(endpoint, error = %e, "export failed part-way; the response is truncated"),
+        }
+    });
+    let columns = read::export_columns(resource);
+    let header = csv.then(|| format!("{}\r\n", columns.join(",")));
+    // Rows are gathered into chunks of about EXPORT_CHUNK bytes as they arrive.
+    let stream = futures::stream::unfold((rows_rx, header), move |(mut rx, header)| {
+        let columns = columns.clone();
+        async move {
+            let mut chunk = header.unwrap_or_default();
+            let push = |chunk: &mut String, row: String| {
+                if csv {
+                    let value: Value = serde_json::from_str(&row).unwrap_or(Value::Null);
+                    let line: Vec<String> = columns.iter().map(|c| csv_field(&value[c.as_str()])).collect();
+                    chunk.push_str(&line.join(","));
+                    chunk.push_str("\r\n");
+                } else {
+                    chunk.push_str(&row);
+                    chunk.push('\n');
+                }
+            };
+            match rx.recv().await {
+                Some(row) => push(&mut chunk, row),
+                None if chunk.is_empty() => return None,
+                None => return Some((Ok::<_, Infallible>(Bytes::from(chunk)), (rx, None))),
+            }
+            while chunk.len() < EXPORT_CHUNK {
+                match rx.try_recv() {
+                    Ok(row) => push(&mut chunk, row),
+                    Err(_) => break,
+                }
+            }
+            Some((Ok(Bytes::from(chunk)), (rx, None)))
+        }
+    });
+    let (content_type, extension) =
+        if csv { ("text/csv; charset=utf-8", "csv") } else { ("application/x-ndjson", "ndjson") };
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}.{extension}\"", resource.plural())) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(response)
+}
+
+async fn get_attachment_content(
+    State(state): State<AppState>,
+    auth: EndpointAuth,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    auth.require_read(Resource::Attachment)?;
+    let id = params.get("id").map(String::as_str).unwrap_or("");
+    if id.is_empty() || id.len() > 200 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(ApiError::NotFound);
+    }
+    // The same scope check as any read: the attachment must be this company's, and live.
+    let row = read::get_one(&state.reader, auth.principal.company_id, Resource::Attachment, id, false)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let record: Value = serde_json::from_str(&row).map_err(anyhow::Error::from)?;
+    if !record["deleted_at"].is_null() {
+        return Err(ApiError::NotFound);
+    }
+    let kind = ProviderKind::parse(&auth.principal.provider).ok_or(ApiError::NotFound)?;
+    let provider = state.providers.get(kind);
+    let token = state.tokens.access_token(provider.as_ref(), auth.principal.connection_id).await.map_err(|e| {
+        ApiError::Unavailable {
+            detail: format!("The provider connection is unavailable: {e}"),
+            retry_after_secs: Some(60),
+        }
+    })?;
+    let download = provider.download(&token, id).await.map_err(|e| match e {
+        clientapi_sync::provider::ProviderError::NotFound => ApiError::NotFound,
+        other => crate::http::admin::connections::provider_error(other),
+    })?;
+    auth.set_item_count(1);
+    let mut response = Body::from_stream(download.response.bytes_stream()).into_response();
+    let headers = response.headers_mut();
+    let content_type = download.content_type.unwrap_or_else(|| "application/octet-stream".into());
+    if let Ok(v) = HeaderValue::from_str(&content_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    if let Some(length) = download.content_length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_needed() {
+        assert_eq!(csv_field(&json!("plain")), "plain");
+        assert_eq!(csv_field(&json!("a,b")), "\"a,b\"");
+        assert_eq!(csv_field(&json!("say \"hi\"")), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field(&json!("line\nbreak")), "\"line\nbreak\"");
+        assert_eq!(csv_field(&Value::Null), "");
+        assert_eq!(csv_field(&json!(12)), "12");
+    }
+}

@@ -1,0 +1,420 @@
+//! The REST query API: scoped lists, filters, keyset pages, the changes feed, export.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use clientapi_schema::ConnectionId;
+use clientapi_schema::model::Resource;
+use clientapi_sync::simulator::servicem8::{Running, SimConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+use crate::endpoints::create_endpoint;
+use crate::helpers::{TestApp, admin_token, connect_servicem8, spawn_app_for, spawn_sim};
+
+async fn synced(config: SimConfig) -> (Running, TestApp, String, ConnectionId) {
+    let sim = spawn_sim(config).await;
+    let app = spawn_app_for(&sim).await;
+    let token = admin_token(&app, "ops@example.com", "acme").await;
+    let id = ConnectionId(connect_servicem8(&app, &token).await["id"].as_i64().unwrap());
+    app.state.engine.sync_connection(id, false, None).await.unwrap();
+    (sim, app, token, id)
+}
+
+/// Which company owns every mirrored record: (resource, id) → company external id.
+async fn owners(app: &TestApp) -> HashMap<(String, String), String> {
+    let mut out = HashMap::new();
+    for r in Resource::ALL {
+        let sql = format!(
+            "select t.external_id, c.external_id from {} t join companies c on c.id = t.company_id",
+            r.plural()
+        );
+        let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&app.db).await.unwrap();
+        for (id, company) in rows {
+            out.insert((r.singular().to_owned(), id), company);
+        }
+    }
+    out
+}
+
+async fn get(app: &TestApp, key: &str, path: &str) -> (u16, Value) {
+    let response = app.client.get(app.url(path)).bearer_auth(key).send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[tokio::test]
+async fn thousands_of_generated_requests_never_return_another_companys_record() {
+    let (sim, app, token, conn) =
+        synced(SimConfig { companies: 20, jobs_per_company: 8, ..SimConfig::default() }).await;
+    let companies: Vec<String> =
+        sim.sim.records("company").iter().map(|c| c["uuid"].as_str().unwrap().to_owned()).collect();
+    let mut endpoints = Vec::new();
+    for company in &companies {
+        let (ep, key) = create_endpoint(&app, &token, conn, company, json!({"rate_limit_per_minute": 1000000})).await;
+        endpoints.push((ep, key, company.clone()));
+    }
+    let owners = owners(&app).await;
+    let foreign_ids: Vec<(String, String, String)> =
+        owners.iter().map(|((r, id), c)| (r.clone(), id.clone(), c.clone())).collect();
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut cursors: Vec<(String, String)> = Vec::new(); // (endpoint, cursor)
+    let mut requests = 0;
+    let check = |body: &Value, company: &str, what: &str| {
+        let items: Vec<Value> = match &body["data"] {
+            Value::Array(items) => items.clone(),
+            Value::Object(_) => vec![body["data"].clone()],
+            _ => vec![],
+        };
+        for item in items {
+            let (resource, id) = match item.get("record") {
+                Some(record) => {
+                    (item["resource"].as_str().unwrap().to_owned(), record["id"].as_str().unwrap().to_owned())
+                }
+                None => (body["resource"].as_str().unwrap().to_owned(), item["id"].as_str().unwrap().to_owned()),
+            };
+            let owner = owners
+                .get(&(resource.clone(), id.clone()))
+                .unwrap_or_else(|| panic!("{what}: unknown {resource} {id}"));
+            assert_eq!(owner, company, "{what}: a {resource} of another company leaked");
+        }
+    };
+    for round in 0..120 {
+        for (ep, key, company) in &endpoints {
+            let resource = Resource::ALL[rng.random_range(0..7)];
+            let plural = resource.plural();
+            let path = match rng.random_range(0..9) {
+                0 => format!("/api/public/{ep}/{plural}?page_size={}", rng.random_range(1..40)),
+                1 => format!(
+                    "/api/public/{ep}/query/?resource={}&include_deleted=true&sort=-updated_at",
+                    resource.singular()
+                ),
+                2 => {
+                    // A foreign id: exactly like a missing one.
+                    let (r, id, owner) = &foreign_ids[rng.random_range(0..foreign_ids.len())];
+                    let r = Resource::parse(r).unwrap();
+                    let (status, body) = get(&app, key, &format!("/api/public/{ep}/{}/{id}", r.plural())).await;
+                    requests += 1;
+                    if owner == company {
+                        assert_eq!(status, 200);
+                    } else {
+                        assert_eq!(status, 404, "foreign {id} answered {status}");
+                        let (_, missing) = get(&app, key, &format!("/api/public/{ep}/{}/no-such-id", r.plural())).await;
+                        assert_eq!((&body["code"], &body["detail"]), (&missing["code"], &missing["detail"]));
+                    }
+                    continue;
+                }
+                3 => {
+                    // ids mixing this company's and others'.
+                    let ids: Vec<&str> =
+                        (0..6).map(|_| foreign_ids[rng.random_range(0..foreign_ids.len())].1.as_str()).collect();
+                    format!("/api/public/{ep}/{plural}?ids={}&include_deleted=true", ids.join(","))
+                }
+                4 => format!("/api/public/{ep}/changes?page_size={}", rng.random_range(1..200)),
+                5 => {
+                    // Another endpoint's cursor is refused, never followed.
+                    if let Some((owner_ep, cursor)) = cursors.get(rng.random_range(0..cursors.len().max(1))).cloned() {
+                        let resource_of_cursor = "jobs";
+                        let (status, _) = get(
+                            &app,
+                            key,
+                            &format!("/api/public/{ep}/{resource_of_cursor}?page_size=3&cursor={cursor}"),
+                        )
+                        .await;
+                        requests += 1;
+                        if owner_ep != *ep {
+                            assert_eq!(status, 400, "a foreign cursor must be refused");
+                        }
+                    }
+                    continue;
+                }
+                6 => format!("/api/public/{ep}/jobs?page_size=3&sort=number&status=Completed,Quote"),
+                7 => {
+                    let client = &companies[rng.random_range(0..companies.len())];
+                    format!("/api/public/{ep}/jobs?client_id={client}")
+                }
+                _ => {
+                    let format = if rng.random_bool(0.5) { "ndjson" } else { "csv" };
+                    let response = app
+                        .client
+                        .get(app.url(&format!("/api/public/{ep}/export?resource=job&format={format}")))
+                        .bearer_auth(key)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 200);
+                    let text = response.text().await.unwrap();
+                    requests += 1;
+                    for line in text.lines().skip(if format == "csv" { 1 } else { 0 }) {
+                        let id = if format == "csv" {
+                            line.split(',').next().unwrap().to_owned()
+                        } else {
+                            serde_json::from_str::<Value>(line).unwrap()["id"].as_str().unwrap().to_owned()
+                        };
+                        assert_eq!(owners.get(&("job".to_owned(), id.clone())), Some(company), "export leaked {id}");
+                    }
+                    continue;
+                }
+            };
+            let (status, body) = get(&app, key, &path).await;
+            requests += 1;
+            assert_eq!(status, 200, "{path}: {body}");
+            check(&body, company, &path);
+            if let Some(cursor) = body["next_cursor"].as_str()
+                && path.contains("/jobs?page_size=3")
+            {
+                cursors.push((ep.clone(), cursor.to_owned()));
+            }
+        }
+        if round == 0 {
+            assert!(endpoints.len() >= 20);
+        }
+    }
+    assert!(requests >= 2000, "{requests} requests");
+}
+
+#[tokio::test]
+async fn walking_every_page_of_ten_thousand_jobs_sees_each_once_while_syncs_update_them() {
+    let (sim, app, token, conn) =
+        synced(SimConfig { companies: 1, jobs_per_company: 10_000, ..SimConfig::default() }).await;
+    let company = sim.sim.records("company")[0]["uuid"].as_str().unwrap().to_owned();
+    let (ep, key) = create_endpoint(&app, &token, conn, &company, json!({"rate_limit_per_minute": 1000000})).await;
+    let all: HashSet<String> = sim.sim.records("job").iter().map(|j| j["uuid"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(all.len(), 10_000);
+
+    // Concurrent syncs keep updating jobs while the walk goes on.
+    let updater = {
+        let sim_handle = sim.sim.clone();
+        let engine = app.state.engine.clone();
+        let ids: Vec<String> = all.iter().cloned().collect();
+        tokio::spawn(async move {
+            let mut n = 0;
+            for round in 0..6 {
+                for id in ids.iter().skip(round * 300).take(300) {
+                    sim_handle.modify("job", id, json!({"job_description": format!("round {round}")}));
+                }
+                n += engine.sync_connection(conn, false, None).await.map(|r| r.stats.updated).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            n
+        })
+    };
+    for sort in ["id", "number", "-created_at"] {
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/public/{ep}/jobs?page_size=500&sort={sort}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let (status, body) = get(&app, &key, &path).await;
+            assert_eq!(status, 200, "{body}");
+            seen.extend(body["data"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_owned()));
+            match body["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        let unique: HashSet<String> = seen.iter().cloned().collect();
+        assert_eq!(seen.len(), unique.len(), "sort {sort}: a record came twice");
+        assert_eq!(unique, all, "sort {sort}: every record exactly once");
+    }
+    let updated = updater.await.unwrap();
+    assert!(updated > 0, "the concurrent syncs really changed records");
+}
+
+#[tokio::test]
+async fn a_corpus_of_malformed_input_gets_4xx_problems_and_never_a_5xx() {
+    let (sim, app, token, conn) = synced(SimConfig { companies: 2, jobs_per_company: 3, ..SimConfig::default() }).await;
+    let company = sim.sim.records("company")[0]["uuid"].as_str().unwrap().to_owned();
+    let (ep, key) = create_endpoint(&app, &token, conn, &company, json!({"rate_limit_per_minute": 1000000})).await;
+    let long = "x".repeat(10_000);
+    let corpus = [
+        "jobs?page_size=0",
+        "jobs?page_size=-1",
+        "jobs?page_size=1001",
+        "jobs?page_size=abc",
+        "jobs?page_size=99999999999999999999",
+        "jobs?sort=bogus",
+        "clients?sort=number",
+        "jobs?cursor=garbage",
+        "jobs?cursor=a.b",
+        "jobs?cursor=%FF%FE",
+        "jobs?updated_since=yesterday",
+        "jobs?updated_since=2026-13-45",
+        "jobs?updated_at_from=2026-01-01&updated_since=2026-01-01",
+        "jobs?created_since=%00",
+        "jobs?status=%00",
+        "jobs?ids=",
+        "jobs?ids=a%00b",
+        "clients?status=Quote",
+        "clients?job_id=x",
+        "payments?client_id=x",
+        "jobs?include=everything",
+        "jobs?include_deleted=maybe",
+        "jobs?bogus=1",
+        "jobs?page_size=1&page_size=2",
+        "query/?resource=nope",
+        "query/",
+        "query?resource=job&resource=client",
+        "changes?since=forged",
+        "changes?resource=nope",
+        "changes?page_size=0",
+        "export?format=xml&resource=job",
+        "export?resource=job&cursor=x",
+        "export",
+        "jobs?%ZZ=1",
+        "jobs?ids=%E2%82",
+        "attachments/..%2F..%2Fetc/content",
+        "jobs/%00",
+        "nonsense",
+        "jobs/a/b/c",
+    ];
+    let mut paths: Vec<String> = corpus.iter().map(|p| format!("/api/public/{ep}/{p}")).collect();
+    paths.push(format!("/api/public/{ep}/jobs?status={long}"));
+    paths.push(format!("/api/public/{ep}/jobs/{long}"));
+    paths.push(format!("/api/public/{ep}/jobs?ids={}", vec!["a"; 1001].join(",")));
+    paths.push("/api/public/ep_%00/jobs".to_owned());
+    paths.push(format!("/api/public/{long}/jobs"));
+    for path in paths {
+        let response = app.client.get(app.url(&path)).bearer_auth(&key).send().await.unwrap();
+        let status = response.status().as_u16();
+        assert!((400..500).contains(&status), "{path} answered {status}");
+        if status != 404 || response.headers().get("content-type").is_some_and(|v| v == "application/problem+json") {
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            assert!(body["code"].is_string(), "{path}: not a problem: {body}");
+        }
+    }
+    // Injection attempts are ordinary values: bound as parameters, they match nothing.
+    for path in
+        ["jobs?status='%20or%201=1--", "jobs?client_id=%27%3B%20drop%20table%20jobs%3B--", "jobs?ids=%27)%20or%20(%271"]
+    {
+        let (status, body) = get(&app, &key, &format!("/api/public/{ep}/{path}")).await;
+        assert_eq!((status, body["count"].as_u64()), (200, Some(0)), "{path}");
+    }
+    let (_, all) = get(&app, &key, &format!("/api/public/{ep}/jobs")).await;
+    assert!(all["count"].as_u64().unwrap() > 0, "the jobs table is intact");
+
+    // A 422 names every bad field at once.
+    let (status, body) =
+        get(&app, &key, &format!("/api/public/{ep}/jobs?page_size=0&sort=bogus&bogus=1&updated_since=x")).await;
+    assert_eq!(status, 422);
+    let fields: HashSet<&str> =
+        body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, HashSet::from(["page_size", "sort", "bogus", "updated_since"]));
+}
+
+#[tokio::test]
+async fn lists_filter_page_and_feed_changes_exactly_as_documented() {
+    let (sim, app, token, conn) =
+        synced(SimConfig { companies: 3, jobs_per_company: 12, ..SimConfig::default() }).await;
+    let company = sim.sim.records("company")[0]["uuid"].as_str().unwrap().to_owned();
+    let (ep, key) = create_endpoint(&app, &token, conn, &company, json!({"rate_limit_per_minute": 1000000})).await;
+    let jobs: Vec<Value> = sim.sim.records("job").into_iter().filter(|j| j["company_uuid"] == json!(company)).collect();
+
+    // The envelope, singular and plural resource names.
+    let (_, body) = get(&app, &key, &format!("/api/public/{ep}/query/?resource=job&page_size=5")).await;
+    for field in
+        ["provider", "company_external_id", "resource", "count", "data", "next_cursor", "synced_at", "sync_status"]
+    {
+        assert!(body.get(field).is_some(), "envelope lacks {field}");
+    }
+    assert_eq!(
+        (body["provider"].as_str(), body["resource"].as_str(), body["count"].as_u64()),
+        (Some("servicem8"), Some("job"), Some(5))
+    );
+    assert_eq!(body["sync_status"], "synced");
+    let (_, plural) = get(&app, &key, &format!("/api/public/{ep}/query?resource=jobs&page_size=5")).await;
+    assert_eq!(plural["data"], body["data"]);
+    let (_, listed) = get(&app, &key, &format!("/api/public/{ep}/jobs?page_size=5")).await;
+    assert_eq!(listed["data"], body["data"]);
+
+    // status and relation filters; money as decimal strings; remote_data on request.
+    let completed = jobs.iter().filter(|j| j["status"] == "Completed" && j["active"] != json!(0)).count();
+    let (_, filtered) = get(&app, &key, &format!("/api/public/{ep}/jobs?status=Completed&page_size=1000")).await;
+    assert_eq!(filtered["count"].as_u64().unwrap() as usize, completed);
+    let job = &filtered["data"][0];
+    assert!(job["total"].is_string(), "money is a decimal string: {job}");
+    assert!(job.get("remote_data").is_none());
+    let id = job["id"].as_str().unwrap();
+    let (_, items) = get(&app, &key, &format!("/api/public/{ep}/line_items?job_id={id}")).await;
+    let expected = sim.sim.records("jobmaterial").iter().filter(|m| m["job_uuid"] == json!(id)).count();
+    assert_eq!(items["count"].as_u64().unwrap() as usize, expected);
+    let (_, one) = get(&app, &key, &format!("/api/public/{ep}/jobs/{id}?include=remote_data")).await;
+    assert_eq!(one["data"]["remote_data"]["uuid"], json!(id));
+
+    // The changes feed: a change after the cursor comes once, then nothing repeats.
+    let mut cursor = String::new();
+    let mut total = 0;
+    loop {
+        let since = if cursor.is_empty() { String::new() } else { format!("&since={cursor}") };
+        let (_, page) = get(&app, &key, &format!("/api/public/{ep}/changes?page_size=50{since}")).await;
+        total += page["count"].as_u64().unwrap();
+        cursor = page["next_cursor"].as_str().unwrap().to_owned();
+        if !page["has_more"].as_bool().unwrap() {
+            break;
+        }
+    }
+    assert!(total > 0);
+    sim.sim.modify("job", id, json!({"status": "Unsuccessful"}));
+    app.state.engine.sync_connection(conn, false, None).await.unwrap();
+    let (_, page) = get(&app, &key, &format!("/api/public/{ep}/changes?since={cursor}")).await;
+    let changed: Vec<&str> = page["data"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(changed, [id, id], "the job and its invoice record, once each");
+    let next = page["next_cursor"].as_str().unwrap();
+    let (_, again) = get(&app, &key, &format!("/api/public/{ep}/changes?since={next}")).await;
+    assert_eq!(again["count"], 0, "nothing repeats");
+
+    // Export: a header row, correct quoting, every job of the company.
+    let csv = app
+        .client
+        .get(app.url(&format!("/api/public/{ep}/export?resource=jobs&format=csv")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    let text = csv.text().await.unwrap();
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("id,client_id,number,status"));
+    let live = jobs.iter().filter(|j| j["active"] != json!(0)).count();
+    assert_eq!(lines.count(), live);
+
+    // Attachment bytes come from the provider after the scope check.
+    let attachment =
+        sim.sim.records("attachment").into_iter().find(|a| jobs.iter().any(|j| j["uuid"] == a["related_object_uuid"]));
+    if let Some(attachment) = attachment {
+        let id = attachment["uuid"].as_str().unwrap();
+        let response = app
+            .client
+            .get(app.url(&format!("/api/public/{ep}/attachments/{id}/content")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "application/pdf");
+        let length: usize = response.headers()["content-length"].to_str().unwrap().parse().unwrap();
+        assert_eq!(response.bytes().await.unwrap().len(), length);
+    }
+    let foreign = sim
+        .sim
+        .records("attachment")
+        .into_iter()
+        .find(|a| !jobs.iter().any(|j| j["uuid"] == a["related_object_uuid"]))
+        .unwrap();
+    let (status, _) =
+        get(&app, &key, &format!("/api/public/{ep}/attachments/{}/content", foreign["uuid"].as_str().unwrap())).await;
+    assert_eq!(status, 404, "another company's file is not found");
+
+    // The request log holds item counts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counted: i64 =
+        sqlx::query_scalar("select count(*) from request_logs where item_count = 5 and resource = 'job'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert!(counted >= 3);
+}
