@@ -37,6 +37,8 @@ pub enum Command {
     /// Manage customer endpoints and their keys.
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+    /// Print the public API's OpenAPI 3.1 document (the committed copy is openapi/public.json).
+    Openapi,
     /// Run a provider simulator on loopback (for development, tests and the demo).
     #[command(subcommand)]
     Simulate(SimulateCommand),
@@ -173,6 +175,10 @@ pub enum TokenCommand {
 
 /// Runs the parsed command. Exit codes: 0 ok, 1 failure, 2 bad configuration or usage.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Openapi = cli.command {
+        println!("{}", serde_json::to_string_pretty(&crate::http::public::openapi::spec())?);
+        return Ok(());
+    }
     let config = match Config::from_env(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -200,6 +206,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(SimulateCommand::Servicem8(args)) => simulate_servicem8(args).await,
+        Command::Openapi => unreachable!("answered before configuration is loaded"),
         Command::Endpoint(command) => {
             let master_key = config.master_key()?;
             let db = Database::open(&config).await?;

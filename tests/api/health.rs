@@ -79,3 +79,31 @@ async fn unknown_routes_and_methods_answer_problem_json_with_the_request_id_as_i
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["code"], "method_not_allowed");
 }
+
+#[tokio::test]
+async fn the_served_openapi_document_is_the_committed_one_and_the_docs_page_is_offline() {
+    let app = spawn_app().await;
+    let served: serde_json::Value = app.get("/api/public/openapi.json").await.json().await.unwrap();
+    let committed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/public.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        served == committed,
+        "openapi/public.json is stale: regenerate it with `cargo run -- openapi > openapi/public.json`"
+    );
+    assert_eq!(served["openapi"], "3.1.0");
+    for path in [
+        "/api/public/{endpoint}/jobs",
+        "/api/public/{endpoint}/changes",
+        "/api/public/{endpoint}/export",
+        "/api/public/{endpoint}/query/",
+    ] {
+        assert!(served["paths"].get(path).is_some(), "{path} undocumented");
+    }
+    let page = app.get("/api/public/docs").await.text().await.unwrap();
+    assert!(
+        page.contains("openapi.json") && !page.contains("https://"),
+        "the docs page must not load anything from the network"
+    );
+}

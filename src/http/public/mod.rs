@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod me;
+pub mod openapi;
 pub mod rest;
 
 use std::net::SocketAddr;

@@ -1,0 +1,247 @@
+//! OpenAPI 3.1 for the public API, built from the same resource and filter definitions the
+//! handlers use, served at `/api/public/openapi.json` with an offline docs page at
+//! `/api/public/docs`. The committed copy (`openapi/public.json`) is checked by a test;
+//! regenerate it with `clientapi openapi > openapi/public.json`.
+
+use axum::Router;
+use axum::response::Html;
+use axum::routing::get;
+use clientapi_schema::model::Resource;
+use clientapi_schema::read;
+use serde_json::{Map, Value, json};
+
+use crate::startup::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/public/openapi.json", get(|| async { axum::Json(spec()) }))
+        .route("/api/public/docs", get(|| async { Html(DOCS_PAGE) }))
+}
+
+fn field_type(name: &str) -> Value {
+    match name {
+        "number" => json!({"type": ["integer", "null"]}),
+        "is_individual" | "is_primary" | "is_deposit" => json!({"type": "boolean"}),
+        "total" | "quantity" | "unit_price" | "amount" => {
+            json!({"type": ["string", "null"], "format": "decimal", "description": "Decimal, never a float"})
+        }
+        "scheduled_on" => json!({"type": ["string", "null"], "format": "date"}),
+        n if n.ends_with("_at") => json!({"type": ["string", "null"], "format": "date-time"}),
+        "id" => json!({"type": "string", "description": "The provider's own id"}),
+        _ => json!({"type": ["string", "null"]}),
+    }
+}
+
+fn record_schema(resource: Resource) -> Value {
+    let mut properties = Map::new();
+    for name in read::export_columns(resource) {
+        properties.insert(name.clone(), field_type(&name));
+    }
+    properties.insert(
+        "remote_data".into(),
+        json!({"type": "object", "description": "The provider's raw record (with include=remote_data)"}),
+    );
+    json!({"type": "object", "properties": properties, "required": ["id"]})
+}
+
+fn param(name: &str, description: &str, schema: Value) -> Value {
+    json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema})
+}
+
+fn list_params(resource: Option<Resource>) -> Vec<Value> {
+    let applies = |f: fn(Resource) -> bool| resource.is_none_or(f);
+    let mut params = vec![
+        param(
+            "updated_since",
+            "Changed at or after (RFC 3339 or YYYY-MM-DD); alias updated_at_from",
+            json!({"type": "string"}),
+        ),
+        param("updated_before", "Changed before", json!({"type": "string"})),
+        param("created_since", "Created at or after", json!({"type": "string"})),
+        param("ids", "Comma-separated ids (at most 1000)", json!({"type": "string"})),
+        param("include_deleted", "Include tombstones", json!({"type": "boolean", "default": false})),
+        param(
+            "sort",
+            "id (default, stable under concurrent syncs), updated_at, created_at, number (jobs, invoices); prefix - for descending",
+            json!({"type": "string", "default": "id"}),
+        ),
+        param(
+            "page_size",
+            "Records per page",
+            json!({"type": "integer", "minimum": 1, "maximum": read::MAX_PAGE_SIZE, "default": read::DEFAULT_PAGE_SIZE}),
+        ),
+        param("cursor", "Opaque next_cursor of the previous page", json!({"type": "string"})),
+        param("include", "remote_data", json!({"type": "string", "enum": ["remote_data"]})),
+    ];
+    if applies(read::has_status) {
+        params.push(param("status", "Comma-separated statuses (jobs, invoices)", json!({"type": "string"})));
+    }
+    if applies(read::has_client_id) {
+        params.push(param("client_id", "The client's id", json!({"type": "string"})));
+    }
+    if applies(read::has_job_id) {
+        params.push(param("job_id", "The job's id", json!({"type": "string"})));
+    }
+    if applies(read::has_invoice_id) {
+        params.push(param("invoice_id", "The invoice's id", json!({"type": "string"})));
+    }
+    params
+}
+
+fn problems() -> Value {
+    let problem = json!({"description": "Problem", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
+    json!({
+        "400": problem, "401": problem, "403": problem, "404": problem, "422": problem, "429": problem
+    })
+}
+
+fn with_problems(ok: Value) -> Value {
+    let mut responses = problems();
+    responses["200"] = ok;
+    responses
+}
+
+fn endpoint_param() -> Value {
+    json!({"name": "endpoint", "in": "path", "required": true, "schema": {"type": "string"}, "description": "Your endpoint id (ep_…)"})
+}
+
+/// The whole public API as OpenAPI 3.1.
+pub fn spec() -> Value {
+    let mut paths = Map::new();
+    let mut schemas = Map::new();
+    let envelope = |items: Value| {
+        json!({"type": "object", "properties": {
+            "provider": {"type": "string"}, "company_external_id": {"type": "string"}, "resource": {"type": "string"},
+            "count": {"type": "integer"}, "data": {"type": "array", "items": items},
+            "next_cursor": {"type": ["string", "null"]}, "synced_at": {"type": ["string", "null"], "format": "date-time"},
+            "sync_status": {"type": "string", "enum": ["synced", "syncing", "never_synced"]}
+        }})
+    };
+    for resource in Resource::ALL {
+        let name = resource.singular();
+        let title = name.split('_').map(|w| w[..1].to_uppercase() + &w[1..]).collect::<String>();
+        schemas.insert(title.clone(), record_schema(resource));
+        let reference = json!({"$ref": format!("#/components/schemas/{title}")});
+        let mut params = vec![endpoint_param()];
+        params.extend(list_params(Some(resource)));
+        paths.insert(
+            format!("/api/public/{{endpoint}}/{}", resource.plural()),
+            json!({"get": {
+                "operationId": format!("list_{}", resource.plural()), "tags": [resource.plural()],
+                "summary": format!("List {} (keyset pages)", resource.plural().replace('_', " ")),
+                "parameters": params,
+                "responses": with_problems(json!({"description": "A page", "content": {"application/json": {"schema": envelope(reference.clone())}}})),
+            }}),
+        );
+        paths.insert(
+            format!("/api/public/{{endpoint}}/{}/{{id}}", resource.plural()),
+            json!({"get": {
+                "operationId": format!("get_{name}"), "tags": [resource.plural()],
+                "summary": format!("One {}; another company's id answers 404 like a missing one", name.replace('_', " ")),
+                "parameters": [endpoint_param(), {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+                               param("include", "remote_data", json!({"type": "string", "enum": ["remote_data"]}))],
+                "responses": with_problems(json!({"description": "The record", "content": {"application/json": {"schema": {"type": "object", "properties": {"data": reference}}}}})),
+            }}),
+        );
+    }
+    let mut query_params = vec![
+        endpoint_param(),
+        json!({"name": "resource", "in": "query", "required": true, "schema": {"type": "string"}, "description": "Singular or plural resource name"}),
+    ];
+    query_params.extend(list_params(None));
+    paths.insert("/api/public/{endpoint}/query/".into(), json!({"get": {
+        "operationId": "query", "tags": ["query"], "summary": "The canonical list form: any resource by name",
+        "parameters": query_params,
+        "responses": with_problems(json!({"description": "A page", "content": {"application/json": {"schema": envelope(json!({"type": "object"}))}}})),
+    }}));
+    paths.insert("/api/public/{endpoint}/changes".into(), json!({"get": {
+        "operationId": "changes", "tags": ["changes"],
+        "summary": "Upserts and tombstones in commit order since a cursor: pull everything since last time, nothing missed or repeated",
+        "parameters": [endpoint_param(), param("since", "next_cursor of the previous pull (omit to start from the beginning)", json!({"type": "string"})),
+                       param("resource", "Comma-separated resources (default: all)", json!({"type": "string"})),
+                       param("page_size", "Changes per page", json!({"type": "integer", "minimum": 1, "maximum": read::MAX_PAGE_SIZE, "default": 100}))],
+        "responses": with_problems(json!({"description": "Changes", "content": {"application/json": {"schema": {"type": "object", "properties": {
+            "data": {"type": "array", "items": {"$ref": "#/components/schemas/Change"}}, "next_cursor": {"type": "string"}, "has_more": {"type": "boolean"}}}}}})),
+    }}));
+    let mut export_params = vec![
+        endpoint_param(),
+        json!({"name": "resource", "in": "query", "required": true, "schema": {"type": "string"}}),
+        param(
+            "format",
+            "ndjson (default) or csv (with a header row)",
+            json!({"type": "string", "enum": ["ndjson", "csv"]}),
+        ),
+    ];
+    export_params.extend(
+        list_params(None)
+            .into_iter()
+            .filter(|p| !matches!(p["name"].as_str(), Some("cursor" | "page_size" | "sort" | "include"))),
+    );
+    paths.insert("/api/public/{endpoint}/export".into(), json!({"get": {
+        "operationId": "export", "tags": ["export"], "summary": "The whole scope, streamed with flat memory",
+        "parameters": export_params,
+        "responses": with_problems(json!({"description": "A stream", "content": {"application/x-ndjson": {}, "text/csv": {}}})),
+    }}));
+    paths.insert("/api/public/{endpoint}/attachments/{id}/content".into(), json!({"get": {
+        "operationId": "get_attachment_content", "tags": ["attachments"], "summary": "The file's bytes, from the provider, after the scope check",
+        "parameters": [endpoint_param(), {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "responses": with_problems(json!({"description": "The bytes", "content": {"application/octet-stream": {}}})),
+    }}));
+    paths.insert("/api/public/{endpoint}/me".into(), json!({"get": {
+        "operationId": "me", "tags": ["endpoint"], "summary": "This endpoint: company, access, scopes, rate limit, freshness per resource",
+        "parameters": [endpoint_param()],
+        "responses": with_problems(json!({"description": "The endpoint", "content": {"application/json": {"schema": {"type": "object"}}}})),
+    }}));
+    schemas.insert("Problem".into(), json!({"type": "object", "required": ["type", "title", "status", "detail", "code"], "properties": {
+        "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"},
+        "instance": {"type": "string", "description": "The request id"}, "code": {"type": "string", "description": "Machine-readable"},
+        "errors": {"type": "array", "items": {"type": "object", "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}}}}));
+    schemas.insert(
+        "Change".into(),
+        json!({"type": "object", "properties": {
+        "resource": {"type": "string"}, "id": {"type": "string"}, "change_seq": {"type": "integer"},
+        "operation": {"type": "string", "enum": ["upsert", "delete"]}, "record": {"type": "object"}}}),
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Client API — public API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Your company's records, mirrored from the field-service provider. Every request needs your key as `Authorization: Bearer sk_…` or `X-API-Key`. Errors are application/problem+json with a machine `code`; every response has X-Request-Id and RateLimit headers."
+        },
+        "security": [{"bearer": []}, {"apiKey": []}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+            }
+        }
+    })
+}
+
+/// A self-contained page (no CDN): it reads the spec and lists every route with its parameters.
+const DOCS_PAGE: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Client API — public API</title>
+<style>
+body{font:15px/1.5 system-ui,sans-serif;max-width:960px;margin:2rem auto;padding:0 1rem;color:#1a1a1a}
+h1{font-size:1.6rem}h2{font-size:1.1rem;margin-top:2rem;border-bottom:1px solid #ddd}
+code,pre{font-family:ui-monospace,monospace;background:#f5f5f5;padding:.1rem .3rem;border-radius:3px}
+.op{margin:1rem 0;padding:.5rem 1rem;border-left:3px solid #3b6;background:#fafafa}
+.m{font-weight:bold;color:#3b6}table{border-collapse:collapse;font-size:13px}td{padding:.15rem .6rem;border-bottom:1px solid #eee}
+</style></head><body><h1>Client API — public API</h1><p id="desc"></p>
+<p>Machine-readable: <a href="openapi.json">openapi.json</a> (OpenAPI 3.1).</p><div id="ops">Loading…</div>
+<script>
+fetch('openapi.json').then(r=>r.json()).then(spec=>{
+  document.getElementById('desc').textContent=spec.info.description;
+  const out=[];
+  for(const [path,item] of Object.entries(spec.paths)){
+    for(const [method,op] of Object.entries(item)){
+      const rows=(op.parameters||[]).map(p=>`<tr><td><code>${p.name}</code></td><td>${p.in}</td><td>${p.required?'required':''}</td><td>${p.description||''}</td></tr>`).join('');
+      out.push(`<div class="op"><span class="m">${method.toUpperCase()}</span> <code>${path}</code><div>${op.summary||''}</div><table>${rows}</table></div>`);
+    }
+  }
+  document.getElementById('ops').innerHTML=out.join('');
+});
+</script></body></html>"#;
