@@ -21,6 +21,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The first command to run: local Postgres, a ServiceM8 simulator, an admin, a connection
+    /// through OAuth, a first sync, two endpoints with keys, and commands to paste; then serves.
+    Demo {
+        #[arg(long, default_value_t = 30)]
+        companies: usize,
+        #[arg(long, default_value_t = 100)]
+        jobs_per_company: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Run the service until Ctrl-C or SIGTERM.
     Serve,
     /// Apply pending database migrations and exit.
@@ -187,6 +197,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     match cli.command {
+        Command::Demo { companies, jobs_per_company, seed } => {
+            crate::demo::run(config, crate::demo::DemoOptions { companies, jobs_per_company, seed }).await
+        }
         Command::Serve => {
             let app = Application::build(config).await?;
             app.run_until_stopped(shutdown_on_signals()).await

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod cursor;
+pub mod demo;
 pub mod endpoint_key;
 pub mod endpoints;
 pub mod error;

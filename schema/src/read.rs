@@ -170,7 +170,10 @@ pub struct PageRows {
 
 /// The JSON object of one record (`id` is the provider's id; money as decimal strings).
 pub fn json_select(resource: Resource, include_remote_data: bool) -> String {
-    let money = |c: &str| format!("'{c}', t.{c}::text");
+    // Cents when that is exact (220.00), more digits only when they carry value (3.505).
+    let money = |c: &str| {
+        format!("'{c}', case when t.{c} = round(t.{c}, 2) then round(t.{c}, 2)::text else trim_scale(t.{c})::text end")
+    };
     let time = |name: &str, c: &str| format!("'{name}', case when isfinite(t.{c}) then t.{c} end");
     let plain = |c: &str| format!("'{c}', t.{c}");
     let mut fields: Vec<String> = vec!["'id', t.external_id".into()];
