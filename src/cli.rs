@@ -31,8 +31,12 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Run the service until Ctrl-C or SIGTERM.
-    Serve,
+    /// Run the service until Ctrl-C or SIGTERM: the API, and the sync workers (scheduler).
+    Serve {
+        /// Serve the API only; another process runs the sync workers.
+        #[arg(long)]
+        no_workers: bool,
+    },
     /// Apply pending database migrations and exit.
     Migrate,
     /// Manage admin users.
@@ -47,6 +51,9 @@ pub enum Command {
     /// Manage customer endpoints and their keys.
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+    /// Helpers for bench/run (hidden).
+    #[command(subcommand, hide = true)]
+    BenchSupport(BenchSupport),
     /// Print the public API's OpenAPI 3.1 document (the committed copy is openapi/public.json).
     Openapi,
     /// Run a provider simulator on loopback (for development, tests and the demo).
@@ -67,6 +74,19 @@ pub enum ConnectionCommand {
     },
     /// Sync status per stream and the latest runs.
     Status { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchSupport {
+    /// The exact SQL the REST list runs for `resource` (first page, default order), `$1` = company.
+    ListSql {
+        #[arg(long, default_value = "job")]
+        resource: String,
+        #[arg(long, default_value_t = 50)]
+        page_size: u32,
+    },
+    /// Well-formed keys (valid checksum) that belong to no endpoint.
+    WrongKeys { count: usize },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +138,9 @@ pub struct SimulateArgs {
     pub companies: usize,
     #[arg(long, default_value_t = 100)]
     pub jobs_per_company: usize,
+    /// Skewed company sizes (a few large, many small), same total number of jobs.
+    #[arg(long)]
+    pub skewed: bool,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     #[arg(long, default_value_t = 5000)]
@@ -185,9 +208,31 @@ pub enum TokenCommand {
 
 /// Runs the parsed command. Exit codes: 0 ok, 1 failure, 2 bad configuration or usage.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Openapi = cli.command {
-        println!("{}", serde_json::to_string_pretty(&crate::http::public::openapi::spec())?);
-        return Ok(());
+    match &cli.command {
+        Command::Openapi => {
+            println!("{}", serde_json::to_string_pretty(&crate::http::public::openapi::spec())?);
+            return Ok(());
+        }
+        Command::BenchSupport(BenchSupport::ListSql { resource, page_size }) => {
+            let resource = clientapi_schema::model::Resource::parse(resource).context("unknown resource")?;
+            let query = clientapi_schema::read::ListQuery {
+                resource,
+                filters: Default::default(),
+                sort: Default::default(),
+                page_size: *page_size,
+                after: None,
+                include_remote_data: false,
+            };
+            println!("{}", clientapi_schema::read::list_sql(&query).0);
+            return Ok(());
+        }
+        Command::BenchSupport(BenchSupport::WrongKeys { count }) => {
+            for _ in 0..*count {
+                println!("{}", crate::endpoint_key::generate(false));
+            }
+            return Ok(());
+        }
+        _ => {}
     }
     let config = match Config::from_env(cli.config.as_deref()) {
         Ok(config) => config,
@@ -200,8 +245,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { companies, jobs_per_company, seed } => {
             crate::demo::run(config, crate::demo::DemoOptions { companies, jobs_per_company, seed }).await
         }
-        Command::Serve => {
-            let app = Application::build(config).await?;
+        Command::Serve { no_workers } => {
+            let app = Application::build(config).await?.with_workers(!no_workers);
             app.run_until_stopped(shutdown_on_signals()).await
         }
         Command::Migrate => {
@@ -219,7 +264,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(SimulateCommand::Servicem8(args)) => simulate_servicem8(args).await,
-        Command::Openapi => unreachable!("answered before configuration is loaded"),
+        Command::Openapi | Command::BenchSupport(_) => unreachable!("answered before configuration is loaded"),
         Command::Endpoint(command) => {
             let master_key = config.master_key()?;
             let db = Database::open(&config).await?;
@@ -441,6 +486,7 @@ async fn simulate_servicem8(args: SimulateArgs) -> anyhow::Result<()> {
     let config = SimConfig {
         companies: args.companies,
         jobs_per_company: args.jobs_per_company,
+        skewed: args.skewed,
         seed: args.seed,
         client_id: args.client_id,
         client_secret: args.client_secret,

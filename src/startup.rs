@@ -146,6 +146,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     database: Database,
+    /// Whether this process runs the sync scheduler beside the API.
+    workers: bool,
 }
 
 impl Application {
@@ -161,7 +163,13 @@ impl Application {
         }
         crate::telemetry::metrics_handle();
         let state = AppState::new(database.pool.clone(), database.reader.clone(), config, master_key);
-        Ok(Self { listener, state, database })
+        Ok(Self { listener, state, database, workers: true })
+    }
+
+    /// Runs (or not) the sync workers in this process.
+    pub fn with_workers(mut self, workers: bool) -> Self {
+        self.workers = workers;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -174,14 +182,16 @@ impl Application {
 
     /// Serves until `shutdown` fires, then drains in-flight requests and stops the database.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, state, database } = self;
+        let Self { listener, state, database, workers } = self;
         let router = crate::http::router(state.clone());
-        let scheduler = tokio::spawn(clientapi_sync::scheduler::run(
-            state.engine.clone(),
-            state.db.clone(),
-            clientapi_sync::scheduler::REFRESH,
-            state.shutdown.clone(),
-        ));
+        let scheduler = workers.then(|| {
+            tokio::spawn(clientapi_sync::scheduler::run(
+                state.engine.clone(),
+                state.db.clone(),
+                clientapi_sync::scheduler::REFRESH,
+                state.shutdown.clone(),
+            ))
+        });
         tracing::info!(addr = %listener.local_addr()?, "serving");
         let signal = shutdown.clone();
         axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
@@ -189,10 +199,12 @@ impl Application {
             .await
             .context("HTTP server")?;
         state.stop_background().await;
-        match scheduler.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "the sync scheduler stopped with an error"),
-            Err(e) => tracing::warn!(error = %e, "the sync scheduler task failed"),
-            Ok(Ok(())) => {}
+        if let Some(scheduler) = scheduler {
+            match scheduler.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "the sync scheduler stopped with an error"),
+                Err(e) => tracing::warn!(error = %e, "the sync scheduler task failed"),
+                Ok(Ok(())) => {}
+            }
         }
         tracing::info!("HTTP server stopped; closing the database");
         database.close().await

@@ -38,6 +38,8 @@ pub const OBJECTS: &[&str] = &["company", "companycontact", "job", "jobmaterial"
 pub struct SimConfig {
     pub companies: usize,
     pub jobs_per_company: usize,
+    /// Zipf-like company sizes (company i gets a share ∝ 1/(i+1)) with the same total.
+    pub skewed: bool,
     pub seed: u64,
     pub client_id: String,
     pub client_secret: String,
@@ -56,6 +58,7 @@ impl Default for SimConfig {
         Self {
             companies: 30,
             jobs_per_company: 100,
+            skewed: false,
             seed: 1,
             client_id: "sim-client".into(),
             client_secret: "sim-secret".into(),
@@ -196,7 +199,14 @@ impl Simulator {
             let uuid = map["uuid"].as_str().expect("uuid").to_owned();
             objects.get_mut(object).expect("known object").insert(uuid, map);
         };
+        let harmonic: f64 = (1..=config.companies.max(1)).map(|i| 1.0 / i as f64).sum();
+        let total_jobs = (config.companies * config.jobs_per_company) as f64;
         for c in 0..config.companies {
+            let jobs_here = if config.skewed {
+                ((total_jobs / harmonic / (c + 1) as f64).round() as usize).max(1)
+            } else {
+                config.jobs_per_company
+            };
             let company = uuid_from(&mut rng);
             n += 1;
             insert(
@@ -224,7 +234,7 @@ impl Simulator {
                     }),
                 );
             }
-            for _ in 0..config.jobs_per_company {
+            for _ in 0..jobs_here {
                 let job = uuid_from(&mut rng);
                 job_number += 1;
                 n += 1;
