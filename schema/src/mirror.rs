@@ -99,12 +99,16 @@ pub async fn company_ids(
     .bind(external_ids)
     .execute(&mut *conn)
     .await?;
-    let rows: Vec<(String, CompanyId)> =
-        sqlx::query_as("select external_id, id from companies where connection_id = $1 and external_id = any($2)")
-            .bind(connection)
-            .bind(external_ids)
-            .fetch_all(&mut *conn)
-            .await?;
+    // A join against unnest, not `= any($2)`: with thousands of ids a generic plan would
+    // otherwise test the whole array against every row.
+    let rows: Vec<(String, CompanyId)> = sqlx::query_as(
+        "select c.external_id, c.id from unnest($2::text[]) as x(id)
+         join companies c on c.connection_id = $1 and c.external_id = x.id",
+    )
+    .bind(connection)
+    .bind(external_ids)
+    .fetch_all(&mut *conn)
+    .await?;
     Ok(rows.into_iter().collect())
 }
 
@@ -115,8 +119,8 @@ async fn current_owners(
     external_ids: &[String],
 ) -> Result<HashMap<String, CompanyId>, sqlx::Error> {
     let rows: Vec<(String, CompanyId)> = sqlx::query_as(
-        "select external_id, company_id from mirror_keys
-         where connection_id = $1 and resource = $2 and external_id = any($3)",
+        "select k.external_id, k.company_id from unnest($3::text[]) as x(id)
+         join mirror_keys k on k.connection_id = $1 and k.resource = $2 and k.external_id = x.id",
     )
     .bind(connection)
     .bind(resource.singular())
@@ -360,20 +364,25 @@ pub async fn tombstone_missing(
     resource: Resource,
     seen: &[String],
 ) -> Result<u64, sqlx::Error> {
+    // The complete id set goes into an indexed temporary table: an anti-join against a bare
+    // unnest() is planned as a nested loop (the planner guesses ten rows), O(mirror × seen).
+    sqlx::query("create temp table if not exists reconcile_seen (id text primary key) on commit drop")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("truncate reconcile_seen").execute(&mut *conn).await?;
+    sqlx::query("insert into reconcile_seen select distinct unnest($1::text[]) on conflict do nothing")
+        .bind(seen)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("analyze reconcile_seen").execute(&mut *conn).await?;
     let table = resource.plural();
     let sql = format!(
-        "with seen as (select unnest($3::text[]) as id),
-              gone as (select k.company_id, k.external_id from mirror_keys k
+        "with gone as (select k.company_id, k.external_id from mirror_keys k
                        where k.connection_id = $1 and k.resource = $2
-                         and not exists (select 1 from seen where seen.id = k.external_id))
+                         and not exists (select 1 from reconcile_seen s where s.id = k.external_id))
          update {table} t set deleted_at = now(), change_seq = nextval('mirror_change_seq'), synced_at = now()
          from gone where t.company_id = gone.company_id and t.external_id = gone.external_id and t.deleted_at is null"
     );
-    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(connection)
-        .bind(resource.singular())
-        .bind(seen)
-        .execute(conn)
-        .await?;
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(connection).bind(resource.singular()).execute(conn).await?;
     Ok(done.rows_affected())
 }

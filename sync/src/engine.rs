@@ -218,36 +218,27 @@ impl SyncEngine {
         let (watermark, resume) = state.unwrap_or_default();
         // A full scan starts over (its id set must be complete); an incremental one resumes.
         let since = if full { None } else { watermark };
-        let mut page_cursor = if full { None } else { resume };
+        let page_cursor = if full { None } else { resume };
         let mut seen_ids: Vec<String> = Vec::new();
         let mut pages = 0;
         let mut fetched = 0;
+        let mut page = self.fetch(id, provider, stream, since.as_deref(), page_cursor.as_deref()).await?;
         loop {
             if self.shutdown.is_cancelled() {
                 return Err(SyncError::Cancelled);
             }
-            let page = self.fetch(id, provider, stream, since.as_deref(), page_cursor.as_deref()).await?;
-            let mut tx = self.db.begin().await?;
-            let stats = mirror::apply(&mut tx, id, &page.records).await?;
-            // The scan position commits with the page: never ahead of the data.
-            sqlx::query(
-                "insert into sync_state (connection_id, stream, scan_page, scan_max, updated_at) values ($1, $2, $3, $4, now())
-                 on conflict (connection_id, stream) do update set scan_page = excluded.scan_page,
-                   scan_max = greatest(sync_state.scan_max, excluded.scan_max), updated_at = now()",
-            )
-            .bind(id)
-            .bind(stream.name)
-            .bind(&page.next_page)
-            .bind(&page.max_updated)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("update connections set sync_lease_until = now() + make_interval(secs => $2) where id = $1 and sync_lease_owner = $3")
-                .bind(id)
-                .bind(LEASE.as_secs_f64())
-                .bind(self.worker)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            // While this page commits, the next one is already on its way: the provider's
+            // latency hides behind our writes. The next page's position is committed only with
+            // the next page, so the cursor still never runs ahead of committed data.
+            let next_cursor = page.next_page.clone();
+            let prefetch = async {
+                match &next_cursor {
+                    Some(cursor) => Some(self.fetch(id, provider, stream, since.as_deref(), Some(cursor)).await),
+                    None => None,
+                }
+            };
+            let (stats, next) = tokio::join!(self.commit_page(id, stream, &page), prefetch);
+            let stats = stats?;
 
             pages += 1;
             fetched += page.seen_ids.len() as u64;
@@ -255,7 +246,7 @@ impl SyncEngine {
             summary.fetched += page.seen_ids.len() as u64;
             summary.stats += stats;
             summary.error_count += page.bad_records.len() as u64;
-            for error in page.bad_records {
+            for error in std::mem::take(&mut page.bad_records) {
                 tracing::warn!(%error, "a provider record could not be mapped");
                 if summary.record_errors.len() < MAX_RECORDED_ERRORS {
                     summary.record_errors.push(error);
@@ -266,13 +257,13 @@ impl SyncEngine {
                     .increment(page.records.len() as u64);
             }
             if full {
-                seen_ids.extend(page.seen_ids);
+                seen_ids.append(&mut page.seen_ids);
             }
             if let Some(report) = progress {
                 report(Progress { stream: stream.name, pages, fetched });
             }
-            match page.next_page {
-                Some(next) => page_cursor = Some(next),
+            match next {
+                Some(next) => page = next?,
                 None => break,
             }
         }
@@ -303,6 +294,32 @@ impl SyncEngine {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Applies one page to the mirror and records the scan position, in one transaction.
+    async fn commit_page(&self, id: ConnectionId, stream: Stream, page: &Page) -> Result<ApplyStats, SyncError> {
+        let mut tx = self.db.begin().await?;
+        let stats = mirror::apply(&mut tx, id, &page.records).await?;
+        // The scan position commits with the page: never ahead of the data.
+        sqlx::query(
+            "insert into sync_state (connection_id, stream, scan_page, scan_max, updated_at) values ($1, $2, $3, $4, now())
+             on conflict (connection_id, stream) do update set scan_page = excluded.scan_page,
+               scan_max = greatest(sync_state.scan_max, excluded.scan_max), updated_at = now()",
+        )
+        .bind(id)
+        .bind(stream.name)
+        .bind(&page.next_page)
+        .bind(&page.max_updated)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("update connections set sync_lease_until = now() + make_interval(secs => $2) where id = $1 and sync_lease_owner = $3")
+            .bind(id)
+            .bind(LEASE.as_secs_f64())
+            .bind(self.worker)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(stats)
     }
 
     /// One page, with the provider's budget, token refresh and retries.
