@@ -268,8 +268,38 @@ async fn apply_resource(
         return Ok(stats);
     }
 
+    // Rows travel by COPY into a session-lived staging table (emptied at every commit), then
+    // one merge: the cheapest bulk path Postgres has.
     let typed = columns(resource);
     let cols = typed.join(", ");
+    let stage = format!("stage_{table}");
+    let copy_cols = format!("company_id, external_id, {cols}, created_at, remote_updated_at, remote_data, deleted_at");
+    // Just the copied columns, no constraints: the merge below enforces everything.
+    let sql = format!(
+        "create temp table if not exists {stage} on commit delete rows as select {copy_cols} from {table} with no data"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await?;
+    let mut buffer = Vec::with_capacity(rows.len() * 512);
+    for row in &rows {
+        let Value::Object(row) = row else { continue };
+        let fields = ["company_id", "external_id"].into_iter().chain(typed.iter().copied()).chain([
+            "created_at",
+            "remote_updated_at",
+            "remote_data",
+            "deleted_at",
+        ]);
+        for (i, field) in fields.enumerate() {
+            if i > 0 {
+                buffer.push(b'\t');
+            }
+            copy_text(&mut buffer, row.get(field).unwrap_or(&Value::Null));
+        }
+        buffer.push(b'\n');
+    }
+    let mut copy = conn.copy_in_raw(&format!("copy {stage} ({copy_cols}) from stdin")).await?;
+    copy.send(buffer).await?;
+    copy.finish().await?;
+
     let updates: String = typed.iter().map(|c| format!("{c} = excluded.{c}, ")).collect();
     let old_tuple: String = typed.iter().map(|c| format!("t.{c}, ")).collect();
     let new_tuple: String = typed.iter().map(|c| format!("excluded.{c}, ")).collect();
@@ -278,7 +308,7 @@ async fn apply_resource(
                                    deleted_at, change_seq, synced_at)
          select company_id, external_id, {cols}, created_at, remote_updated_at, remote_data, deleted_at,
                 nextval('mirror_change_seq'), now()
-         from jsonb_populate_recordset(null::{table}, $1)
+         from {stage}
          on conflict (company_id, external_id) do update set {updates}
              created_at = excluded.created_at, remote_updated_at = excluded.remote_updated_at,
              remote_data = excluded.remote_data,
@@ -291,8 +321,10 @@ async fn apply_resource(
                 excluded.deleted_at is null)
          returning external_id, deleted_at is not null as deleted"
     );
-    let changed: Vec<(String, bool)> =
-        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(Value::Array(rows)).fetch_all(&mut *conn).await?;
+    let changed: Vec<(String, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *conn).await?;
+    // The staging table empties at commit; a second batch in the same transaction must not
+    // see this one's rows.
+    sqlx::query(sqlx::AssertSqlSafe(format!("truncate {stage}"))).execute(&mut *conn).await?;
     // (`xmax = 0` cannot be read back from a partitioned table: the key registry says instead.)
     for (external_id, deleted) in &changed {
         match (owners.contains_key(external_id), deleted) {
@@ -317,6 +349,30 @@ async fn apply_resource(
     .execute(&mut *conn)
     .await?;
     Ok(stats)
+}
+
+/// One value in COPY text format: `\\N` for null, backslash escapes for the separators.
+fn copy_text(out: &mut Vec<u8>, value: &Value) {
+    let text = match value {
+        Value::Null => {
+            out.extend_from_slice(b"\\N");
+            return;
+        }
+        Value::Bool(true) => return out.push(b't'),
+        Value::Bool(false) => return out.push(b'f'),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    for byte in text.bytes() {
+        match byte {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            other => out.push(other),
+        }
+    }
 }
 
 /// A job changed company: its line items, payments and attachments go with it.
