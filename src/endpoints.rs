@@ -282,15 +282,21 @@ pub async fn create(db: &PgPool, account: AccountId, body: &Value) -> Result<Cre
     .bind(settings.expires_at.flatten())
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query("insert into endpoint_keys (endpoint_id, key_hash, hint) values ($1, $2, $3)")
-        .bind(id)
-        .bind(hash)
-        .bind(endpoint_key::hint(&key))
-        .execute(&mut *tx)
-        .await?;
+    store_key(&mut tx, id, &hash, &key).await?;
     tx.commit().await?;
     let endpoint = get(db, account, &public_id).await?.ok_or(ApiError::NotFound)?;
     Ok(Created { endpoint, key })
+}
+
+/// Records a key's hash and hint (never the key) for an endpoint.
+async fn store_key(conn: &mut sqlx::PgConnection, endpoint_id: i64, hash: &str, key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("insert into endpoint_keys (endpoint_id, key_hash, hint) values ($1, $2, $3)")
+        .bind(endpoint_id)
+        .bind(hash)
+        .bind(endpoint_key::hint(key))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 async fn hash_off_runtime(key: String) -> Result<String, ApiError> {
@@ -373,12 +379,7 @@ pub async fn reissue(
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query("insert into endpoint_keys (endpoint_id, key_hash, hint) values ($1, $2, $3)")
-        .bind(id)
-        .bind(hash)
-        .bind(endpoint_key::hint(&key))
-        .execute(&mut *tx)
-        .await?;
+    store_key(&mut tx, id, &hash, &key).await?;
     tx.commit().await?;
     let endpoint = get(db, account, public_id).await?.ok_or(ApiError::NotFound)?;
     Ok(Created { endpoint, key })
