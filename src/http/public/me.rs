@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use clientapi_schema::model::Resource;
 use clientapi_sync::provider::ProviderKind;
 use serde_json::{Value, json};
 
@@ -14,30 +15,24 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/public/{endpoint}/me", get(get_me))
 }
 
-/// Per unified resource: when its stream last completed, and whether a scan is running.
-pub async fn freshness(state: &AppState, auth: &EndpointAuth) -> Result<Vec<Value>, ApiError> {
+/// When `resource`'s stream last completed, and whether a scan is running (cached briefly).
+pub async fn resource_freshness(state: &AppState, auth: &EndpointAuth, resource: Resource) -> (Value, &'static str) {
     let p = &auth.principal;
-    let streams = clientapi_sync::status::streams(&state.db, p.connection_id).await?;
-    let Some(kind) = ProviderKind::parse(&p.provider) else { return Ok(Vec::new()) };
-    let mut out = Vec::new();
-    for stream in state.providers.get(kind).streams() {
-        let status = streams.iter().find(|s| s.stream == stream.name);
-        for resource in stream.resources {
-            out.push(json!({
-                "resource": resource.singular(),
-                "synced_at": status.and_then(|s| s.last_success_at),
-                "sync_status": match status {
-                    None => "never_synced",
-                    Some(s) if s.scan_in_progress => "syncing",
-                    Some(_) => "synced",
-                },
-            }));
-        }
+    let streams = state.freshness(p.connection_id).await;
+    let Some(kind) = ProviderKind::parse(&p.provider) else { return (Value::Null, "never_synced") };
+    let stream = state.providers.get(kind).streams().iter().find(|s| s.resources.contains(&resource)).map(|s| s.name);
+    match streams.iter().find(|s| Some(s.stream.as_str()) == stream) {
+        None => (Value::Null, "never_synced"),
+        Some(s) => (json!(s.last_success_at), if s.scan_in_progress { "syncing" } else { "synced" }),
     }
-    Ok(out)
 }
 
 async fn get_me(State(state): State<AppState>, auth: EndpointAuth) -> Result<Json<Value>, ApiError> {
+    let mut freshness = Vec::new();
+    for resource in Resource::ALL {
+        let (synced_at, sync_status) = resource_freshness(&state, &auth, resource).await;
+        freshness.push(json!({ "resource": resource.singular(), "synced_at": synced_at, "sync_status": sync_status }));
+    }
     let p = &auth.principal;
     let company_name: Option<String> = sqlx::query_scalar("select name from companies where id = $1")
         .bind(p.company_id)
@@ -56,6 +51,6 @@ async fn get_me(State(state): State<AppState>, auth: EndpointAuth) -> Result<Jso
         "rate_limit": { "per_minute": p.rate_limit_per_minute },
         "expires_at": p.endpoint_expires_at,
         "key_expires_at": p.key_expires_at,
-        "freshness": freshness(&state, &auth).await?,
+        "freshness": freshness,
     })))
 }

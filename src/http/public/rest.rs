@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::auth::EndpointAuth;
+use super::me::resource_freshness;
 use crate::error::{ApiError, FieldError};
 use crate::startup::AppState;
 
@@ -282,18 +283,6 @@ fn resource_from_path(name: &str) -> Result<Resource, ApiError> {
     Resource::ALL.into_iter().find(|r| r.plural() == name).ok_or(ApiError::NotFound)
 }
 
-/// When this resource last synced, for the envelope.
-async fn freshness(state: &AppState, auth: &EndpointAuth, resource: Resource) -> (Value, &'static str) {
-    let p = &auth.principal;
-    let streams = state.freshness(p.connection_id).await;
-    let Some(kind) = ProviderKind::parse(&p.provider) else { return (Value::Null, "never_synced") };
-    let stream = state.providers.get(kind).streams().iter().find(|s| s.resources.contains(&resource)).map(|s| s.name);
-    match streams.iter().find(|s| Some(s.stream.as_str()) == stream) {
-        None => (Value::Null, "never_synced"),
-        Some(s) => (json!(s.last_success_at), if s.scan_in_progress { "syncing" } else { "synced" }),
-    }
-}
-
 fn json_response(body: String) -> Response {
     let mut response = body.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -316,7 +305,7 @@ pub async fn render_list(state: &AppState, auth: &EndpointAuth, request: ListReq
         })
     });
     auth.set_item_count(page.rows.len());
-    let (synced_at, sync_status) = freshness(state, auth, resource).await;
+    let (synced_at, sync_status) = resource_freshness(state, auth, resource).await;
     Ok(json_response(format!(
         "{{\"provider\":{},\"company_external_id\":{},\"resource\":\"{}\",\"count\":{},\"data\":[{}],\"next_cursor\":{},\"synced_at\":{},\"sync_status\":\"{}\"}}",
         json!(auth.principal.provider),
@@ -387,7 +376,7 @@ async fn get_record(
         .await?
         .ok_or(ApiError::NotFound)?;
     auth.set_item_count(1);
-    let (synced_at, sync_status) = freshness(&state, &auth, resource).await;
+    let (synced_at, sync_status) = resource_freshness(&state, &auth, resource).await;
     Ok(json_response(format!(
         "{{\"provider\":{},\"company_external_id\":{},\"resource\":\"{}\",\"data\":{row},\"synced_at\":{synced_at},\"sync_status\":\"{sync_status}\"}}",
         json!(auth.principal.provider),
