@@ -266,21 +266,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(SimulateCommand::Servicem8(args)) => simulate_servicem8(args).await,
         Command::Openapi | Command::BenchSupport(_) => unreachable!("answered before configuration is loaded"),
         Command::Endpoint(command) => {
-            let master_key = config.master_key()?;
-            let db = Database::open(&config).await?;
-            let state = crate::startup::AppState::new(db.pool.clone(), db.reader.clone(), config, master_key);
+            let (db, state) = open_state(config).await?;
             let result = endpoint_command(&state, command).await;
-            state.stop_background().await;
-            db.close().await?;
+            close_state(db, state).await?;
             result
         }
         Command::Connection(command) => {
-            let master_key = config.master_key()?;
-            let db = Database::open(&config).await?;
-            let state = crate::startup::AppState::new(db.pool.clone(), db.reader.clone(), config, master_key);
+            let (db, state) = open_state(config).await?;
             let result = connection_command(&state, command).await;
-            state.stop_background().await;
-            db.close().await?;
+            close_state(db, state).await?;
             result
         }
         Command::Token(TokenCommand::Create { email, name }) => {
@@ -291,6 +285,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The service's state for a one-off command, as `serve` would build it.
+async fn open_state(config: Config) -> anyhow::Result<(Database, crate::startup::AppState)> {
+    let master_key = config.master_key()?;
+    let db = Database::open(&config).await?;
+    let state = crate::startup::AppState::new(db.pool.clone(), db.reader.clone(), config, master_key);
+    Ok((db, state))
+}
+
+/// Flushes background work (the request log) and stops the database.
+async fn close_state(db: Database, state: crate::startup::AppState) -> anyhow::Result<()> {
+    state.stop_background().await;
+    db.close().await
 }
 
 async fn connection_command(state: &crate::startup::AppState, command: ConnectionCommand) -> anyhow::Result<()> {
