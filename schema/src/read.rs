@@ -168,16 +168,17 @@ pub struct PageRows {
     pub next: Option<(String, String)>,
 }
 
-/// The JSON object of one record (`id` is the provider's id; money as decimal strings).
-pub fn json_select(resource: Resource, include_remote_data: bool) -> String {
+/// The fields of one record in the public shape: (name, SQL expression over `t`). `id` is the
+/// provider's id; money is a decimal string; unknown times are null.
+pub fn record_fields(resource: Resource, include_remote_data: bool) -> Vec<(&'static str, String)> {
     // Cents when that is exact (220.00), more digits only when they carry value (3.505).
-    let money = |c: &str| {
-        format!("'{c}', case when t.{c} = round(t.{c}, 2) then round(t.{c}, 2)::text else trim_scale(t.{c})::text end")
+    let money = |c: &'static str| {
+        (c, format!("case when t.{c} = round(t.{c}, 2) then round(t.{c}, 2)::text else trim_scale(t.{c})::text end"))
     };
-    let time = |name: &str, c: &str| format!("'{name}', case when isfinite(t.{c}) then t.{c} end");
-    let plain = |c: &str| format!("'{c}', t.{c}");
-    let mut fields: Vec<String> = vec!["'id', t.external_id".into()];
-    let typed: Vec<String> = match resource {
+    let time = |name: &'static str, c: &str| (name, format!("case when isfinite(t.{c}) then t.{c} end"));
+    let plain = |c: &'static str| (c, format!("t.{c}"));
+    let mut fields = vec![("id", "t.external_id".to_owned())];
+    let typed: Vec<(&'static str, String)> = match resource {
         Resource::Client => {
             ["name", "is_individual", "address", "billing_address", "website", "parent_id"].map(plain).to_vec()
         }
@@ -236,8 +237,17 @@ pub fn json_select(resource: Resource, include_remote_data: bool) -> String {
     if include_remote_data {
         fields.push(plain("remote_data"));
     }
+    fields
+}
+
+/// The JSON object of one record, rendered by Postgres as text.
+pub fn json_select(resource: Resource, include_remote_data: bool) -> String {
+    let pairs: Vec<String> = record_fields(resource, include_remote_data)
+        .into_iter()
+        .map(|(name, expr)| format!("'{name}', {expr}"))
+        .collect();
     // json_build_object takes at most 100 arguments; these stay far below.
-    format!("json_build_object({})::text", fields.join(", "))
+    format!("json_build_object({})::text", pairs.join(", "))
 }
 
 /// SQL and text binds for a page. `$1` is always the company.
@@ -450,8 +460,7 @@ pub async fn export(
     outcome.map(|()| count)
 }
 
-/// The CSV header of an export: the JSON object's keys in order.
+/// The CSV header of an export: the record's field names, in order.
 pub fn export_columns(resource: Resource) -> Vec<String> {
-    let select = json_select(resource, false);
-    select.split('\'').skip(1).step_by(2).map(str::to_owned).filter(|k| !k.contains(' ')).collect()
+    record_fields(resource, false).into_iter().map(|(name, _)| name.to_owned()).collect()
 }
