@@ -56,6 +56,8 @@ pub enum Command {
     BenchSupport(BenchSupport),
     /// Print the public API's OpenAPI 3.1 document (the committed copy is openapi/public.json).
     Openapi,
+    /// Print the GraphQL schema in SDL (the committed copy is graphql/schema.graphql).
+    GraphqlSchema,
     /// Run a provider simulator on loopback (for development, tests and the demo).
     #[command(subcommand)]
     Simulate(SimulateCommand),
@@ -213,6 +215,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&crate::http::public::openapi::spec())?);
             return Ok(());
         }
+        Command::GraphqlSchema => {
+            print!("{}", clientapi_graphql::GraphqlApi::new().sdl());
+            return Ok(());
+        }
         Command::BenchSupport(BenchSupport::ListSql { resource, page_size }) => {
             let resource = clientapi_schema::model::Resource::parse(resource).context("unknown resource")?;
             let query = clientapi_schema::read::ListQuery {
@@ -264,7 +270,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(SimulateCommand::Servicem8(args)) => simulate_servicem8(args).await,
-        Command::Openapi | Command::BenchSupport(_) => unreachable!("answered before configuration is loaded"),
+        Command::Openapi | Command::GraphqlSchema | Command::BenchSupport(_) => {
+            unreachable!("answered before configuration is loaded")
+        }
         Command::Endpoint(command) => {
             let (db, state) = open_state(config).await?;
             let result = endpoint_command(&state, command).await;

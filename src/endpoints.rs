@@ -20,24 +20,16 @@ pub const DEFAULT_RATE_LIMIT: i32 = 600;
 pub const WRITABLE: [Resource; 5] =
     [Resource::Client, Resource::Contact, Resource::Job, Resource::LineItem, Resource::Attachment];
 
-pub fn read_scope(resource: Resource) -> String {
-    format!("{}:read", resource.plural())
-}
-
-pub fn write_scope(resource: Resource) -> String {
-    format!("{}:write", resource.plural())
-}
-
 /// Every scope there is.
 pub fn all_scopes() -> Vec<String> {
-    Resource::ALL.iter().map(|r| read_scope(*r)).chain(WRITABLE.iter().map(|r| write_scope(*r))).collect()
+    Resource::ALL.iter().map(|r| r.read_scope()).chain(WRITABLE.iter().map(|r| r.write_scope())).collect()
 }
 
 /// The default scopes: all reads, plus writes for read-write endpoints.
 pub fn default_scopes(read_write: bool) -> Vec<String> {
-    let mut scopes: Vec<String> = Resource::ALL.iter().map(|r| read_scope(*r)).collect();
+    let mut scopes: Vec<String> = Resource::ALL.iter().map(|r| r.read_scope()).collect();
     if read_write {
-        scopes.extend(WRITABLE.iter().map(|r| write_scope(*r)));
+        scopes.extend(WRITABLE.iter().map(|r| r.write_scope()));
     }
     scopes
 }

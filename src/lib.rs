@@ -6,7 +6,6 @@ pub mod accounts;
 pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod cursor;
 pub mod demo;
 pub mod endpoint_key;
 pub mod endpoints;

@@ -47,10 +47,7 @@ impl EndpointRateLimits {
     /// Spends one request of `endpoint_id`'s quota (`per_minute`), if there is one left.
     pub fn check(&self, endpoint_id: i64, per_minute: u32) -> RateInfo {
         let per_minute = per_minute.max(1);
-        let limiter = self.limiters.get_with((endpoint_id, per_minute), || {
-            let q = NonZeroU32::new(per_minute).expect("at least 1");
-            Arc::new(RateLimiter::direct(Quota::per_minute(q)).with_middleware::<StateInformationMiddleware>())
-        });
+        let limiter = self.limiter(endpoint_id, per_minute);
         let interval = 60.0 / f64::from(per_minute);
         match limiter.check() {
             Ok(snapshot) => {
@@ -68,5 +65,28 @@ impl EndpointRateLimits {
                 }
             }
         }
+    }
+
+    /// Spends `n` more requests of `endpoint_id`'s quota at once (a costly GraphQL query), or
+    /// says in how many seconds it could be afforded.
+    pub fn charge(&self, endpoint_id: i64, per_minute: u32, n: u32) -> Result<(), u64> {
+        let per_minute = per_minute.max(1);
+        let limiter = self.limiter(endpoint_id, per_minute);
+        let Some(n) = NonZeroU32::new(n) else { return Ok(()) };
+        match limiter.check_n(n) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(not_until)) => {
+                Err(not_until.wait_time_from(DefaultClock::default().now()).as_secs_f64().ceil().max(1.0) as u64)
+            }
+            // More than the whole quota: never affordable at once; a minute is the honest wait.
+            Err(_) => Err(60),
+        }
+    }
+
+    fn limiter(&self, endpoint_id: i64, per_minute: u32) -> Arc<Limiter> {
+        self.limiters.get_with((endpoint_id, per_minute), || {
+            let q = NonZeroU32::new(per_minute).expect("at least 1");
+            Arc::new(RateLimiter::direct(Quota::per_minute(q)).with_middleware::<StateInformationMiddleware>())
+        })
     }
 }

@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::KeyVerifier;
-use crate::cursor::CursorSigner;
 use clientapi_schema::ConnectionId;
+use clientapi_schema::cursor::CursorSigner;
 use clientapi_sync::status::StreamStatus;
 
 /// How stale the sync status in an envelope may be.
@@ -36,6 +36,7 @@ pub struct AppState {
     /// The public read path's pool: its connections act as the row-level-security role.
     pub reader: PgPool,
     pub cursors: CursorSigner,
+    pub graphql: Arc<clientapi_graphql::GraphqlApi>,
     freshness: moka::future::Cache<ConnectionId, Arc<Vec<StreamStatus>>>,
     pub config: Arc<Config>,
     pub master_key: Arc<MasterKey>,
@@ -63,6 +64,7 @@ impl AppState {
             db,
             reader,
             cursors: CursorSigner::new(master_key.expose()),
+            graphql: Arc::new(clientapi_graphql::GraphqlApi::new()),
             freshness: moka::future::Cache::builder().max_capacity(10_000).time_to_live(FRESHNESS_TTL).build(),
             providers,
             tokens,

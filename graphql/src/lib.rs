@@ -1,4 +1,181 @@
-//! clientapi-graphql: the GraphQL schema over the company-scoped mirror (async-graphql 7.2).
+//! clientapi-graphql: the GraphQL API over the company-scoped mirror (DESIGN.md §5).
 //!
-//! Not built yet (issue 7): the crate exists so the workspace has its final shape and its
-//! dependencies are compiled and cached. It will share `clientapi_schema::read` with REST.
+//! The schema is generated from the same field table REST renders (`read::record_fields`), and
+//! reads through the same scoped read path (`read::list_page`, `read::load_related`) with the
+//! same filters and the same signed cursors: a REST `next_cursor` is a GraphQL `after`.
+//! Relations are batched by one loader per request whose batches mix every relation of a
+//! nesting level into one SQL statement, so a query costs at most one statement per level.
+//! Knows nothing of HTTP: the service hands it a [`Scope`] and a request.
+
+pub use async_graphql;
+
+mod batch;
+mod limits;
+mod schema;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_graphql::{ErrorExtensionValues, Response, ServerError, Value};
+use clientapi_schema::CompanyId;
+use clientapi_schema::cursor::CursorSigner;
+use clientapi_schema::model::Resource;
+use sqlx::PgPool;
+
+pub use limits::{
+    Cost, DEFAULT_FIRST, DEFAULT_NESTED_FIRST, MAX_ALIASES, MAX_COMPLEXITY, MAX_DEPTH, MAX_RECORDS, RECORDS_PER_REQUEST,
+};
+
+/// Where the service answers `me` from: the same JSON as REST's `/me`.
+pub type MeFuture = Pin<Box<dyn Future<Output = Result<serde_json::Value, String>> + Send>>;
+
+/// One request's scope: the endpoint asking and what it may read.
+pub struct Scope {
+    pub reader: PgPool,
+    pub company: CompanyId,
+    /// The endpoint's public id, which cursors are bound to.
+    pub endpoint: String,
+    pub readable: Vec<Resource>,
+    pub cursors: CursorSigner,
+    pub me: Box<dyn Fn() -> MeFuture + Send + Sync>,
+    /// Spends `n` more units of the endpoint's rate limit, or says when to retry (seconds).
+    pub charge: Box<dyn Fn(u32) -> Result<(), u64> + Send + Sync>,
+}
+
+/// What happened, for the response and the request log.
+pub struct Outcome {
+    pub response: Response,
+    pub operation: Option<String>,
+    /// Records in the answer (every list, relation and single lookup).
+    pub items: usize,
+    /// Set when the query's cost ran over the endpoint's rate limit: seconds until it may retry.
+    pub retry_after: Option<u64>,
+}
+
+/// The per-request state resolvers see.
+pub(crate) struct RequestScope {
+    pub scope: Scope,
+    pub loader: batch::Batcher,
+    /// Relations loaded ahead by their level (see `schema::prefetch`).
+    pub prefetched: std::sync::Mutex<
+        std::collections::HashMap<clientapi_schema::read::RelatedKey, Arc<Vec<Arc<serde_json::Value>>>>,
+    >,
+    pub items: AtomicUsize,
+}
+
+/// The executable schema, built once.
+pub struct GraphqlApi {
+    schema: async_graphql::dynamic::Schema,
+}
+
+impl Default for GraphqlApi {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GraphqlApi {
+    pub fn new() -> Self {
+        let schema = schema::build()
+            .limit_depth(MAX_DEPTH)
+            .limit_complexity(MAX_COMPLEXITY)
+            .limit_directives(10)
+            .finish()
+            .expect("the generated schema is valid");
+        Self { schema }
+    }
+
+    /// The schema in SDL, as served and committed.
+    pub fn sdl(&self) -> String {
+        self.schema.sdl()
+    }
+
+    /// Runs one operation in `scope`. Queries over the alias, page-size or record limits are
+    /// refused before anything runs; then the query's price is charged to the rate limit.
+    pub async fn execute(&self, scope: Scope, request: async_graphql::Request) -> Outcome {
+        let mut operation = request.operation_name.clone();
+        // A query that does not parse is reported by async-graphql below, before any resolver.
+        if let Ok(doc) = async_graphql::parser::parse_query(&request.query) {
+            // Without an operation name, a document's only operation runs: log its name.
+            if operation.is_none() && doc.operations.iter().count() == 1 {
+                operation = doc.operations.iter().next().and_then(|(name, _)| name.map(|n| n.to_string()));
+            }
+            let cost = match limits::assess(&doc, &request.variables, request.operation_name.as_deref()) {
+                Ok(cost) => cost,
+                Err(refusal) => {
+                    let response = Response::from_errors(vec![coded(refusal.message, refusal.code)]);
+                    return Outcome { response, operation, items: 0, retry_after: None };
+                }
+            };
+            if cost.extra_requests > 0
+                && let Err(retry_after) = (scope.charge)(cost.extra_requests)
+            {
+                let message = format!(
+                    "This query costs {} requests of the endpoint's rate limit ({} records); retry in {retry_after} s.",
+                    cost.extra_requests + 1,
+                    cost.records
+                );
+                let response = Response::from_errors(vec![coded(message, "rate_limited")]);
+                return Outcome { response, operation, items: 0, retry_after: Some(retry_after) };
+            }
+        }
+        let loader = batch::Batcher::new(scope.reader.clone(), scope.company);
+        let state =
+            Arc::new(RequestScope { scope, loader, prefetched: Default::default(), items: AtomicUsize::new(0) });
+        let mut response = self.schema.execute(request.data(state.clone())).await;
+        // Parse and validation errors carry no code of their own.
+        for error in &mut response.errors {
+            let extensions = error.extensions.get_or_insert_with(ErrorExtensionValues::default);
+            if extensions.get("code").is_none() {
+                extensions.set("code", "invalid_query");
+            }
+        }
+        Outcome { response, operation, items: state.items.load(Ordering::Relaxed), retry_after: None }
+    }
+}
+
+fn coded(message: String, code: &'static str) -> ServerError {
+    let mut error = ServerError::new(message, None);
+    let mut extensions = ErrorExtensionValues::default();
+    extensions.set("code", Value::from(code));
+    error.extensions = Some(extensions);
+    error
+}
+
+/// `line_items` → `lineItems`.
+pub(crate) fn camel(snake: &str) -> String {
+    let mut out = String::with_capacity(snake.len());
+    let mut upper = false;
+    for c in snake.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `line_item` → `LineItem`.
+pub(crate) fn pascal(snake: &str) -> String {
+    let camel = camel(snake);
+    let mut chars = camel.chars();
+    chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_converted() {
+        assert_eq!(camel("line_items"), "lineItems");
+        assert_eq!(camel("id"), "id");
+        assert_eq!(pascal("line_item"), "LineItem");
+    }
+}

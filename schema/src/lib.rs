@@ -1,6 +1,7 @@
 //! clientapi-schema: the unified record model, the mirror's reads and writes, and the local
 //! Postgres the service runs on by default. Knows nothing of HTTP or GraphQL.
 
+pub mod cursor;
 pub mod db;
 pub mod ids;
 pub mod local_pg;

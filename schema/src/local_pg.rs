@@ -112,6 +112,11 @@ impl ChildHandle {
 }
 
 /// Where the server binaries are (a directory holding `initdb`, `postgres`, `pg_ctl`).
+/// Whether the server has the `pg_stat_statements` library (Debian's postgresql package does).
+fn stat_statements_installed(bin: &Path) -> bool {
+    bin.parent().is_some_and(|root| root.join("lib/pg_stat_statements.so").is_file())
+}
+
 pub fn find_bin_dir() -> Result<PathBuf, LocalPgError> {
     let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
     if let Some(dir) = std::env::var_os("CLIENTAPI_PG_BIN").map(PathBuf::from) {
@@ -220,6 +225,15 @@ impl LocalPostgres {
         let sockets = if use_socket { socket_dir.display().to_string() } else { String::new() };
         cmd.args(["-c", &format!("unix_socket_directories={sockets}")]);
         cmd.args(["-c", "max_connections=200", "-c", "shared_buffers=256MB"]);
+        // Per-statement counts for operators, the benchmark and the N+1 tests, where installed.
+        if stat_statements_installed(&bin) {
+            cmd.args([
+                "-c",
+                "shared_preload_libraries=pg_stat_statements",
+                "-c",
+                "pg_stat_statements.track_utility=off",
+            ]);
+        }
         if durability == Durability::Ephemeral {
             for setting in ["fsync=off", "full_page_writes=off"] {
                 cmd.args(["-c", setting]);

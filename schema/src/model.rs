@@ -54,6 +54,16 @@ impl Resource {
         }
     }
 
+    /// The scope a key needs to read this resource: `jobs:read`.
+    pub fn read_scope(self) -> String {
+        format!("{}:read", self.plural())
+    }
+
+    /// The scope a key needs to write this resource: `jobs:write`.
+    pub fn write_scope(self) -> String {
+        format!("{}:write", self.plural())
+    }
+
     /// Accepts the singular or the plural name.
     pub fn parse(name: &str) -> Option<Resource> {
         Resource::ALL.into_iter().find(|r| r.singular() == name || r.plural() == name)

@@ -4,12 +4,14 @@
 //! statement keeps its own `company_id = $1` filter: RLS is the second lock, not the first.
 //! Rows come back as JSON text built by Postgres, ready to be spliced into the response.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Executor, PgConnection};
+use sqlx::{Executor, PgConnection, Postgres};
 
 use crate::CompanyId;
 use crate::model::Resource;
@@ -115,6 +117,15 @@ impl Sort {
     }
 }
 
+/// A filter time: RFC 3339, or a date (midnight UTC).
+pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+    date.and_hms_opt(0, 0, 0).map(|t| t.and_utc())
+}
+
 pub fn has_number(resource: Resource) -> bool {
     matches!(resource, Resource::Job | Resource::Invoice)
 }
@@ -161,98 +172,150 @@ pub struct ListQuery {
     pub include_remote_data: bool,
 }
 
-/// A page: rows as JSON text, and the keyset of the last row when more may follow.
+/// A page: rows as JSON text, each row's keyset (sort key as text, id), and the keyset of the
+/// last row when more may follow.
 #[derive(Debug)]
 pub struct PageRows {
     pub rows: Vec<String>,
+    pub keys: Vec<(String, String)>,
     pub next: Option<(String, String)>,
 }
 
-/// The fields of one record in the public shape: (name, SQL expression over `t`). `id` is the
-/// provider's id; money is a decimal string; unknown times are null.
-pub fn record_fields(resource: Resource, include_remote_data: bool) -> Vec<(&'static str, String)> {
+/// What a field holds, so each API can type it: REST renders it as JSON, GraphQL declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    /// The record's own provider id.
+    Id,
+    /// Another record's provider id.
+    Reference(Resource),
+    Text,
+    Integer,
+    Boolean,
+    /// A decimal string in the record's currency.
+    Money,
+    /// A decimal string without a currency (quantities).
+    Decimal,
+    Date,
+    /// RFC 3339.
+    Timestamp,
+    Json,
+}
+
+/// One field of a record in the public shape: its name, its SQL expression over `t`, its kind.
+#[derive(Debug, Clone)]
+pub struct RecordField {
+    pub name: &'static str,
+    pub expr: String,
+    pub kind: FieldKind,
+}
+
+/// The fields of one record in the public shape. `id` is the provider's id; money is a decimal
+/// string; unknown times are null. The one list REST, GraphQL and the export are built from.
+pub fn record_fields(resource: Resource, include_remote_data: bool) -> Vec<RecordField> {
+    use FieldKind::*;
+    let field = |name: &'static str, expr: String, kind| RecordField { name, expr, kind };
     // Cents when that is exact (220.00), more digits only when they carry value (3.505).
-    let money = |c: &'static str| {
-        (c, format!("case when t.{c} = round(t.{c}, 2) then round(t.{c}, 2)::text else trim_scale(t.{c})::text end"))
+    let decimal = |c: &'static str, kind| {
+        let expr =
+            format!("case when t.{c} = round(t.{c}, 2) then round(t.{c}, 2)::text else trim_scale(t.{c})::text end");
+        field(c, expr, kind)
     };
-    let time = |name: &'static str, c: &str| (name, format!("case when isfinite(t.{c}) then t.{c} end"));
-    let plain = |c: &'static str| (c, format!("t.{c}"));
-    let mut fields = vec![("id", "t.external_id".to_owned())];
-    let typed: Vec<(&'static str, String)> = match resource {
-        Resource::Client => {
-            ["name", "is_individual", "address", "billing_address", "website", "parent_id"].map(plain).to_vec()
-        }
-        Resource::Contact => ["client_id", "first_name", "last_name", "email", "phone", "mobile", "kind", "is_primary"]
-            .map(plain)
-            .to_vec(),
+    let plain = |c: &'static str, kind| field(c, format!("t.{c}"), kind);
+    let client = || plain("client_id", Reference(Resource::Client));
+    let job = || plain("job_id", Reference(Resource::Job));
+    let invoice = || plain("invoice_id", Reference(Resource::Invoice));
+    let mut fields = vec![field("id", "t.external_id".to_owned(), Id)];
+    fields.extend(match resource {
+        Resource::Client => vec![
+            plain("name", Text),
+            plain("is_individual", Boolean),
+            plain("address", Text),
+            plain("billing_address", Text),
+            plain("website", Text),
+            plain("parent_id", Reference(Resource::Client)),
+        ],
+        Resource::Contact => vec![
+            client(),
+            plain("first_name", Text),
+            plain("last_name", Text),
+            plain("email", Text),
+            plain("phone", Text),
+            plain("mobile", Text),
+            plain("kind", Text),
+            plain("is_primary", Boolean),
+        ],
         Resource::Job => vec![
-            plain("client_id"),
-            plain("number"),
-            plain("status"),
-            plain("description"),
-            plain("address"),
-            plain("purchase_order"),
-            plain("scheduled_on"),
-            plain("completed_at"),
-            money("total"),
-            plain("currency"),
+            client(),
+            plain("number", Integer),
+            plain("status", Text),
+            plain("description", Text),
+            plain("address", Text),
+            plain("purchase_order", Text),
+            plain("scheduled_on", Date),
+            plain("completed_at", Timestamp),
+            decimal("total", Money),
+            plain("currency", Text),
         ],
         Resource::Invoice => vec![
-            plain("client_id"),
-            plain("job_id"),
-            plain("number"),
-            plain("status"),
-            plain("issued_at"),
-            plain("paid_at"),
-            money("total"),
-            plain("currency"),
+            client(),
+            job(),
+            plain("number", Integer),
+            plain("status", Text),
+            plain("issued_at", Timestamp),
+            plain("paid_at", Timestamp),
+            decimal("total", Money),
+            plain("currency", Text),
         ],
         Resource::LineItem => vec![
-            plain("job_id"),
-            plain("invoice_id"),
-            plain("name"),
-            money("quantity"),
-            money("unit_price"),
-            money("total"),
-            plain("currency"),
+            job(),
+            invoice(),
+            plain("name", Text),
+            decimal("quantity", Decimal),
+            decimal("unit_price", Money),
+            decimal("total", Money),
+            plain("currency", Text),
         ],
         Resource::Payment => vec![
-            plain("job_id"),
-            plain("invoice_id"),
-            money("amount"),
-            plain("method"),
-            plain("paid_at"),
-            plain("note"),
-            plain("is_deposit"),
-            plain("currency"),
+            job(),
+            invoice(),
+            decimal("amount", Money),
+            plain("method", Text),
+            plain("paid_at", Timestamp),
+            plain("note", Text),
+            plain("is_deposit", Boolean),
+            plain("currency", Text),
         ],
-        Resource::Attachment => {
-            ["job_id", "related_object", "related_object_id", "name", "file_type", "source"].map(plain).to_vec()
-        }
-    };
-    fields.extend(typed);
+        Resource::Attachment => vec![
+            job(),
+            plain("related_object", Text),
+            plain("related_object_id", Text),
+            plain("name", Text),
+            plain("file_type", Text),
+            plain("source", Text),
+        ],
+    });
+    let time =
+        |name: &'static str, c: &str| field(name, format!("case when isfinite(t.{c}) then t.{c} end"), Timestamp);
     fields.push(time("created_at", "created_at"));
     fields.push(time("updated_at", "remote_updated_at"));
-    fields.push(plain("deleted_at"));
+    fields.push(plain("deleted_at", Timestamp));
     if include_remote_data {
-        fields.push(plain("remote_data"));
+        fields.push(plain("remote_data", Json));
     }
     fields
 }
 
 /// The JSON object of one record, rendered by Postgres as text.
 pub fn json_select(resource: Resource, include_remote_data: bool) -> String {
-    let pairs: Vec<String> = record_fields(resource, include_remote_data)
-        .into_iter()
-        .map(|(name, expr)| format!("'{name}', {expr}"))
-        .collect();
+    let pairs: Vec<String> =
+        record_fields(resource, include_remote_data).into_iter().map(|f| format!("'{}', {}", f.name, f.expr)).collect();
     // json_build_object takes at most 100 arguments; these stay far below.
     format!("json_build_object({})::text", pairs.join(", "))
 }
 
-/// SQL and text binds for a page. `$1` is always the company.
-pub fn list_sql(query: &ListQuery) -> (String, Vec<Option<String>>) {
-    let table = query.resource.plural();
+/// The `where` clause of a list (with the keyset condition when `query.after` is set) and its
+/// text binds, numbered from `$2`: `$1` is always the company.
+fn list_conditions(query: &ListQuery) -> (String, Vec<Option<String>>) {
     let mut binds: Vec<Option<String>> = Vec::new();
     let mut bind = |value: Option<String>| {
         binds.push(value);
@@ -289,61 +352,98 @@ pub fn list_sql(query: &ListQuery) -> (String, Vec<Option<String>>) {
         let cast = sort.bind_cast().replace("{p}", &bind(Some(key.clone())));
         conditions.push(format!("({}, t.external_id) {op} ({cast}, {})", sort.expression(), bind(Some(id.clone()))));
     }
+    (conditions.join(" and "), binds)
+}
+
+/// SQL and text binds for a page. `$1` is always the company.
+pub fn list_sql(query: &ListQuery) -> (String, Vec<Option<String>>) {
+    let (conditions, binds) = list_conditions(query);
+    let sort = query.sort;
     let dir = if sort.descending { "desc" } else { "asc" };
     let sql = format!(
-        "select {}, {}, t.external_id from {table} t where {} order by {} {dir}, t.external_id {dir} limit {}",
+        "select {}, {}, t.external_id from {} t where {conditions} order by {} {dir}, t.external_id {dir} limit {}",
         json_select(query.resource, query.include_remote_data),
         sort.text_expression(),
-        conditions.join(" and "),
+        query.resource.plural(),
         sort.expression(),
         query.page_size + 1,
     );
     (sql, binds)
 }
 
-/// Opens the read transaction for `company` on a reader connection: after this, row-level
-/// security admits only that company's rows until commit.
-pub async fn begin_scoped(conn: &mut PgConnection, company: CompanyId) -> Result<(), sqlx::Error> {
-    // The company id is our own integer, never caller text: safe to inline.
-    conn.execute(sqlx::AssertSqlSafe(format!(
-        "begin read only; select set_config('clientapi.company_id', '{}', true)",
-        company.0
-    )))
-    .await?;
-    Ok(())
+/// A reader connection inside a read-only transaction scoped to one company: row-level
+/// security admits only that company's rows until [`Scoped::finish`].
+pub struct Scoped(PoolConnection<Postgres>);
+
+impl Scoped {
+    pub async fn begin(reader: &PgPool, company: CompanyId) -> Result<Scoped, sqlx::Error> {
+        let mut conn = reader.acquire().await?;
+        // The company id is our own integer, never caller text: safe to inline.
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "begin read only; select set_config('clientapi.company_id', '{}', true)",
+            company.0
+        )))
+        .await?;
+        Ok(Scoped(conn))
+    }
+
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+
+    /// Commits after success, rolls back after failure, and hands the result on.
+    pub async fn finish<T>(mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        match result {
+            Ok(value) => {
+                self.0.execute("commit").await?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = self.0.execute("rollback").await;
+                Err(e)
+            }
+        }
+    }
+}
+
+fn bind_all<'q, O>(
+    sql: String,
+    company: CompanyId,
+    binds: Vec<Option<String>>,
+) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>
+where
+    O: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    let mut q = sqlx::query_as::<_, O>(sqlx::AssertSqlSafe(sql)).bind(company);
+    for b in binds {
+        q = q.bind(b);
+    }
+    q
 }
 
 /// Runs one page: one data statement inside the scoped transaction.
 pub async fn list_page(reader: &PgPool, company: CompanyId, query: &ListQuery) -> Result<PageRows, sqlx::Error> {
     let (sql, binds) = list_sql(query);
-    let mut conn = reader.acquire().await?;
-    begin_scoped(&mut conn, company).await?;
-    let result = run_page(&mut conn, company, &sql, binds, query.page_size as usize).await;
-    match &result {
-        Ok(_) => conn.execute("commit").await.map(|_| ())?,
-        Err(_) => {
-            let _ = conn.execute("rollback").await;
-        }
-    }
-    result
-}
-
-async fn run_page(
-    conn: &mut PgConnection,
-    company: CompanyId,
-    sql: &str,
-    binds: Vec<Option<String>>,
-    page_size: usize,
-) -> Result<PageRows, sqlx::Error> {
-    let mut q = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(sql.to_owned())).bind(company);
-    for b in binds {
-        q = q.bind(b);
-    }
-    let mut fetched: Vec<(String, String, String)> = q.fetch_all(&mut *conn).await?;
+    let mut scoped = Scoped::begin(reader, company).await?;
+    let fetched = bind_all::<(String, String, String)>(sql, company, binds).fetch_all(scoped.conn()).await;
+    let mut fetched = scoped.finish(fetched).await?;
+    let page_size = query.page_size as usize;
     let more = fetched.len() > page_size;
     fetched.truncate(page_size);
-    let next = if more { fetched.last().map(|(_, key, id)| (key.clone(), id.clone())) } else { None };
-    Ok(PageRows { rows: fetched.into_iter().map(|(json, _, _)| json).collect(), next })
+    let (rows, keys) = fetched.into_iter().map(|(json, key, id)| (json, (key, id))).unzip();
+    let keys: Vec<(String, String)> = keys;
+    let next = if more { keys.last().cloned() } else { None };
+    Ok(PageRows { rows, keys, next })
+}
+
+/// How many records the list's filters admit (ignoring its position and page size).
+pub async fn count(reader: &PgPool, company: CompanyId, query: &ListQuery) -> Result<i64, sqlx::Error> {
+    let query = ListQuery { after: None, ..query.clone() };
+    let (conditions, binds) = list_conditions(&query);
+    let sql = format!("select count(*) from {} t where {conditions}", query.resource.plural());
+    let mut scoped = Scoped::begin(reader, company).await?;
+    let counted = bind_all::<(i64,)>(sql, company, binds).fetch_one(scoped.conn()).await;
+    Ok(scoped.finish(counted).await?.0)
 }
 
 /// One record by id, or `None` (missing and foreign look the same).
@@ -395,23 +495,14 @@ pub async fn changes(
         })
         .collect();
     let sql = format!("select * from ({}) c order by 1 limit $3", branches.join(" union all "));
-    let mut conn = reader.acquire().await?;
-    begin_scoped(&mut conn, company).await?;
+    let mut scoped = Scoped::begin(reader, company).await?;
     let rows: Result<Vec<(i64, String)>, sqlx::Error> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(company)
         .bind(since)
         .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
+        .fetch_all(scoped.conn())
         .await;
-    match &rows {
-        Ok(_) => {
-            conn.execute("commit").await?;
-        }
-        Err(_) => {
-            let _ = conn.execute("rollback").await;
-        }
-    }
-    Ok(rows?.into_iter().map(|(seq, json)| Change { seq, json }).collect())
+    Ok(scoped.finish(rows).await?.into_iter().map(|(seq, json)| Change { seq, json }).collect())
 }
 
 /// Streams every row of a filtered scope into `rows` (JSON text), in id order, with flat
@@ -438,15 +529,10 @@ pub async fn export(
         Some(at) => format!("{} order by t.external_id", &sql[..at]),
         None => sql,
     };
-    let mut conn = reader.acquire().await?;
-    begin_scoped(&mut conn, company).await?;
+    let mut scoped = Scoped::begin(reader, company).await?;
     let mut count = 0;
     let outcome: Result<(), sqlx::Error> = async {
-        let mut q = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(sql)).bind(company);
-        for b in binds {
-            q = q.bind(b);
-        }
-        let mut stream = q.fetch(&mut *conn);
+        let mut stream = bind_all::<(String, String, String)>(sql, company, binds).fetch(scoped.conn());
         while let Some((json, _, _)) = stream.try_next().await? {
             if rows.send(json).await.is_err() {
                 break;
@@ -456,11 +542,103 @@ pub async fn export(
         Ok(())
     }
     .await;
-    let _ = conn.execute(if outcome.is_ok() { "commit" } else { "rollback" }).await;
-    outcome.map(|()| count)
+    scoped.finish(outcome).await.map(|()| count)
 }
 
 /// The CSV header of an export: the record's field names, in order.
 pub fn export_columns(resource: Resource) -> Vec<String> {
-    record_fields(resource, false).into_iter().map(|(name, _)| name.to_owned()).collect()
+    record_fields(resource, false).into_iter().map(|f| f.name.to_owned()).collect()
+}
+
+/// How related records are found from a parent: by their own id (to-one), or by a column of
+/// theirs naming the parent (to-many).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Link {
+    Id,
+    ClientId,
+    JobId,
+    InvoiceId,
+}
+
+impl Link {
+    fn column(self) -> &'static str {
+        match self {
+            Link::Id => "external_id",
+            Link::ClientId => "client_id",
+            Link::JobId => "job_id",
+            Link::InvoiceId => "invoice_id",
+        }
+    }
+}
+
+/// The records of `resource` whose `link` equals `value`: at most `limit`, in id order. To-one
+/// lookups (`Link::Id`) include tombstoned records, like a read by id; to-many lists do not.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RelatedKey {
+    pub resource: Resource,
+    pub link: Link,
+    pub value: String,
+    pub limit: u32,
+    pub include_remote_data: bool,
+}
+
+/// Answers any number of relation lookups, of any resources and links, in one statement
+/// inside the company's scoped transaction. Keys with no records are absent from the answer.
+pub async fn load_related(
+    reader: &PgPool,
+    company: CompanyId,
+    keys: &[RelatedKey],
+) -> Result<HashMap<RelatedKey, Vec<String>>, sqlx::Error> {
+    type Group = (Resource, Link, u32, bool);
+    let mut groups: Vec<(Group, Vec<String>)> = Vec::new();
+    for k in keys {
+        let group = (k.resource, k.link, k.limit, k.include_remote_data);
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, values)) => values.push(k.value.clone()),
+            None => groups.push((group, vec![k.value.clone()])),
+        }
+    }
+    let mut answer: HashMap<RelatedKey, Vec<String>> = HashMap::new();
+    if groups.is_empty() {
+        return Ok(answer);
+    }
+    let branches: Vec<String> = groups
+        .iter()
+        .enumerate()
+        .map(|(n, ((resource, link, limit, remote_data), _))| {
+            let live = if *link == Link::Id { "" } else { " and t.deleted_at is null" };
+            // A lateral lookup per parent walks the (company_id, column) index and stops at the limit.
+            format!(
+                "select {n}::int4, k.v, r.row, r.id from unnest(${}::text[]) k(v) cross join lateral
+                   (select {} as row, t.external_id as id from {} t
+                    where t.company_id = $1 and t.{} = k.v{live} order by t.external_id limit {limit}) r",
+                n + 2,
+                json_select(*resource, *remote_data),
+                resource.plural(),
+                link.column(),
+            )
+        })
+        .collect();
+    let sql = format!("select * from ({}) x order by 1, 2, 4", branches.join(" union all "));
+    let mut q = sqlx::query_as::<_, (i32, String, String, String)>(sqlx::AssertSqlSafe(sql)).bind(company);
+    for (_, values) in &groups {
+        let mut values = values.clone();
+        values.sort_unstable();
+        values.dedup();
+        q = q.bind(values);
+    }
+    let mut scoped = Scoped::begin(reader, company).await?;
+    let rows = q.fetch_all(scoped.conn()).await;
+    for (n, parent, row, _) in scoped.finish(rows).await? {
+        let Some(((resource, link, limit, include_remote_data), _)) = groups.get(n as usize) else { continue };
+        let key = RelatedKey {
+            resource: *resource,
+            link: *link,
+            value: parent,
+            limit: *limit,
+            include_remote_data: *include_remote_data,
+        };
+        answer.entry(key).or_default().push(row);
+    }
+    Ok(answer)
 }

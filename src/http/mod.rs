@@ -19,6 +19,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router())
         .merge(public::router(state.clone()))
         .merge(public::openapi::router())
+        .merge(public::graphql::schema_router())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(request_context::request_context))

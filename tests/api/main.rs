@@ -3,6 +3,7 @@
 mod cli;
 mod demo;
 mod endpoints;
+mod graphql;
 mod health;
 mod helpers;
 mod local_postgres;

@@ -14,7 +14,6 @@ use clientapi_schema::model::Resource;
 
 use super::ContextSlot;
 use crate::auth::{AuthFailure, Principal};
-use crate::endpoints::{read_scope, write_scope};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -96,7 +95,7 @@ impl EndpointAuth {
     /// The endpoint may read `resource`; records it for the request log.
     pub fn require_read(&self, resource: Resource) -> Result<(), ApiError> {
         self.set_resource(resource);
-        let scope = read_scope(resource);
+        let scope = resource.read_scope();
         if self.has(&scope) {
             Ok(())
         } else {
@@ -113,7 +112,7 @@ impl EndpointAuth {
                 detail: "This endpoint is read-only.".into(),
             });
         }
-        let scope = write_scope(resource);
+        let scope = resource.write_scope();
         if self.has(&scope) {
             Ok(())
         } else {

@@ -8,6 +8,7 @@ use clientapi_sync::provider::ProviderKind;
 use serde_json::{Value, json};
 
 use super::auth::EndpointAuth;
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -16,8 +17,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// When `resource`'s stream last completed, and whether a scan is running (cached briefly).
-pub async fn resource_freshness(state: &AppState, auth: &EndpointAuth, resource: Resource) -> (Value, &'static str) {
-    let p = &auth.principal;
+pub async fn resource_freshness(state: &AppState, p: &Principal, resource: Resource) -> (Value, &'static str) {
     let streams = state.freshness(p.connection_id).await;
     let Some(kind) = ProviderKind::parse(&p.provider) else { return (Value::Null, "never_synced") };
     let stream = state.providers.get(kind).streams().iter().find(|s| s.resources.contains(&resource)).map(|s| s.name);
@@ -28,18 +28,22 @@ pub async fn resource_freshness(state: &AppState, auth: &EndpointAuth, resource:
 }
 
 async fn get_me(State(state): State<AppState>, auth: EndpointAuth) -> Result<Json<Value>, ApiError> {
+    Ok(Json(me(&state, &auth.principal).await?))
+}
+
+/// The endpoint itself and its freshness: REST's `/me` and GraphQL's `me`.
+pub async fn me(state: &AppState, p: &Principal) -> Result<Value, ApiError> {
     let mut freshness = Vec::new();
     for resource in Resource::ALL {
-        let (synced_at, sync_status) = resource_freshness(&state, &auth, resource).await;
+        let (synced_at, sync_status) = resource_freshness(state, p, resource).await;
         freshness.push(json!({ "resource": resource.singular(), "synced_at": synced_at, "sync_status": sync_status }));
     }
-    let p = &auth.principal;
     let company_name: Option<String> = sqlx::query_scalar("select name from companies where id = $1")
         .bind(p.company_id)
         .fetch_optional(&state.db)
         .await?
         .flatten();
-    Ok(Json(json!({
+    Ok(json!({
         "id": p.public_id,
         "name": p.name,
         "provider": p.provider,
@@ -52,5 +56,5 @@ async fn get_me(State(state): State<AppState>, auth: EndpointAuth) -> Result<Jso
         "expires_at": p.endpoint_expires_at,
         "key_expires_at": p.key_expires_at,
         "freshness": freshness,
-    })))
+    }))
 }

@@ -2,6 +2,7 @@
 //! `EndpointAuth`, and every request leaves exactly one row in the request log.
 
 pub mod auth;
+pub mod graphql;
 pub mod me;
 pub mod openapi;
 pub mod rest;
@@ -39,6 +40,7 @@ pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .merge(me::router())
         .merge(rest::router())
+        .merge(graphql::router())
         // Unknown paths under an endpoint are public requests too: authenticated, logged, 404.
         // (`/{resources}` and `/{resources}/{id}` answer 404 for unknown resources themselves.)
         .route("/api/public/{endpoint}/{resources}/{id}/{*rest}", axum::routing::any(unknown_route))

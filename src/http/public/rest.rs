@@ -12,13 +12,12 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use clientapi_schema::model::Resource;
 use clientapi_schema::read::{self, Filters, ListQuery, Sort};
 use clientapi_sync::provider::ProviderKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::auth::EndpointAuth;
 use super::me::resource_freshness;
@@ -42,17 +41,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/public/{endpoint}/{resources}/{id}", get(get_record))
 }
 
-/// The cursor of a list: where the last page ended, bound to what was asked.
-#[derive(Serialize, Deserialize)]
-struct ListCursor {
-    e: String,
-    r: String,
-    s: String,
-    f: String,
-    k: String,
-    i: String,
-}
-
 #[derive(Serialize, Deserialize)]
 struct ChangesCursor {
     e: String,
@@ -63,18 +51,14 @@ struct ChangesCursor {
 /// A parsed list request.
 pub struct ListRequest {
     pub query: ListQuery,
-    fingerprint: String,
 }
 
 fn parse_time(field: &str, value: &str, errors: &mut Vec<FieldError>) -> Option<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
-        return Some(t.with_timezone(&Utc));
+    let time = read::parse_time(value);
+    if time.is_none() {
+        errors.push(FieldError::new(field, "must be an RFC 3339 timestamp or a YYYY-MM-DD date"));
     }
-    if let Ok(d) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
-        return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
-    }
-    errors.push(FieldError::new(field, "must be an RFC 3339 timestamp or a YYYY-MM-DD date"));
-    None
+    time
 }
 
 fn parse_list(value: &str, field: &str, max: usize, errors: &mut Vec<FieldError>) -> Option<Vec<String>> {
@@ -243,33 +227,12 @@ pub fn parse_list_request(
         return Err(ApiError::Invalid(errors));
     }
     let resource = resource.expect("errors would have been reported");
-    // What the cursor must agree with: every filter and the sort (page size may change).
-    let mut canonical: Vec<String> = params
-        .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "cursor" | "page_size" | "include" | "resource"))
-        .map(|(k, v)| format!("{}={v}", if k == "updated_at_from" { "updated_since" } else { k }))
-        .collect();
-    canonical.sort();
-    let fingerprint = hex(&Sha256::digest(canonical.join("&").as_bytes())[..12]);
-    let after = match get("cursor") {
-        None => None,
-        Some(c) => {
-            let cursor: ListCursor = state.cursors.verify(c).ok_or_else(invalid_cursor)?;
-            if cursor.e != auth.principal.public_id
-                || cursor.r != resource.singular()
-                || cursor.s != sort.name()
-                || cursor.f != fingerprint
-            {
-                return Err(invalid_cursor());
-            }
-            Some((cursor.k, cursor.i))
-        }
-    };
-    Ok(ListRequest { query: ListQuery { resource, filters, sort, page_size, after, include_remote_data }, fingerprint })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut query = ListQuery { resource, filters, sort, page_size, after: None, include_remote_data };
+    if let Some(cursor) = get("cursor") {
+        query.after =
+            Some(state.cursors.list_position(&auth.principal.public_id, &query, cursor).ok_or_else(invalid_cursor)?);
+    }
+    Ok(ListRequest { query })
 }
 
 fn invalid_cursor() -> ApiError {
@@ -294,18 +257,9 @@ pub async fn render_list(state: &AppState, auth: &EndpointAuth, request: ListReq
     let resource = request.query.resource;
     auth.require_read(resource)?;
     let page = read::list_page(&state.reader, auth.principal.company_id, &request.query).await?;
-    let next_cursor = page.next.map(|(k, i)| {
-        state.cursors.sign(&ListCursor {
-            e: auth.principal.public_id.clone(),
-            r: resource.singular().into(),
-            s: request.query.sort.name(),
-            f: request.fingerprint.clone(),
-            k,
-            i,
-        })
-    });
+    let next_cursor = page.next.map(|next| state.cursors.list_cursor(&auth.principal.public_id, &request.query, next));
     auth.set_item_count(page.rows.len());
-    let (synced_at, sync_status) = resource_freshness(state, auth, resource).await;
+    let (synced_at, sync_status) = resource_freshness(state, &auth.principal, resource).await;
     Ok(json_response(format!(
         "{{\"provider\":{},\"company_external_id\":{},\"resource\":\"{}\",\"count\":{},\"data\":[{}],\"next_cursor\":{},\"synced_at\":{},\"sync_status\":\"{}\"}}",
         json!(auth.principal.provider),
@@ -376,7 +330,7 @@ async fn get_record(
         .await?
         .ok_or(ApiError::NotFound)?;
     auth.set_item_count(1);
-    let (synced_at, sync_status) = resource_freshness(&state, &auth, resource).await;
+    let (synced_at, sync_status) = resource_freshness(&state, &auth.principal, resource).await;
     Ok(json_response(format!(
         "{{\"provider\":{},\"company_external_id\":{},\"resource\":\"{}\",\"data\":{row},\"synced_at\":{synced_at},\"sync_status\":\"{sync_status}\"}}",
         json!(auth.principal.provider),

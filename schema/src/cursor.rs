@@ -6,8 +6,10 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
-use serde::{Serialize, de::DeserializeOwned};
-use sha2::Sha256;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use sha2::{Digest, Sha256};
+
+use crate::read::ListQuery;
 
 type HmacSha256 = Hmac<Sha256>;
 const MAX_CURSOR_LEN: usize = 2048;
@@ -46,6 +48,49 @@ impl CursorSigner {
         let tag = B64.decode(tag).ok()?;
         self.tag(&payload).verify_slice(&tag).ok()?;
         serde_json::from_slice(&payload).ok()
+    }
+}
+
+/// Where a list page ended, bound to what was asked: the endpoint, the resource, the sort and
+/// a fingerprint of the filters (page size and included fields may change between pages).
+/// REST's `cursor` and GraphQL's `after` are the same cursor.
+#[derive(Serialize, Deserialize)]
+struct ListCursor {
+    e: String,
+    r: String,
+    s: String,
+    f: String,
+    k: String,
+    i: String,
+}
+
+fn filters_fingerprint(query: &ListQuery) -> String {
+    let digest = Sha256::digest(format!("{:?}", query.filters).as_bytes());
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl CursorSigner {
+    /// The cursor that continues `query` after the keyset `(key, id)`, for `endpoint` only.
+    pub fn list_cursor(&self, endpoint: &str, query: &ListQuery, (key, id): (String, String)) -> String {
+        self.sign(&ListCursor {
+            e: endpoint.to_owned(),
+            r: query.resource.singular().to_owned(),
+            s: query.sort.name(),
+            f: filters_fingerprint(query),
+            k: key,
+            i: id,
+        })
+    }
+
+    /// The keyset a cursor continues from, if it was issued to `endpoint` for this resource,
+    /// sort and filters and is unaltered; `None` otherwise.
+    pub fn list_position(&self, endpoint: &str, query: &ListQuery, cursor: &str) -> Option<(String, String)> {
+        let c: ListCursor = self.verify(cursor)?;
+        let matches = c.e == endpoint
+            && c.r == query.resource.singular()
+            && c.s == query.sort.name()
+            && c.f == filters_fingerprint(query);
+        matches.then_some((c.k, c.i))
     }
 }
 

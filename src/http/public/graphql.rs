@@ -1,0 +1,153 @@
+//! GraphQL over HTTP: `POST /api/public/{endpoint}/graphql` (the same key, extractor and
+//! scoped read path as REST), a GraphiQL page on `GET` of the same path, and the SDL at
+//! `/api/public/graphql/schema.graphql`. The schema itself lives in the `graphql` crate.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use clientapi_graphql::Scope;
+use clientapi_graphql::async_graphql;
+use clientapi_schema::model::Resource;
+
+use super::auth::EndpointAuth;
+use crate::error::{ApiError, ErrorCode, FieldError};
+use crate::startup::AppState;
+
+/// Most operations in one batched request; each beyond the first spends a request of quota.
+pub const MAX_BATCH: usize = 10;
+const MAX_BODY: usize = 256 * 1024;
+
+/// Routes behind the public middleware (authenticated and logged).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/public/{endpoint}/graphql", get(graphiql).post(execute))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+}
+
+/// The SDL: public, like the OpenAPI document.
+pub fn schema_router() -> Router<AppState> {
+    Router::new().route("/api/public/graphql/schema.graphql", get(sdl))
+}
+
+async fn sdl(State(state): State<AppState>) -> Response {
+    let mut response = state.graphql.sdl().into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// GraphiQL, posting to this endpoint; the key goes in its headers pane.
+async fn graphiql(
+    axum::extract::Path(params): axum::extract::Path<std::collections::HashMap<String, String>>,
+) -> Html<String> {
+    let endpoint = params.get("endpoint").map(String::as_str).unwrap_or_default();
+    let endpoint: String = endpoint.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+    Html(
+        async_graphql::http::GraphiQLSource::build()
+            .endpoint(&format!("/api/public/{endpoint}/graphql"))
+            .title("Client API — GraphiQL")
+            .finish(),
+    )
+}
+
+async fn execute(State(state): State<AppState>, auth: EndpointAuth, body: Bytes) -> Result<Response, ApiError> {
+    let batch: async_graphql::BatchRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::Invalid(vec![FieldError::new(
+            "body",
+            format!("a GraphQL request ({{\"query\": …, \"variables\": …}}) or a list of them: {e}"),
+        )])
+    })?;
+    let requests = match batch {
+        async_graphql::BatchRequest::Single(request) => vec![request],
+        async_graphql::BatchRequest::Batch(requests) => requests,
+    };
+    if requests.is_empty() || requests.len() > MAX_BATCH {
+        return Err(ApiError::Invalid(vec![FieldError::new(
+            "body",
+            format!("a batch holds 1 to {MAX_BATCH} operations"),
+        )]));
+    }
+    let p = auth.principal.clone();
+    // The request itself paid for one operation; a batch pays for the rest up front.
+    let extra = (requests.len() - 1) as u32;
+    if let Err(retry_after_secs) = state.rate_limits.charge(p.endpoint_id, p.rate_limit_per_minute, extra) {
+        return Err(ApiError::RateLimited { retry_after_secs });
+    }
+    let single = requests.len() == 1;
+    let mut responses = Vec::with_capacity(requests.len());
+    let (mut items, mut operations, mut retry_after) = (0, Vec::new(), None);
+    for request in requests {
+        let outcome = state.graphql.execute(scope(&state, &auth), request).await;
+        items += outcome.items;
+        operations.extend(outcome.operation);
+        retry_after = retry_after.or(outcome.retry_after);
+        responses.push(outcome.response);
+    }
+    auth.set_item_count(items);
+    auth.set_operation((!operations.is_empty()).then(|| operations.join(",")));
+    let first_code = responses.iter().flat_map(|r| &r.errors).find_map(|e| {
+        e.extensions.as_ref().and_then(|x| x.get("code")).and_then(|c| match c {
+            async_graphql::Value::String(s) => Some(s.clone()),
+            _ => None,
+        })
+    });
+    let body = if single {
+        serde_json::to_vec(&responses.pop().expect("one response"))
+    } else {
+        serde_json::to_vec(&responses)
+    }
+    .map_err(anyhow::Error::from)?;
+    let status = if retry_after.is_some() { StatusCode::TOO_MANY_REQUESTS } else { StatusCode::OK };
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(secs) = retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if let Some(code) = first_code {
+        response.extensions_mut().insert(ErrorCode(leak_code(&code)));
+    }
+    Ok(response)
+}
+
+/// Error codes are a small fixed set; the request log takes them as `&'static str`.
+fn leak_code(code: &str) -> &'static str {
+    const KNOWN: [&str; 10] = [
+        "invalid_query",
+        "invalid_argument",
+        "invalid_cursor",
+        "missing_scope",
+        "too_many_aliases",
+        "query_too_large",
+        "query_too_deep",
+        "fragment_cycle",
+        "rate_limited",
+        "internal",
+    ];
+    KNOWN.into_iter().find(|k| *k == code).unwrap_or("graphql_error")
+}
+
+/// The endpoint's scope for one operation.
+fn scope(state: &AppState, auth: &EndpointAuth) -> Scope {
+    let p = auth.principal.clone();
+    let readable = Resource::ALL.into_iter().filter(|r| p.scopes.contains(&r.read_scope())).collect();
+    let (me_state, me_principal) = (state.clone(), p.clone());
+    let limits = Arc::clone(&state.rate_limits);
+    let (endpoint_id, per_minute) = (p.endpoint_id, p.rate_limit_per_minute);
+    Scope {
+        reader: state.reader.clone(),
+        company: p.company_id,
+        endpoint: p.public_id.clone(),
+        readable,
+        cursors: state.cursors.clone(),
+        me: Box::new(move || {
+            let (state, principal) = (me_state.clone(), me_principal.clone());
+            Box::pin(async move { super::me::me(&state, &principal).await.map_err(|e| e.to_string()) })
+        }),
+        charge: Box::new(move |n| limits.charge(endpoint_id, per_minute, n)),
+    }
+}

@@ -1,0 +1,399 @@
+//! GraphQL over the mirror: agreement with REST, statements per nesting level (counted by
+//! Postgres' pg_stat_statements, not assumed), tenant isolation through every relation, and
+//! abusive queries refused before any SQL.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use clientapi_schema::model::Resource;
+use serde_json::{Value, json};
+
+use clientapi_schema::ConnectionId;
+use clientapi_sync::simulator::servicem8::SimConfig;
+
+use crate::endpoints::{company, create_endpoint, synced};
+use crate::helpers::{TestApp, admin_token, connect_servicem8, spawn_app_for, spawn_sim};
+
+async fn graphql(app: &TestApp, ep: &str, key: &str, body: Value) -> (u16, Value) {
+    let response = app
+        .client
+        .post(app.url(&format!("/api/public/{ep}/graphql")))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+async fn rest(app: &TestApp, key: &str, path: &str) -> Value {
+    let response = app.client.get(app.url(path)).bearer_auth(key).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    response.json().await.unwrap()
+}
+
+/// Statements the public read path has run in this test's database, as Postgres counted them:
+/// every statement of the `clientapi_reader` role except the transaction's scope setting.
+struct StatementCounter {
+    db: sqlx::PgPool,
+}
+
+impl StatementCounter {
+    async fn new(app: &TestApp) -> Self {
+        sqlx::query("create extension if not exists pg_stat_statements").execute(&app.db).await.unwrap();
+        Self { db: app.db.clone() }
+    }
+
+    async fn reset(&self) {
+        sqlx::query("select pg_stat_statements_reset()").execute(&self.db).await.unwrap();
+    }
+
+    async fn data_statements(&self) -> i64 {
+        sqlx::query_scalar(
+            "select coalesce(sum(calls), 0)::int8 from pg_stat_statements s
+              where s.dbid = (select oid from pg_database where datname = current_database())
+                and s.userid = 'clientapi_reader'::regrole
+                and s.query not like '%set_config(%'",
+        )
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+}
+
+const NESTED: &str = "query Nested($first: Int) {
+  jobs(first: $first, sort: UPDATED_AT_DESC) {
+    nodes {
+      id number
+      client { id name }
+      lineItems { id name total { amount currency } }
+      invoices { id number payments { id amount { amount } } }
+    }
+  }
+}";
+
+#[tokio::test]
+async fn graphql_agrees_with_rest_and_a_nested_query_costs_one_statement_per_level() {
+    let sim = spawn_sim(SimConfig { companies: 3, jobs_per_company: 40, ..SimConfig::default() }).await;
+    let app = spawn_app_for(&sim).await;
+    let token = admin_token(&app, "ops@example.com", "acme").await;
+    let conn = ConnectionId(connect_servicem8(&app, &token).await["id"].as_i64().unwrap());
+    app.state.engine.sync_connection(conn, false, None).await.unwrap();
+    let (ep, key) = create_endpoint(&app, &token, conn, &company(&sim, 0), json!({})).await;
+
+    // The same list, the same filters, the same values.
+    let list = rest(&app, &key, &format!("/api/public/{ep}/jobs?page_size=2&sort=-updated_at")).await;
+    let (status, body) = graphql(
+        &app,
+        &ep,
+        &key,
+        json!({"query": "{ jobs(first: 2, sort: UPDATED_AT_DESC) { nodes { id number status clientId total { amount currency } createdAt updatedAt } pageInfo { hasNextPage endCursor } totalCount } }"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("errors").is_none(), "{body}");
+    let nodes = body["data"]["jobs"]["nodes"].as_array().unwrap();
+    let data = list["data"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    for (node, record) in nodes.iter().zip(data) {
+        assert_eq!(node["id"], record["id"]);
+        assert_eq!(node["number"], record["number"]);
+        assert_eq!(node["status"], record["status"]);
+        assert_eq!(node["clientId"], record["client_id"]);
+        assert_eq!(node["total"]["amount"], record["total"]);
+        assert_eq!(node["total"]["currency"], record["currency"]);
+        assert_eq!(node["createdAt"], record["created_at"]);
+        assert_eq!(node["updatedAt"], record["updated_at"]);
+    }
+    let rest_total = rest(&app, &key, &format!("/api/public/{ep}/jobs?page_size=1000")).await["count"].clone();
+    assert_eq!(body["data"]["jobs"]["totalCount"], rest_total);
+    // Cursors are shared: REST's next page through GraphQL, and GraphQL's through REST.
+    let after = list["next_cursor"].as_str().unwrap();
+    let (_, page2) = graphql(
+        &app,
+        &ep,
+        &key,
+        json!({"query": "query($after: String) { jobs(first: 2, sort: UPDATED_AT_DESC, after: $after) { nodes { id } } }", "variables": {"after": after}}),
+    )
+    .await;
+    let rest2 = rest(&app, &key, &format!("/api/public/{ep}/jobs?page_size=2&sort=-updated_at&cursor={after}")).await;
+    let ids =
+        |v: &Value, field: &str| -> Vec<Value> { v.as_array().unwrap().iter().map(|r| r[field].clone()).collect() };
+    assert_eq!(ids(&page2["data"]["jobs"]["nodes"], "id"), ids(&rest2["data"], "id"));
+    let end = body["data"]["jobs"]["pageInfo"]["endCursor"].as_str().unwrap();
+    let rest_from_gql =
+        rest(&app, &key, &format!("/api/public/{ep}/jobs?page_size=2&sort=-updated_at&cursor={end}")).await;
+    assert_eq!(ids(&rest_from_gql["data"], "id"), ids(&rest2["data"], "id"));
+
+    // The nested query: jobs → client, lineItems, invoices → payments. Depth 6
+    // (jobs.nodes.invoices.payments.amount.amount); three levels carry records.
+    let counter = StatementCounter::new(&app).await;
+    counter.reset().await;
+    let (status, nested) = graphql(&app, &ep, &key, json!({"query": NESTED, "variables": {"first": 40}})).await;
+    assert_eq!(status, 200);
+    assert!(nested.get("errors").is_none(), "{nested}");
+    let statements = counter.data_statements().await;
+    let seen: Vec<(i64, String)> = sqlx::query_as("select calls, (select coalesce(string_agg(m[1], ','), left(query, 40)) from regexp_matches(query, 'from ([a-z_]+) t', 'g') m) from pg_stat_statements s where s.dbid = (select oid from pg_database where datname = current_database()) and s.userid = 'clientapi_reader'::regrole").fetch_all(&app.db).await.unwrap();
+    eprintln!("STATEMENTS {seen:#?}");
+    assert!(statements <= 6 + 1, "{statements} statements for a depth-6 query");
+    assert_eq!(statements, 3, "one statement per level that carries records");
+    // ... and the nested answers are the records REST gives for the same relations.
+    let jobs = nested["data"]["jobs"]["nodes"].as_array().unwrap();
+    assert!(
+        jobs.iter()
+            .flat_map(|j| j["invoices"].as_array().unwrap())
+            .any(|i| !i["payments"].as_array().unwrap().is_empty()),
+        "the fixture reaches the third level"
+    );
+    let mut nested_items = 0;
+    for job in jobs {
+        let id = job["id"].as_str().unwrap();
+        let items = rest(&app, &key, &format!("/api/public/{ep}/line_items?job_id={id}&page_size=1000")).await;
+        assert_eq!(ids(&job["lineItems"], "id"), ids(&items["data"], "id"), "line items of {id}");
+        nested_items += items["data"].as_array().unwrap().len();
+        let invoices = rest(&app, &key, &format!("/api/public/{ep}/invoices?job_id={id}")).await;
+        assert_eq!(ids(&job["invoices"], "id"), ids(&invoices["data"], "id"), "invoices of {id}");
+        for invoice in job["invoices"].as_array().unwrap() {
+            let iid = invoice["id"].as_str().unwrap();
+            let payments = rest(&app, &key, &format!("/api/public/{ep}/payments?invoice_id={iid}")).await;
+            assert_eq!(ids(&invoice["payments"], "id"), ids(&payments["data"], "id"));
+        }
+        if let Some(client_id) = job["client"]["id"].as_str() {
+            let client = rest(&app, &key, &format!("/api/public/{ep}/clients/{client_id}")).await;
+            assert_eq!(job["client"]["name"], client["data"]["name"]);
+        }
+    }
+    assert!(nested_items > 0, "the fixture has line items to nest");
+
+    // The request log names the operation and counts the records.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let logged: (Option<String>, Option<i32>, i16) = sqlx::query_as(
+        "select operation, item_count, status from request_logs where operation = 'Nested' order by created_at desc limit 1",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(logged.0.as_deref(), Some("Nested"));
+    assert!(logged.1.unwrap() as usize > jobs.len(), "jobs and everything nested count: {logged:?}");
+    assert_eq!(logged.2, 200);
+}
+
+/// Every (resource, id) in a GraphQL answer, by `__typename`.
+fn collect(value: &Value, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            if let (Some(Value::String(ty)), Some(Value::String(id))) = (map.get("__typename"), map.get("id")) {
+                out.push((ty.clone(), id.clone()));
+            }
+            map.values().for_each(|v| collect(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
+        _ => {}
+    }
+}
+
+fn type_resource(name: &str) -> Resource {
+    Resource::ALL.into_iter().find(|r| r.singular().replace('_', "") == name.to_lowercase()).unwrap()
+}
+
+#[tokio::test]
+async fn cross_tenant_probes_through_every_relation_return_nothing_foreign() {
+    let (sim, app, token, conn) = synced(6).await;
+    let mut endpoints = Vec::new();
+    for n in 0..6 {
+        let company = company(&sim, n);
+        let (ep, key) = create_endpoint(&app, &token, conn, &company, json!({"rate_limit_per_minute": 100000})).await;
+        endpoints.push((ep, key, company));
+    }
+    let owners: HashMap<(Resource, String), String> = {
+        let mut out = HashMap::new();
+        for r in Resource::ALL {
+            let sql = format!(
+                "select t.external_id, c.external_id from {} t join companies c on c.id = t.company_id",
+                r.plural()
+            );
+            let rows: Vec<(String, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&app.db).await.unwrap();
+            out.extend(rows.into_iter().map(|(id, company)| ((r, id), company)));
+        }
+        out
+    };
+    // Every relation, both ways, from every root list.
+    let everything = r#"
+      fragment C on Client { __typename id parent { __typename id } contacts { __typename id client { __typename id } }
+                             jobs { __typename id } invoices { __typename id } }
+      fragment J on Job { __typename id client { __typename id } lineItems { __typename id invoice { __typename id } }
+                          invoices { __typename id payments { __typename id } } payments { __typename id job { __typename id } }
+                          attachments { __typename id job { __typename id } } }
+      fragment I on Invoice { __typename id client { __typename id } job { __typename id } lineItems { __typename id job { __typename id } }
+                              payments { __typename id invoice { __typename id } } }
+      query Everything {
+        clients(first: 50, includeDeleted: true) { nodes { ...C } }
+        contacts(first: 50, includeDeleted: true) { nodes { __typename id client { ...C } } }
+        jobs(first: 50, includeDeleted: true) { nodes { ...J } }
+        invoices(first: 50, includeDeleted: true) { nodes { ...I } }
+        lineItems(first: 50, includeDeleted: true) { nodes { __typename id job { __typename id } invoice { __typename id } } }
+        payments(first: 50, includeDeleted: true) { nodes { __typename id job { __typename id } invoice { __typename id } } }
+        attachments(first: 50, includeDeleted: true) { nodes { __typename id job { ...J } } }
+      }"#;
+    let mut seen_any: HashSet<Resource> = HashSet::new();
+    for (ep, key, company) in &endpoints {
+        let (status, body) = graphql(&app, ep, key, json!({"query": everything})).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.get("errors").is_none(), "{body}");
+        let mut found = Vec::new();
+        collect(&body["data"], &mut found);
+        assert!(!found.is_empty());
+        for (ty, id) in found {
+            let resource = type_resource(&ty);
+            seen_any.insert(resource);
+            assert_eq!(owners.get(&(resource, id.clone())), Some(company), "{ty} {id} leaked to {ep}");
+        }
+    }
+    assert!(seen_any.len() >= 5, "the probe reached most resources: {seen_any:?}");
+
+    // Foreign ids look exactly like missing ones: by id, in `ids`, as relation filters.
+    let (ep, key, company) = &endpoints[0];
+    for resource in Resource::ALL {
+        let Some(((_, foreign), _)) = owners.iter().find(|((r, _), owner)| *r == resource && *owner != company) else {
+            continue;
+        };
+        let single = clientapi_graphql_name(resource);
+        let query = format!(r#"{{ a: {single}(id: "{foreign}") {{ id }} b: {single}(id: "no-such-id") {{ id }} }}"#);
+        let (_, body) = graphql(&app, ep, key, json!({ "query": query })).await;
+        assert_eq!(body["data"], json!({"a": null, "b": null}), "{resource}: {body}");
+    }
+    let own_job = owners.iter().find(|((r, _), o)| *r == Resource::Job && *o == company).unwrap().0.1.clone();
+    let foreign_job = owners.iter().find(|((r, _), o)| *r == Resource::Job && *o != company).unwrap().0.1.clone();
+    let foreign_client = owners.iter().find(|((r, _), o)| *r == Resource::Client && *o != company).unwrap().0.1.clone();
+    let (_, body) = graphql(
+        &app,
+        ep,
+        key,
+        json!({"query": "query($ids: [ID!], $client: ID) { jobs(ids: $ids) { nodes { id } } byClient: jobs(clientId: $client) { nodes { id } } }",
+               "variables": {"ids": [own_job, foreign_job], "client": foreign_client}}),
+    )
+    .await;
+    assert_eq!(body["data"]["jobs"]["nodes"], json!([{"id": own_job}]), "{body}");
+    assert_eq!(body["data"]["byClient"]["nodes"], json!([]));
+
+    // A cursor from another endpoint is refused, not honoured.
+    let (other_ep, other_key, _) = &endpoints[1];
+    let (_, body) =
+        graphql(&app, other_ep, other_key, json!({"query": "{ jobs(first: 1) { pageInfo { endCursor } } }"})).await;
+    let cursor = body["data"]["jobs"]["pageInfo"]["endCursor"].as_str().unwrap().to_owned();
+    let (_, body) = graphql(
+        &app,
+        ep,
+        key,
+        json!({"query": "query($c: String) { jobs(first: 1, after: $c) { nodes { id } } }", "variables": {"c": cursor}}),
+    )
+    .await;
+    assert_eq!(body["errors"][0]["extensions"]["code"], "invalid_cursor", "{body}");
+    assert!(body["data"].is_null());
+
+    // A key without a scope gets that field refused, naming the scope.
+    let (ep2, key2) = create_endpoint(&app, &token, conn, &endpoints[2].2, json!({"scopes": ["jobs:read"]})).await;
+    let (_, body) =
+        graphql(&app, &ep2, &key2, json!({"query": "{ jobs(first: 2) { nodes { id client { id } } } }"})).await;
+    assert_eq!(body["errors"][0]["extensions"]["code"], "missing_scope", "{body}");
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("clients:read"));
+    // And no key at all is the REST 401.
+    let response = app
+        .client
+        .post(app.url(&format!("/api/public/{ep}/graphql")))
+        .json(&json!({"query": "{ me { id } }"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+fn clientapi_graphql_name(resource: Resource) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in resource.singular().chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn abusive_queries_are_refused_before_any_sql_and_cost_counts_against_the_rate_limit() {
+    let (sim, app, token, conn) = synced(2).await;
+    let (ep, key) = create_endpoint(&app, &token, conn, &company(&sim, 0), json!({"rate_limit_per_minute": 60})).await;
+    let counter = StatementCounter::new(&app).await;
+
+    let deep = format!("{{ jobs {{ nodes {{ client {{ {} id {} }} }} }} }}", "parent { ".repeat(48), "} ".repeat(48));
+    let aliases = format!("{{ {} }}", (0..1000).map(|n| format!("a{n}: me {{ id }}")).collect::<Vec<_>>().join(" "));
+    let cycle = "fragment A on Job { client { jobs { ...B } } } fragment B on Job { ...A } { jobs { nodes { ...A } } }";
+    let huge_first = "{ jobs(first: 1000000) { nodes { id } } }";
+    let too_many_records = "{ jobs(first: 1000) { nodes { lineItems(first: 1000) { id } } } }";
+    let via_variable =
+        json!({"query": "query($n: Int) { jobs(first: $n) { nodes { id } } }", "variables": {"n": 5000}});
+    let cases = [
+        (json!({"query": deep}), "query_too_deep"),
+        (json!({"query": aliases}), "too_many_aliases"),
+        (json!({"query": cycle}), "fragment_cycle"),
+        (json!({"query": huge_first}), "invalid_argument"),
+        (json!({"query": too_many_records}), "query_too_large"),
+        (via_variable, "invalid_argument"),
+        (json!({"query": "{ jobs { nodes { nope } } }"}), "invalid_query"),
+        (json!({"query": "{ jobs(first: "}), "invalid_query"),
+    ];
+    for (body, code) in cases {
+        counter.reset().await;
+        let (status, answer) = graphql(&app, &ep, &key, body.clone()).await;
+        assert_eq!(status, 200, "{answer}");
+        assert!(answer["data"].is_null(), "{answer}");
+        assert_eq!(answer["errors"][0]["extensions"]["code"], code, "{body}: {answer}");
+        assert_eq!(counter.data_statements().await, 0, "no SQL for {body}");
+    }
+    // Batches are limited too.
+    let batch: Vec<Value> = (0..11).map(|_| json!({"query": "{ me { id } }"})).collect();
+    let (status, _) = graphql(&app, &ep, &key, Value::Array(batch)).await;
+    assert_eq!(status, 422);
+
+    // A query that could touch 45,000 records spends 45 of the endpoint's 60 requests a minute:
+    // it runs once, and the second time is refused with Retry-After.
+    let costly = json!({"query": "{ jobs(first: 1000) { nodes { lineItems(first: 44) { id } } } }"});
+    let (status, body) = graphql(&app, &ep, &key, costly.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let response = app
+        .client
+        .post(app.url(&format!("/api/public/{ep}/graphql")))
+        .bearer_auth(&key)
+        .json(&costly)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().get("retry-after").is_some());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errors"][0]["extensions"]["code"], "rate_limited");
+}
+
+#[tokio::test]
+async fn the_served_sdl_is_the_committed_one_and_graphiql_is_served() {
+    let app = crate::helpers::spawn_app().await;
+    let served = app.get("/api/public/graphql/schema.graphql").await.text().await.unwrap();
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/graphql/schema.graphql")).unwrap();
+    assert!(
+        served == committed,
+        "graphql/schema.graphql is stale: regenerate it with `cargo run -- graphql-schema > graphql/schema.graphql`"
+    );
+    for name in ["type Job", "jobs(", "lineItems(", "type Money", "scalar DateTime", "totalCount: Int!"] {
+        assert!(served.contains(name), "{name}");
+    }
+    let page = app.get("/api/public/ep_anything/graphql").await;
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("/api/public/ep_anything/graphql"));
+}
