@@ -36,6 +36,8 @@ pub struct Config {
     pub servicem8: ProviderSettings,
     /// Days of request logs kept.
     pub request_log_retention_days: u32,
+    /// Seconds one provider request may take, connect to last byte.
+    pub provider_timeout_secs: u64,
 }
 
 /// Every setting: environment name, TOML key, default shown in docs.
@@ -50,6 +52,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("CLIENTAPI_SERVICEM8_API_URL", "servicem8_api_url"),
     ("CLIENTAPI_SERVICEM8_OAUTH_URL", "servicem8_oauth_url"),
     ("CLIENTAPI_REQUEST_LOG_RETENTION_DAYS", "request_log_retention_days"),
+    ("CLIENTAPI_PROVIDER_TIMEOUT_SECS", "provider_timeout_secs"),
 ];
 
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
@@ -163,6 +166,17 @@ impl Config {
             },
         };
 
+        let provider_timeout = match get("provider_timeout_secs") {
+            None => Some(60),
+            Some((src, v)) => match v.parse::<u64>() {
+                Ok(s) if (1..=600).contains(&s) => Some(s),
+                _ => {
+                    errors.push((src, format!("expected a number of seconds from 1 to 600 (got {v:?})")));
+                    None
+                }
+            },
+        };
+
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -179,6 +193,7 @@ impl Config {
                 oauth_url: oauth_url.expect("checked above"),
             },
             request_log_retention_days: retention.expect("checked above"),
+            provider_timeout_secs: provider_timeout.expect("checked above"),
         })
     }
 

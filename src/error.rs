@@ -89,7 +89,30 @@ impl ApiError {
         }
     }
 
-    fn detail(&self) -> String {
+    fn problem(&self, request_id: Option<String>) -> Problem<'static> {
+        let (status, code) = self.status_and_code();
+        let errors = match self {
+            ApiError::Invalid(errors) => errors.clone(),
+            _ => Vec::new(),
+        };
+        Problem {
+            kind: format!("https://docs.clientapi.dev/problems/{code}"),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.detail(),
+            instance: request_id,
+            code,
+            errors,
+        }
+    }
+
+    /// The problem+json body this error answers with (kept to replay an idempotent request).
+    pub fn problem_body(&self) -> String {
+        serde_json::to_string(&self.problem(current_request_id())).unwrap_or_default()
+    }
+
+    /// The human explanation (for 5xx: a generic one; the cause is only logged).
+    pub fn detail(&self) -> String {
         match self {
             ApiError::NotFound => "The resource does not exist.".into(),
             // One body for every authentication failure: no hint which part was wrong.
@@ -124,20 +147,7 @@ impl IntoResponse for ApiError {
                 "internal error"
             );
         }
-        let errors = match &self {
-            ApiError::Invalid(errors) => errors.clone(),
-            _ => Vec::new(),
-        };
-        let problem = Problem {
-            kind: format!("https://docs.clientapi.dev/problems/{code}"),
-            title: status.canonical_reason().unwrap_or("Error"),
-            status: status.as_u16(),
-            detail: self.detail(),
-            instance: request_id,
-            code,
-            errors,
-        };
-        let mut response = (status, axum::Json(problem)).into_response();
+        let mut response = (status, axum::Json(self.problem(request_id))).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         let retry_after = match &self {
@@ -152,11 +162,11 @@ impl IntoResponse for ApiError {
         if matches!(self, ApiError::Unauthorized) {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        response.extensions_mut().insert(ErrorCode(code));
+        response.extensions_mut().insert(ErrorCode(code.into()));
         response
     }
 }
 
 /// The machine code of an error response, left in its extensions for the request log.
-#[derive(Debug, Clone, Copy)]
-pub struct ErrorCode(pub &'static str);
+#[derive(Debug, Clone)]
+pub struct ErrorCode(pub std::borrow::Cow<'static, str>);

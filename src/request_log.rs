@@ -187,6 +187,8 @@ pub async fn maintain_partitions(db: &PgPool, retention_days: u32) -> Result<(),
         .bind(retention_days as i32)
         .execute(db)
         .await?;
+    // Idempotency keys are kept 24 hours; expired ones are also ignored when looked up.
+    sqlx::query("delete from idempotency_keys where created_at < now() - interval '24 hours'").execute(db).await?;
     Ok(())
 }
 

@@ -45,6 +45,7 @@ pub struct AppState {
     pub engine: SyncEngine,
     pub verifier: Arc<KeyVerifier>,
     pub rate_limits: Arc<EndpointRateLimits>,
+    pub write_queue: Arc<crate::writes::WriteQueue>,
     pub request_log: RequestLog,
     /// Background tasks (request log writer, key invalidation), awaited after `shutdown`.
     pub tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
@@ -71,6 +72,7 @@ impl AppState {
             engine,
             verifier,
             rate_limits: Arc::default(),
+            write_queue: Arc::new(crate::writes::WriteQueue::new()),
             request_log,
             tasks: Arc::new(std::sync::Mutex::new(vec![writer, listener])),
             config: Arc::new(config),
@@ -216,12 +218,15 @@ impl Application {
 /// The provider adapters, configured from settings.
 pub fn providers(config: &Config) -> Providers {
     Providers {
-        servicem8: Arc::new(ServiceM8::new(ServiceM8Config::new(
-            config.servicem8.api_url.clone(),
-            config.servicem8.oauth_url.clone(),
-            config.servicem8.client_id.clone(),
-            config.servicem8.client_secret.clone(),
-        ))),
+        servicem8: Arc::new(ServiceM8::new(ServiceM8Config {
+            request_timeout: std::time::Duration::from_secs(config.provider_timeout_secs),
+            ..ServiceM8Config::new(
+                config.servicem8.api_url.clone(),
+                config.servicem8.oauth_url.clone(),
+                config.servicem8.client_id.clone(),
+                config.servicem8.client_secret.clone(),
+            )
+        })),
     }
 }
 

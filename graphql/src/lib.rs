@@ -31,6 +31,30 @@ pub use limits::{
 /// Where the service answers `me` from: the same JSON as REST's `/me`.
 pub type MeFuture = Pin<Box<dyn Future<Output = Result<serde_json::Value, String>> + Send>>;
 
+/// A write a mutation asks for; the service performs it exactly as REST does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    Create,
+    Update(String),
+    Delete(String),
+}
+
+/// Why a write was refused: a stable code, a message, and the fields at fault.
+#[derive(Debug, Clone)]
+pub struct WriteFailure {
+    pub code: String,
+    pub message: String,
+    pub fields: Vec<(String, String)>,
+}
+
+pub type WriteFuture = Pin<Box<dyn Future<Output = Result<String, WriteFailure>> + Send>>;
+
+/// Unified write fields by name.
+pub type WriteFields = serde_json::Map<String, serde_json::Value>;
+
+/// Performs a write and answers with the mirrored record's JSON.
+pub type Writer = Box<dyn Fn(Resource, WriteOp, WriteFields) -> WriteFuture + Send + Sync>;
+
 /// One request's scope: the endpoint asking and what it may read.
 pub struct Scope {
     pub reader: PgPool,
@@ -42,6 +66,8 @@ pub struct Scope {
     pub me: Box<dyn Fn() -> MeFuture + Send + Sync>,
     /// Spends `n` more units of the endpoint's rate limit, or says when to retry (seconds).
     pub charge: Box<dyn Fn(u32) -> Result<(), u64> + Send + Sync>,
+    /// Performs a write (unified field names) and answers with the mirrored record's JSON.
+    pub write: Writer,
 }
 
 /// What happened, for the response and the request log.

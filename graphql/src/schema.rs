@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use async_graphql::dynamic::{
-    Enum, Field, FieldFuture, FieldValue, InputValue, Object, ResolverContext, Scalar, SchemaBuilder, TypeRef,
+    Enum, Field, FieldFuture, FieldValue, InputObject, InputValue, Object, ResolverContext, Scalar, SchemaBuilder,
+    TypeRef,
 };
 use async_graphql::{Error, ErrorExtensions, SelectionField, Value};
 use clientapi_schema::model::Resource;
@@ -18,7 +19,9 @@ use clientapi_schema::read::{
 };
 
 use crate::limits::{DEFAULT_FIRST, DEFAULT_NESTED_FIRST};
-use crate::{RequestScope, camel, pascal};
+use clientapi_schema::write::{WriteKind, write_fields};
+
+use crate::{RequestScope, WriteOp, camel, pascal};
 
 /// A record, or any other JSON-backed object: fields read their snake_case key.
 type Json = Arc<serde_json::Value>;
@@ -648,6 +651,129 @@ fn me_types() -> (Object, Object) {
     (me, freshness)
 }
 
+fn write_type(kind: WriteKind) -> &'static str {
+    match kind {
+        WriteKind::Text { .. } | WriteKind::Email | WriteKind::JobStatus | WriteKind::Base64 => TypeRef::STRING,
+        WriteKind::Date => "Date",
+        WriteKind::Decimal => "Decimal",
+        WriteKind::Boolean => TypeRef::BOOLEAN,
+        WriteKind::Reference(_) => TypeRef::ID,
+    }
+}
+
+/// `<Type>CreateInput` and `<Type>UpdateInput` from the write field table.
+fn input_types(resource: Resource) -> (InputObject, InputObject) {
+    let name = type_name(resource);
+    let mut create = InputObject::new(format!("{name}CreateInput"));
+    let mut update = InputObject::new(format!("{name}UpdateInput"))
+        .description("Only the fields given change; null clears a field that may be empty.");
+    for f in write_fields(resource) {
+        let ty = write_type(f.kind);
+        create = create
+            .field(InputValue::new(camel(f.name), if f.required { TypeRef::named_nn(ty) } else { TypeRef::named(ty) }));
+        if !f.create_only {
+            update = update.field(InputValue::new(camel(f.name), TypeRef::named(ty)));
+        }
+    }
+    (create, update)
+}
+
+/// The input object as unified write fields (snake_case), keeping explicit nulls.
+fn input_fields(ctx: &ResolverContext<'_>) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+    let input = ctx.args.try_get("input")?.object()?;
+    let mut fields = serde_json::Map::new();
+    for (name, value) in input.iter() {
+        let json = value.as_value().clone().into_json().map_err(internal)?;
+        fields.insert(snake(name.as_str()), json);
+    }
+    Ok(fields)
+}
+
+fn snake(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 4);
+    for c in camel.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn write_field(resource: Resource, verb: &'static str) -> Field {
+    let name = format!("{verb}{}", type_name(resource));
+    let mut field = Field::new(name, TypeRef::named_nn(type_name(resource)), move |ctx| {
+        FieldFuture::new(async move {
+            let state = request_scope(&ctx)?;
+            let id = || -> Result<String, Error> { Ok(ctx.args.try_get("id")?.string()?.to_owned()) };
+            let (op, fields) = match verb {
+                "create" => (WriteOp::Create, input_fields(&ctx)?),
+                "update" => (WriteOp::Update(id()?), input_fields(&ctx)?),
+                _ => (WriteOp::Delete(id()?), serde_json::Map::new()),
+            };
+            let record = (state.scope.write)(resource, op, fields).await.map_err(|failure| {
+                let fields: Vec<Value> = failure
+                    .fields
+                    .iter()
+                    .map(|(field, message)| {
+                        let mut error = async_graphql::indexmap::IndexMap::new();
+                        error.insert(async_graphql::Name::new("field"), Value::from(camel(field)));
+                        error.insert(async_graphql::Name::new("message"), Value::from(message.as_str()));
+                        Value::Object(error)
+                    })
+                    .collect();
+                Error::new(failure.message).extend_with(move |_, e| {
+                    e.set("code", failure.code.as_str());
+                    if !fields.is_empty() {
+                        e.set("fields", Value::List(fields.clone()));
+                    }
+                })
+            })?;
+            state.count(1);
+            Ok(Some(FieldValue::owned_any(parse_record(&record)?)))
+        })
+    });
+    match verb {
+        "create" => {
+            field = field
+                .argument(InputValue::new("input", TypeRef::named_nn(format!("{}CreateInput", type_name(resource)))))
+                .description(format!(
+                    "Creates a {} at the provider, under this endpoint's company, and returns it as mirrored.",
+                    resource.singular().replace('_', " ")
+                ));
+        }
+        "update" => {
+            field = field
+                .argument(InputValue::new("id", TypeRef::named_nn(TypeRef::ID)))
+                .argument(InputValue::new("input", TypeRef::named_nn(format!("{}UpdateInput", type_name(resource)))))
+                .description("Changes the given fields at the provider and returns the record as mirrored.");
+        }
+        _ => {
+            field = field
+                .argument(InputValue::new("id", TypeRef::named_nn(TypeRef::ID)))
+                .description("Deletes at the provider (ServiceM8 soft-deletes) and returns the tombstoned record.");
+        }
+    }
+    field
+}
+
+/// Mutations: the same writes as REST, on read-write endpoints.
+fn mutation() -> (Object, Vec<async_graphql::dynamic::Type>) {
+    let mut mutation = Object::new("Mutation");
+    let mut types: Vec<async_graphql::dynamic::Type> = Vec::new();
+    for resource in Resource::ALL.into_iter().filter(|r| !write_fields(*r).is_empty()) {
+        let (create, update) = input_types(resource);
+        types.extend([create.into(), update.into()]);
+        mutation = mutation.field(write_field(resource, "create")).field(write_field(resource, "update"));
+        if resource != Resource::Client {
+            mutation = mutation.field(write_field(resource, "delete"));
+        }
+    }
+    (mutation, types)
+}
+
 /// The whole schema, before limits.
 pub(crate) fn build() -> SchemaBuilder {
     let mut query = Object::new("Query").field(
@@ -689,7 +815,10 @@ pub(crate) fn build() -> SchemaBuilder {
             sort_enum(resource).into(),
         ]);
     }
-    let mut builder = async_graphql::dynamic::Schema::build("Query", None, None).register(query);
+    let (mutation, inputs) = mutation();
+    builder_types.extend(inputs);
+    let mut builder =
+        async_graphql::dynamic::Schema::build("Query", Some("Mutation"), None).register(query).register(mutation);
     for ty in builder_types {
         builder = builder.register(ty);
     }

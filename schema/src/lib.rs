@@ -9,5 +9,6 @@ pub mod mirror;
 pub mod model;
 pub mod read;
 pub mod secret;
+pub mod write;
 
 pub use ids::*;

@@ -93,7 +93,8 @@ impl SyncEngine {
         Self { db, tokens, providers, worker: uuid::Uuid::new_v4(), limiters: Arc::default(), shutdown }
     }
 
-    fn limiter(&self, id: ConnectionId, provider: &dyn Provider) -> Arc<DefaultDirectRateLimiter> {
+    /// The connection's provider request budget, shared by its syncs and its customers' writes.
+    pub fn limiter(&self, id: ConnectionId, provider: &dyn Provider) -> Arc<DefaultDirectRateLimiter> {
         let per_minute = NonZeroU32::new(provider.rate_limits().per_minute).unwrap_or(NonZeroU32::MIN);
         self.limiters
             .lock()

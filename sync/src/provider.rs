@@ -184,6 +184,37 @@ pub trait Provider: Send + Sync {
 
     async fn download(&self, token: &Secret<String>, attachment_id: &str) -> Result<Download, ProviderError>;
 
+    /// Stores an attachment's bytes on a created attachment record.
+    async fn upload(
+        &self,
+        token: &Secret<String>,
+        attachment_id: &str,
+        file_name: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), ProviderError>;
+
+    /// The job statuses the provider accepts on a write.
+    fn job_statuses(&self) -> &'static [&'static str];
+
+    /// The provider-shaped body of a validated write (unified field names, see
+    /// `clientapi_schema::write`). `company` is the writing endpoint's company's provider id:
+    /// records are placed under it unless the write names one of its own clients.
+    fn write_body(
+        &self,
+        resource: Resource,
+        company: &str,
+        fields: &serde_json::Map<String, serde_json::Value>,
+        create: bool,
+    ) -> serde_json::Value;
+
+    /// An id to create a record under, when the provider accepts ids chosen by the caller: a
+    /// create whose answer is lost can then be looked up instead of blindly retried.
+    fn new_id(&self) -> Option<String>;
+
+    /// Puts an id from [`Provider::new_id`] into a create's body.
+    fn set_id(&self, body: &mut serde_json::Value, id: &str);
+
     /// Where to send the admin to grant access.
     fn authorize_url(&self, redirect_uri: &Url, state: &str, pkce_challenge: &str) -> Result<Url, ProviderError>;
 

@@ -101,59 +101,78 @@ async fn the_authorization_matrix_answers_exactly_for_every_public_route() {
     let (narrow_ep, narrow_key) =
         create_endpoint(&app, &token, conn, &company(&sim, 0), json!({"scopes": ["clients:read"]})).await;
 
-    // Every public route, what a valid key gets, and whether it needs more than clients:read.
-    let routes = [
-        ("/me", 200, false),
-        ("/jobs", 200, true),
-        ("/query/?resource=job", 200, true),
-        ("/jobs/no-such-job", 404, true),
-        ("/changes", 200, true),
-        ("/export?resource=job", 200, true),
-        ("/attachments/no-such-file/content", 404, true),
-        ("/clients", 200, false),
+    // Every public route: what a valid (read-only) key gets, and what a key holding only
+    // clients:read gets. Writes with a read-only key are refused before anything else.
+    const OK: (u16, &str) = (200, "");
+    const NOT_FOUND: (u16, &str) = (404, "not_found");
+    const NO_SCOPE: (u16, &str) = (403, "missing_scope");
+    const READ_ONLY: (u16, &str) = (403, "read_only_endpoint");
+    let get = reqwest::Method::GET;
+    let write_body = json!({"status": "Quote"});
+    type Expect = (u16, &'static str);
+    let routes: Vec<(reqwest::Method, &str, Option<Value>, Expect, Expect)> = vec![
+        (get.clone(), "/me", None, OK, OK),
+        (get.clone(), "/jobs", None, OK, NO_SCOPE),
+        (get.clone(), "/query/?resource=job", None, OK, NO_SCOPE),
+        (get.clone(), "/jobs/no-such-job", None, NOT_FOUND, NO_SCOPE),
+        (get.clone(), "/changes", None, OK, NO_SCOPE),
+        (get.clone(), "/export?resource=job", None, OK, NO_SCOPE),
+        (get.clone(), "/attachments/no-such-file/content", None, NOT_FOUND, NO_SCOPE),
+        (get.clone(), "/clients", None, OK, OK),
+        (reqwest::Method::POST, "/graphql", Some(json!({"query": "{ me { id } }"})), OK, OK),
+        (reqwest::Method::POST, "/jobs", Some(write_body.clone()), READ_ONLY, READ_ONLY),
+        (reqwest::Method::PATCH, "/jobs/no-such-job", Some(write_body.clone()), READ_ONLY, READ_ONLY),
+        (reqwest::Method::DELETE, "/jobs/no-such-job", None, READ_ONLY, READ_ONLY),
+        (reqwest::Method::PATCH, "/clients/no-such-client", Some(json!({"name": "x"})), READ_ONLY, READ_ONLY),
     ];
-    for (route, valid, needs_scope) in routes {
+    let send = |method: reqwest::Method, path: String, key: Option<String>, body: Option<Value>| {
+        let app = &app;
+        async move {
+            let mut request = app.client.request(method, app.url(&path));
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            request.send().await.unwrap()
+        }
+    };
+    for (method, route, body, valid, narrow) in routes {
         let path = |e: &str| format!("/api/public/{e}{route}");
-        let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
-            ("no key", path(&ep), None, 401, "unauthorized"),
-            ("malformed", path(&ep), Some("hello".into()), 401, "unauthorized"),
-            ("bad checksum", path(&ep), Some(bad_checksum(&key)), 401, "unauthorized"),
-            ("wrong secret", path(&ep), Some(wrong_secret.clone()), 401, "unauthorized"),
-            ("revoked", path(&old_ep), Some(revoked_key.clone()), 401, "unauthorized"),
-            ("expired", path(&expired_ep), Some(expired_key.clone()), 401, "unauthorized"),
-            ("other company's key", path(&ep), Some(other_key.clone()), 401, "unauthorized"),
-            ("IP outside allowlist", path(&allow_ep), Some(allow_key.clone()), 403, "ip_not_allowed"),
-            ("deactivated endpoint", path(&off_ep), Some(off_key.clone()), 403, "endpoint_inactive"),
-            ("valid", path(&ep), Some(key.clone()), valid, if valid == 404 { "not_found" } else { "" }),
-            (
-                "valid, other endpoint",
-                path(&other_ep),
-                Some(other_key.clone()),
-                valid,
-                if valid == 404 { "not_found" } else { "" },
-            ),
-            if needs_scope {
-                ("missing scope", path(&narrow_ep), Some(narrow_key.clone()), 403, "missing_scope")
-            } else {
-                ("narrow scope suffices", path(&narrow_ep), Some(narrow_key.clone()), 200, "")
-            },
+        let cases: Vec<(&str, String, Option<String>, Expect)> = vec![
+            ("no key", path(&ep), None, (401, "unauthorized")),
+            ("malformed", path(&ep), Some("hello".into()), (401, "unauthorized")),
+            ("bad checksum", path(&ep), Some(bad_checksum(&key)), (401, "unauthorized")),
+            ("wrong secret", path(&ep), Some(wrong_secret.clone()), (401, "unauthorized")),
+            ("revoked", path(&old_ep), Some(revoked_key.clone()), (401, "unauthorized")),
+            ("expired", path(&expired_ep), Some(expired_key.clone()), (401, "unauthorized")),
+            ("other company's key", path(&ep), Some(other_key.clone()), (401, "unauthorized")),
+            ("IP outside allowlist", path(&allow_ep), Some(allow_key.clone()), (403, "ip_not_allowed")),
+            ("deactivated endpoint", path(&off_ep), Some(off_key.clone()), (403, "endpoint_inactive")),
+            ("valid", path(&ep), Some(key.clone()), valid),
+            ("valid, other endpoint", path(&other_ep), Some(other_key.clone()), valid),
+            ("clients:read only", path(&narrow_ep), Some(narrow_key.clone()), narrow),
         ];
         let mut unauthorized_bodies = Vec::new();
-        for (case, path, key, status, code) in cases {
-            let (got, body) = problem(get_as(&app, &path, key.as_deref()).await).await;
-            assert_eq!(got, status, "{route} / {case}: {body}");
+        for (case, path, key, (status, code)) in cases {
+            let (got, answer) = problem(send(method.clone(), path, key, body.clone()).await).await;
+            assert_eq!(got, status, "{method} {route} / {case}: {answer}");
             if status >= 400 {
-                assert_eq!(body["code"], code, "{route} / {case}");
+                assert_eq!(answer["code"], code, "{method} {route} / {case}");
             }
             if status == 401 {
-                unauthorized_bodies.push((body["title"].clone(), body["detail"].clone(), body["type"].clone()));
+                unauthorized_bodies.push((answer["title"].clone(), answer["detail"].clone(), answer["type"].clone()));
             }
         }
         unauthorized_bodies.dedup();
         assert_eq!(unauthorized_bodies.len(), 1, "every 401 must look the same: {unauthorized_bodies:?}");
         // X-API-Key works like Bearer.
-        let response = app.client.get(app.url(&path(&ep))).header("x-api-key", &key).send().await.unwrap();
-        assert_eq!(response.status().as_u16(), valid);
+        let mut request = app.client.request(method.clone(), app.url(&path(&ep))).header("x-api-key", &key);
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        assert_eq!(request.send().await.unwrap().status().as_u16(), valid.0);
     }
     let me: Value = get_as(&app, &format!("/api/public/{ep}/me"), Some(&key)).await.json().await.unwrap();
     assert_eq!(me["company_external_id"], company(&sim, 0));

@@ -11,3 +11,4 @@ mod migrations;
 mod rest;
 mod servicem8;
 mod sync;
+mod writes;

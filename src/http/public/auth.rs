@@ -106,18 +106,7 @@ impl EndpointAuth {
     /// The endpoint is read-write and may write `resource`.
     pub fn require_write(&self, resource: Resource) -> Result<(), ApiError> {
         self.set_resource(resource);
-        if self.principal.access != "read_write" {
-            return Err(ApiError::Forbidden {
-                code: "read_only_endpoint",
-                detail: "This endpoint is read-only.".into(),
-            });
-        }
-        let scope = resource.write_scope();
-        if self.has(&scope) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden { code: "missing_scope", detail: format!("This key lacks the {scope} scope.") })
-        }
+        write_permission(&self.principal, resource)
     }
 
     fn set_resource(&self, resource: Resource) {
@@ -138,5 +127,18 @@ impl EndpointAuth {
         if let Some(slot) = &self.slot {
             slot.lock().unwrap_or_else(|e| e.into_inner()).operation = name;
         }
+    }
+}
+
+/// Whether `p` may write `resource`: a read-write endpoint holding the resource's write scope.
+pub fn write_permission(p: &Principal, resource: Resource) -> Result<(), ApiError> {
+    if p.access != "read_write" {
+        return Err(ApiError::Forbidden { code: "read_only_endpoint", detail: "This endpoint is read-only.".into() });
+    }
+    let scope = resource.write_scope();
+    if p.scopes.contains(&scope) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden { code: "missing_scope", detail: format!("This key lacks the {scope} scope.") })
     }
 }

@@ -10,13 +10,14 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use clientapi_graphql::Scope;
 use clientapi_graphql::async_graphql;
+use clientapi_graphql::{Scope, WriteFailure, WriteOp};
 use clientapi_schema::model::Resource;
 
 use super::auth::EndpointAuth;
 use crate::error::{ApiError, ErrorCode, FieldError};
 use crate::startup::AppState;
+use crate::writes::Operation;
 
 /// Most operations in one batched request; each beyond the first spends a request of quota.
 pub const MAX_BATCH: usize = 10;
@@ -109,26 +110,10 @@ async fn execute(State(state): State<AppState>, auth: EndpointAuth, body: Bytes)
         headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if let Some(code) = first_code {
-        response.extensions_mut().insert(ErrorCode(leak_code(&code)));
+        let code: String = code.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+        response.extensions_mut().insert(ErrorCode(code.into()));
     }
     Ok(response)
-}
-
-/// Error codes are a small fixed set; the request log takes them as `&'static str`.
-fn leak_code(code: &str) -> &'static str {
-    const KNOWN: [&str; 10] = [
-        "invalid_query",
-        "invalid_argument",
-        "invalid_cursor",
-        "missing_scope",
-        "too_many_aliases",
-        "query_too_large",
-        "query_too_deep",
-        "fragment_cycle",
-        "rate_limited",
-        "internal",
-    ];
-    KNOWN.into_iter().find(|k| *k == code).unwrap_or("graphql_error")
 }
 
 /// The endpoint's scope for one operation.
@@ -136,6 +121,7 @@ fn scope(state: &AppState, auth: &EndpointAuth) -> Scope {
     let p = auth.principal.clone();
     let readable = Resource::ALL.into_iter().filter(|r| p.scopes.contains(&r.read_scope())).collect();
     let (me_state, me_principal) = (state.clone(), p.clone());
+    let write_state = state.clone();
     let limits = Arc::clone(&state.rate_limits);
     let (endpoint_id, per_minute) = (p.endpoint_id, p.rate_limit_per_minute);
     Scope {
@@ -149,5 +135,34 @@ fn scope(state: &AppState, auth: &EndpointAuth) -> Scope {
             Box::pin(async move { super::me::me(&state, &principal).await.map_err(|e| e.to_string()) })
         }),
         charge: Box::new(move |n| limits.charge(endpoint_id, per_minute, n)),
+        write: Box::new(move |resource, op, fields| {
+            let (state, principal) = (write_state.clone(), p.clone());
+            Box::pin(async move {
+                let result = async {
+                    super::auth::write_permission(&principal, resource)?;
+                    let op = match op {
+                        WriteOp::Create => Operation::Create,
+                        WriteOp::Update(id) => Operation::Update(id),
+                        WriteOp::Delete(id) => Operation::Delete(id),
+                    };
+                    crate::writes::perform(&state, &principal, resource, op, &fields, None).await
+                }
+                .await;
+                result.map(|written| written.record).map_err(write_failure)
+            })
+        }),
     }
+}
+
+/// A write's refusal as GraphQL reports it: the REST problem's code, detail and fields.
+fn write_failure(error: ApiError) -> WriteFailure {
+    let (status, code) = error.status_and_code();
+    if status.is_server_error() {
+        tracing::error!(error = ?error, "GraphQL write failed");
+    }
+    let fields = match &error {
+        ApiError::Invalid(errors) => errors.iter().map(|e| (e.field.clone(), e.message.clone())).collect(),
+        _ => Vec::new(),
+    };
+    WriteFailure { code: code.to_owned(), message: error.detail(), fields }
 }

@@ -6,6 +6,7 @@ pub mod graphql;
 pub mod me;
 pub mod openapi;
 pub mod rest;
+pub mod writes;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -87,7 +88,7 @@ async fn public_context(State(state): State<AppState>, mut request: Request, nex
         item_count: context.item_count,
         duration_ms: started.elapsed().as_secs_f32() * 1000.0,
         query,
-        error_code: response.extensions().get::<ErrorCode>().map(|c| c.0.to_owned()),
+        error_code: response.extensions().get::<ErrorCode>().map(|c| c.0.to_string()),
         client_ip,
         user_agent,
         operation: context.operation,

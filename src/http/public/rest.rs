@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use super::auth::EndpointAuth;
 use super::me::resource_freshness;
+use super::writes;
 use crate::error::{ApiError, FieldError};
 use crate::startup::AppState;
 
@@ -37,8 +38,11 @@ pub fn router() -> Router<AppState> {
         .route("/api/public/{endpoint}/changes", get(list_changes))
         .route("/api/public/{endpoint}/export", get(export_records))
         .route("/api/public/{endpoint}/attachments/{id}/content", get(get_attachment_content))
-        .route("/api/public/{endpoint}/{resources}", get(list_records))
-        .route("/api/public/{endpoint}/{resources}/{id}", get(get_record))
+        .route("/api/public/{endpoint}/{resources}", get(list_records).post(writes::create_record))
+        .route(
+            "/api/public/{endpoint}/{resources}/{id}",
+            get(get_record).patch(writes::update_record).delete(writes::delete_record),
+        )
 }
 
 #[derive(Serialize, Deserialize)]

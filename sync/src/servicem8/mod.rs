@@ -6,6 +6,7 @@
 //! because `gt` is strict and edit dates tie; the mirror's idempotent upsert absorbs the overlap.
 
 pub mod mapping;
+mod write;
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -378,6 +379,54 @@ impl Provider for ServiceM8 {
             content_length: response.content_length(),
             response,
         })
+    }
+
+    async fn upload(
+        &self,
+        token: &Secret<String>,
+        attachment_id: &str,
+        file_name: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), ProviderError> {
+        // The file goes to the attachment record's `.file` URL as multipart field `file`.
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name(file_name.to_owned())
+            .mime_str(content_type)
+            .map_err(|e| ProviderError::Rejected { status: 422, message: format!("content type: {e}") })?;
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let response = self
+            .http
+            .post(self.url(&format!("attachment/{attachment_id}.file")))
+            .bearer_auth(token.expose())
+            .multipart(form)
+            .send()
+            .await
+            .map_err(ProviderError::from_reqwest)?;
+        expect_ok_body(check_status(response).await?).await
+    }
+
+    fn job_statuses(&self) -> &'static [&'static str] {
+        &["Quote", "Work Order", "Unsuccessful", "Completed"]
+    }
+
+    fn write_body(
+        &self,
+        resource: Resource,
+        company: &str,
+        fields: &serde_json::Map<String, Value>,
+        create: bool,
+    ) -> Value {
+        write::body(resource, company, fields, create)
+    }
+
+    fn new_id(&self) -> Option<String> {
+        // ServiceM8 creates a record under a uuid the caller supplies.
+        Some(uuid::Uuid::new_v4().to_string())
+    }
+
+    fn set_id(&self, body: &mut Value, id: &str) {
+        body["uuid"] = Value::String(id.to_owned());
     }
 
     fn authorize_url(&self, redirect_uri: &Url, state: &str, pkce_challenge: &str) -> Result<Url, ProviderError> {

@@ -126,6 +126,8 @@ struct State_ {
     rng: StdRng,
     next_job_number: i64,
     knobs: FaultKnobs,
+    /// Uploaded attachment bytes: uuid → (content type, bytes).
+    files: HashMap<String, (String, Vec<u8>)>,
 }
 
 /// The simulator: shared state behind one lock (it is a test double, not a hot path).
@@ -318,6 +320,7 @@ impl Simulator {
                 rng,
                 next_job_number: job_number + 1,
                 knobs,
+                files: HashMap::new(),
             }),
             config,
         });
@@ -800,6 +803,9 @@ async fn get_object(
     if object == "attachment"
         && let Some(uuid) = file.strip_suffix(".file")
     {
+        if let Some((content_type, bytes)) = sim.lock().files.get(uuid).cloned() {
+            return ([(header::CONTENT_TYPE, content_type)], bytes).into_response();
+        }
         return match sim.record("attachment", uuid) {
             Some(record) => {
                 let name = record["attachment_name"].as_str().unwrap_or("file").to_owned();
@@ -965,12 +971,19 @@ async fn create_object(
 async fn update_object(
     State(sim): State<Arc<Simulator>>,
     Path((object, file)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    request: axum::extract::Request,
 ) -> Response {
-    let lose = match gate(&sim, &headers).await {
+    let lose = match gate(&sim, request.headers()).await {
         Gate::Reject(r) => return r,
         Gate::Proceed { lose, .. } => lose,
+    };
+    if object == "attachment"
+        && let Some(uuid) = file.strip_suffix(".file")
+    {
+        return finish(lose, upload_file(&sim, uuid, request).await).await;
+    }
+    let Ok(body) = axum::body::to_bytes(request.into_body(), 1 << 20).await else {
+        return sm_error(StatusCode::BAD_REQUEST, "An error occurred completing your request");
     };
     let (Some(object), Some(uuid)) = (OBJECTS.iter().copied().find(|o| *o == object), file.strip_suffix(".json"))
     else {
@@ -983,6 +996,30 @@ async fn update_object(
         return *r;
     }
     finish(lose, ok_body(None)).await
+}
+
+/// `POST /attachment/{uuid}.file`: multipart, the bytes in field `file`.
+async fn upload_file(sim: &Simulator, uuid: &str, request: axum::extract::Request) -> Response {
+    use axum::extract::FromRequest;
+    if sim.record("attachment", uuid).is_none() {
+        return sm_error(
+            StatusCode::NOT_FOUND,
+            "Resource not found. The requested record does not exist or has been deleted.",
+        );
+    }
+    let Ok(mut form) = axum::extract::Multipart::from_request(request, &()).await else {
+        return sm_error(StatusCode::BAD_REQUEST, "An error occurred completing your request");
+    };
+    while let Ok(Some(part)) = form.next_field().await {
+        if part.name() != Some("file") {
+            continue;
+        }
+        let content_type = part.content_type().unwrap_or("application/octet-stream").to_owned();
+        let Ok(bytes) = part.bytes().await else { break };
+        sim.lock().files.insert(uuid.to_owned(), (content_type, bytes.to_vec()));
+        return ok_body(None);
+    }
+    sm_error(StatusCode::BAD_REQUEST, "An error occurred completing your request")
 }
 
 /// DELETE is a soft delete: `active = 0`, `edit_date` bumped; the record stays readable.

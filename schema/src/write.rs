@@ -1,0 +1,296 @@
+//! What a customer may write, in the unified model's names, and the validation every write
+//! passes before any provider is called (DESIGN.md §5). REST bodies and GraphQL inputs are both
+//! checked here; provider adapters map the cleaned fields to their own.
+
+use serde_json::{Map, Value};
+
+use crate::model::Resource;
+use crate::read::record_fields;
+
+/// The most bytes an attachment upload may carry (decoded).
+pub const MAX_UPLOAD_BYTES: usize = 10 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    Text {
+        max: usize,
+    },
+    Email,
+    /// YYYY-MM-DD.
+    Date,
+    /// A non-negative decimal, as a string or a number.
+    Decimal,
+    Boolean,
+    /// Another record's id; it must be in the endpoint's scope (checked by the caller).
+    Reference(Resource),
+    /// One of the provider's job statuses.
+    JobStatus,
+    /// File content, base64.
+    Base64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WriteField {
+    pub name: &'static str,
+    pub kind: WriteKind,
+    /// Must be given on create.
+    pub required: bool,
+    /// May only be given on create (it says where the record lives).
+    pub create_only: bool,
+}
+
+const fn field(name: &'static str, kind: WriteKind) -> WriteField {
+    WriteField { name, kind, required: false, create_only: false }
+}
+
+const fn required(name: &'static str, kind: WriteKind) -> WriteField {
+    WriteField { name, kind, required: true, create_only: false }
+}
+
+const fn placed(name: &'static str, kind: WriteKind, required: bool) -> WriteField {
+    WriteField { name, kind, required, create_only: true }
+}
+
+const TEXT_SHORT: WriteKind = WriteKind::Text { max: 100 };
+const TEXT_NAME: WriteKind = WriteKind::Text { max: 200 };
+const TEXT_ADDRESS: WriteKind = WriteKind::Text { max: 500 };
+
+use WriteKind::*;
+
+const JOB: &[WriteField] = &[
+    required("status", JobStatus),
+    field("description", Text { max: 4000 }),
+    field("address", TEXT_ADDRESS),
+    field("purchase_order", TEXT_SHORT),
+    field("scheduled_on", Date),
+    field("client_id", Reference(Resource::Client)),
+];
+const CONTACT: &[WriteField] = &[
+    field("client_id", Reference(Resource::Client)),
+    field("first_name", TEXT_SHORT),
+    field("last_name", TEXT_SHORT),
+    field("email", Email),
+    field("phone", Text { max: 50 }),
+    field("mobile", Text { max: 50 }),
+    field("kind", Text { max: 50 }),
+    field("is_primary", Boolean),
+];
+const LINE_ITEM: &[WriteField] = &[
+    placed("job_id", Reference(Resource::Job), true),
+    required("name", TEXT_NAME),
+    required("quantity", Decimal),
+    field("unit_price", Decimal),
+];
+const CLIENT: &[WriteField] = &[
+    required("name", TEXT_NAME),
+    field("address", TEXT_ADDRESS),
+    field("billing_address", TEXT_ADDRESS),
+    field("website", Text { max: 300 }),
+];
+const ATTACHMENT: &[WriteField] = &[
+    placed("job_id", Reference(Resource::Job), true),
+    required("name", TEXT_NAME),
+    placed("content_type", TEXT_SHORT, false),
+    placed("content_base64", Base64, true),
+];
+
+/// The fields a customer may set on `resource`; empty when it is not writable.
+pub fn write_fields(resource: Resource) -> &'static [WriteField] {
+    match resource {
+        Resource::Job => JOB,
+        Resource::Contact => CONTACT,
+        Resource::LineItem => LINE_ITEM,
+        Resource::Client => CLIENT,
+        Resource::Attachment => ATTACHMENT,
+        Resource::Invoice | Resource::Payment => &[],
+    }
+}
+
+/// A field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> Invalid {
+    Invalid { field: field.chars().take(100).collect(), message: message.into() }
+}
+
+fn plausible_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else { return false };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !s.chars().any(|c| c.is_whitespace() || c == ',' || c == ';')
+}
+
+fn decimal(value: &Value) -> Option<String> {
+    let text = match value {
+        Value::String(s) => s.trim().to_owned(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let d: rust_decimal::Decimal = text.parse().ok()?;
+    (!d.is_sign_negative() && d.scale() <= 4 && d < rust_decimal::Decimal::from(1_000_000_000_000i64))
+        .then(|| d.normalize().to_string())
+}
+
+/// Checks a create (`create`) or update body against `resource`'s write fields and returns
+/// the cleaned fields, or every problem at once: unknown fields, fields nobody may set (ids,
+/// company, computed totals), missing required fields, wrong types, lengths, dates, statuses.
+pub fn validate(
+    resource: Resource,
+    body: &Map<String, Value>,
+    create: bool,
+    job_statuses: &[&str],
+) -> Result<Map<String, Value>, Vec<Invalid>> {
+    let fields = write_fields(resource);
+    let readable: Vec<&str> = record_fields(resource, true).iter().map(|f| f.name).collect();
+    let mut errors = Vec::new();
+    let mut clean = Map::new();
+    for (name, value) in body {
+        let Some(spec) = fields.iter().find(|f| f.name == name) else {
+            if readable.contains(&name.as_str()) || matches!(name.as_str(), "company_id" | "company_external_id") {
+                errors.push(invalid(name, "cannot be set: the provider or this service decides it"));
+            } else {
+                errors.push(invalid(name, "unknown field"));
+            }
+            continue;
+        };
+        if spec.create_only && !create {
+            errors.push(invalid(name, "can only be given when the record is created"));
+            continue;
+        }
+        if value.is_null() {
+            if spec.required {
+                errors.push(invalid(name, "is required and cannot be null"));
+            } else {
+                clean.insert(name.clone(), Value::Null);
+            }
+            continue;
+        }
+        let cleaned = match spec.kind {
+            WriteKind::Text { max } => match value.as_str() {
+                Some(s) if s.chars().count() > max => Err(format!("at most {max} characters")),
+                Some(s) if s.chars().any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t') => {
+                    Err("control characters are not allowed".to_owned())
+                }
+                Some(s) if spec.required && s.trim().is_empty() => Err("cannot be empty".to_owned()),
+                Some(s) => Ok(Value::String(s.to_owned())),
+                None => Err("must be a string".to_owned()),
+            },
+            WriteKind::Email => match value.as_str() {
+                Some(s) if s.len() <= 254 && plausible_email(s) => Ok(Value::String(s.to_owned())),
+                _ => Err("must be an email address".to_owned()),
+            },
+            WriteKind::Date => match value.as_str().map(|s| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")) {
+                Some(Ok(d)) => Ok(Value::String(d.format("%Y-%m-%d").to_string())),
+                _ => Err("must be a date, YYYY-MM-DD".to_owned()),
+            },
+            WriteKind::Decimal => match decimal(value) {
+                Some(d) => Ok(Value::String(d)),
+                None => Err("must be a non-negative decimal with at most 4 decimal places".to_owned()),
+            },
+            WriteKind::Boolean => match value {
+                Value::Bool(b) => Ok(Value::Bool(*b)),
+                _ => Err("must be true or false".to_owned()),
+            },
+            WriteKind::Reference(to) => match value.as_str() {
+                Some(s) if !s.is_empty() && s.len() <= 200 && !s.chars().any(char::is_control) => {
+                    Ok(Value::String(s.to_owned()))
+                }
+                _ => Err(format!("must be the id of one of your {}", to.plural().replace('_', " "))),
+            },
+            WriteKind::JobStatus => match value.as_str() {
+                Some(s) if job_statuses.contains(&s) => Ok(Value::String(s.to_owned())),
+                _ => Err(format!("must be one of: {}", job_statuses.join(", "))),
+            },
+            WriteKind::Base64 => {
+                use base64::Engine;
+                match value.as_str().map(|s| base64::engine::general_purpose::STANDARD.decode(s)) {
+                    Some(Ok(bytes)) if bytes.len() <= MAX_UPLOAD_BYTES => {
+                        Ok(Value::String(value.as_str().unwrap_or_default().to_owned()))
+                    }
+                    Some(Ok(_)) => Err(format!("at most {} MiB once decoded", MAX_UPLOAD_BYTES / 1024 / 1024)),
+                    _ => Err("must be base64 (RFC 4648, with padding)".to_owned()),
+                }
+            }
+        };
+        match cleaned {
+            Ok(v) => {
+                clean.insert(name.clone(), v);
+            }
+            Err(message) => errors.push(invalid(name, message)),
+        }
+    }
+    if create {
+        for spec in fields.iter().filter(|f| f.required) {
+            if !body.contains_key(spec.name) {
+                errors.push(invalid(spec.name, "is required"));
+            }
+        }
+        if resource == Resource::Contact
+            && !["first_name", "last_name", "email"].iter().any(|f| clean.get(*f).is_some_and(|v| !v.is_null()))
+        {
+            errors.push(invalid("first_name", "a contact needs a first name, a last name or an email"));
+        }
+    } else if body.is_empty() {
+        errors.push(invalid("body", "an update needs at least one field"));
+    }
+    if errors.is_empty() { Ok(clean) } else { Err(errors) }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const STATUSES: &[&str] = &["Quote", "Work Order"];
+
+    fn errors(resource: Resource, body: Value, create: bool) -> Vec<String> {
+        match validate(resource, body.as_object().unwrap(), create, STATUSES) {
+            Ok(_) => vec![],
+            Err(e) => e.into_iter().map(|i| i.field).collect(),
+        }
+    }
+
+    #[test]
+    fn every_bad_field_is_named_at_once() {
+        let bad = json!({"status": "Nope", "scheduled_on": "2026-13-01", "description": 5, "id": "x", "total": "1",
+                         "colour": "red", "purchase_order": "p".repeat(101)});
+        let mut got = errors(Resource::Job, bad, true);
+        got.sort();
+        assert_eq!(got, ["colour", "description", "id", "purchase_order", "scheduled_on", "status", "total"]);
+        assert_eq!(errors(Resource::Job, json!({}), true), ["status"]);
+        assert_eq!(errors(Resource::Job, json!({}), false), ["body"]);
+        assert!(errors(Resource::Job, json!({"status": "Quote", "scheduled_on": "2026-02-28"}), true).is_empty());
+    }
+
+    #[test]
+    fn kinds_are_checked_and_cleaned() {
+        let ok = validate(
+            Resource::LineItem,
+            json!({"job_id": "j1", "name": "Tap", "quantity": 2, "unit_price": "10.50"}).as_object().unwrap(),
+            true,
+            STATUSES,
+        )
+        .unwrap();
+        assert_eq!(ok["quantity"], "2");
+        assert_eq!(ok["unit_price"], "10.5");
+        assert_eq!(
+            errors(Resource::LineItem, json!({"job_id": "j1", "name": "x", "quantity": "-1"}), true),
+            ["quantity"]
+        );
+        assert_eq!(errors(Resource::LineItem, json!({"job_id": "j2"}), false), ["job_id"]);
+        assert_eq!(errors(Resource::Contact, json!({"email": "not-an-email"}), true), ["email", "first_name"]);
+        assert_eq!(errors(Resource::Contact, json!({"is_primary": "yes", "last_name": "Li"}), true), ["is_primary"]);
+        assert_eq!(
+            errors(Resource::Attachment, json!({"job_id": "j", "name": "a.txt", "content_base64": "!!"}), true),
+            ["content_base64"]
+        );
+        assert_eq!(errors(Resource::Payment, json!({"amount": "1"}), true), ["amount"]);
+    }
+}
