@@ -7,7 +7,8 @@ use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
 use clientapi_schema::model::Resource;
-use clientapi_schema::read;
+use clientapi_schema::read::{self, FieldKind};
+use clientapi_schema::write::{WriteKind, write_fields};
 use serde_json::{Map, Value, json};
 
 use crate::startup::AppState;
@@ -18,30 +19,59 @@ pub fn router() -> Router<AppState> {
         .route("/api/public/docs", get(|| async { Html(DOCS_PAGE) }))
 }
 
-fn field_type(name: &str) -> Value {
-    match name {
-        "number" => json!({"type": ["integer", "null"]}),
-        "is_individual" | "is_primary" | "is_deposit" => json!({"type": "boolean"}),
-        "total" | "quantity" | "unit_price" | "amount" => {
+fn field_type(kind: FieldKind) -> Value {
+    match kind {
+        FieldKind::Id => json!({"type": "string", "description": "The provider's own id"}),
+        FieldKind::Reference(to) => {
+            json!({"type": ["string", "null"], "description": format!("A {} id", to.singular())})
+        }
+        FieldKind::Integer => json!({"type": ["integer", "null"]}),
+        FieldKind::Boolean => json!({"type": ["boolean", "null"]}),
+        FieldKind::Money | FieldKind::Decimal => {
             json!({"type": ["string", "null"], "format": "decimal", "description": "Decimal, never a float"})
         }
-        "scheduled_on" => json!({"type": ["string", "null"], "format": "date"}),
-        n if n.ends_with("_at") => json!({"type": ["string", "null"], "format": "date-time"}),
-        "id" => json!({"type": "string", "description": "The provider's own id"}),
-        _ => json!({"type": ["string", "null"]}),
+        FieldKind::Date => json!({"type": ["string", "null"], "format": "date"}),
+        FieldKind::Timestamp => json!({"type": ["string", "null"], "format": "date-time"}),
+        FieldKind::Json => {
+            json!({"type": "object", "description": "The provider's raw record (with include=remote_data)"})
+        }
+        FieldKind::Text => json!({"type": ["string", "null"]}),
     }
 }
 
 fn record_schema(resource: Resource) -> Value {
     let mut properties = Map::new();
-    for name in read::export_columns(resource) {
-        properties.insert(name.clone(), field_type(&name));
+    for field in read::record_fields(resource, true) {
+        properties.insert(field.name.to_owned(), field_type(field.kind));
     }
-    properties.insert(
-        "remote_data".into(),
-        json!({"type": "object", "description": "The provider's raw record (with include=remote_data)"}),
-    );
     json!({"type": "object", "properties": properties, "required": ["id"]})
+}
+
+/// The body of a create (`create`) or an update, from the write field table.
+fn write_schema(resource: Resource, create: bool, job_statuses: &[&str]) -> Value {
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    for f in write_fields(resource).iter().filter(|f| create || !f.create_only) {
+        let schema = match f.kind {
+            WriteKind::Text { max } => json!({"type": "string", "maxLength": max}),
+            WriteKind::Email => json!({"type": "string", "format": "email"}),
+            WriteKind::Date => json!({"type": "string", "format": "date"}),
+            WriteKind::Decimal => json!({"type": ["string", "number"], "format": "decimal", "minimum": 0}),
+            WriteKind::Boolean => json!({"type": "boolean"}),
+            WriteKind::Reference(to) => {
+                json!({"type": "string", "description": format!("One of your {}", to.plural().replace('_', " "))})
+            }
+            WriteKind::JobStatus => json!({"type": "string", "enum": job_statuses}),
+            WriteKind::Base64 => {
+                json!({"type": "string", "contentEncoding": "base64", "description": "At most 10 MiB decoded"})
+            }
+        };
+        properties.insert(f.name.to_owned(), schema);
+        if create && f.required {
+            required.push(f.name);
+        }
+    }
+    json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
 }
 
 fn param(name: &str, description: &str, schema: Value) -> Value {
@@ -101,6 +131,22 @@ fn with_problems(ok: Value) -> Value {
     responses
 }
 
+fn write_responses(status: &str, record: &Value) -> Value {
+    let problem = json!({"description": "Problem", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
+    let mut responses = problems();
+    for code in ["405", "409", "502", "503"] {
+        responses[code] = problem.clone();
+    }
+    responses[status] = json!({"description": "The record as mirrored right after the provider accepted the write",
+        "content": {"application/json": {"schema": {"type": "object", "properties": {"data": record}}}}});
+    responses
+}
+
+fn idempotency_header() -> Value {
+    json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255},
+           "description": "Replays the first answer for 24 hours instead of writing twice; another body with the same key is a 422"})
+}
+
 fn endpoint_param() -> Value {
     json!({"name": "endpoint", "in": "path", "required": true, "schema": {"type": "string"}, "description": "Your endpoint id (ep_…)"})
 }
@@ -124,26 +170,60 @@ pub fn spec() -> Value {
         let reference = json!({"$ref": format!("#/components/schemas/{title}")});
         let mut params = vec![endpoint_param()];
         params.extend(list_params(Some(resource)));
-        paths.insert(
-            format!("/api/public/{{endpoint}}/{}", resource.plural()),
-            json!({"get": {
-                "operationId": format!("list_{}", resource.plural()), "tags": [resource.plural()],
-                "summary": format!("List {} (keyset pages)", resource.plural().replace('_', " ")),
-                "parameters": params,
-                "responses": with_problems(json!({"description": "A page", "content": {"application/json": {"schema": envelope(reference.clone())}}})),
-            }}),
-        );
-        paths.insert(
-            format!("/api/public/{{endpoint}}/{}/{{id}}", resource.plural()),
-            json!({"get": {
-                "operationId": format!("get_{name}"), "tags": [resource.plural()],
-                "summary": format!("One {}; another company's id answers 404 like a missing one", name.replace('_', " ")),
-                "parameters": [endpoint_param(), {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
-                               param("include", "remote_data", json!({"type": "string", "enum": ["remote_data"]}))],
-                "responses": with_problems(json!({"description": "The record", "content": {"application/json": {"schema": {"type": "object", "properties": {"data": reference}}}}})),
-            }}),
-        );
+        let writable = !write_fields(resource).is_empty();
+        // Job statuses are the provider's; ServiceM8 is the one provider so far.
+        let statuses = clientapi_sync::servicem8::JOB_STATUSES;
+        let mut list = json!({"get": {
+            "operationId": format!("list_{}", resource.plural()), "tags": [resource.plural()],
+            "summary": format!("List {} (keyset pages)", resource.plural().replace('_', " ")),
+            "parameters": params,
+            "responses": with_problems(json!({"description": "A page", "content": {"application/json": {"schema": envelope(reference.clone())}}})),
+        }});
+        if writable {
+            list["post"] = json!({
+                "operationId": format!("create_{name}"), "tags": [resource.plural()],
+                "summary": format!("Create a {} at the provider (read-write endpoints with {}); answers with it as mirrored", name.replace('_', " "), resource.write_scope()),
+                "parameters": [endpoint_param(), idempotency_header()],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": write_schema(resource, true, statuses)}}},
+                "responses": write_responses("201", &reference),
+            });
+        }
+        paths.insert(format!("/api/public/{{endpoint}}/{}", resource.plural()), list);
+        let id_param = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+        let mut item = json!({"get": {
+            "operationId": format!("get_{name}"), "tags": [resource.plural()],
+            "summary": format!("One {}; another company's id answers 404 like a missing one", name.replace('_', " ")),
+            "parameters": [endpoint_param(), {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+                           param("include", "remote_data", json!({"type": "string", "enum": ["remote_data"]}))],
+            "responses": with_problems(json!({"description": "The record", "content": {"application/json": {"schema": {"type": "object", "properties": {"data": reference}}}}})),
+        }});
+        if writable {
+            item["patch"] = json!({
+                "operationId": format!("update_{name}"), "tags": [resource.plural()],
+                "summary": format!("Change the given fields of a {} at the provider", name.replace('_', " ")),
+                "parameters": [endpoint_param(), id_param.clone(), idempotency_header()],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": write_schema(resource, false, statuses)}}},
+                "responses": write_responses("200", &reference),
+            });
+            if resource != Resource::Client {
+                item["delete"] = json!({
+                    "operationId": format!("delete_{name}"), "tags": [resource.plural()],
+                    "summary": "Delete at the provider (ServiceM8 soft-deletes); answers with the tombstoned record",
+                    "parameters": [endpoint_param(), id_param],
+                    "responses": write_responses("200", &reference),
+                });
+            }
+        }
+        paths.insert(format!("/api/public/{{endpoint}}/{}/{{id}}", resource.plural()), item);
     }
+    paths.insert("/api/public/{endpoint}/graphql".into(), json!({"post": {
+        "operationId": "graphql", "tags": ["graphql"],
+        "summary": "GraphQL over the same scope (schema: /api/public/graphql/schema.graphql); a list of up to 10 operations is a batch",
+        "parameters": [endpoint_param()],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["query"], "properties": {
+            "query": {"type": "string"}, "variables": {"type": "object"}, "operationName": {"type": "string"}}}}}},
+        "responses": with_problems(json!({"description": "data and errors (errors carry extensions.code)", "content": {"application/json": {"schema": {"type": "object"}}}})),
+    }}));
     let mut query_params = vec![
         endpoint_param(),
         json!({"name": "resource", "in": "query", "required": true, "schema": {"type": "string"}, "description": "Singular or plural resource name"}),

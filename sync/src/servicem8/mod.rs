@@ -27,6 +27,9 @@ use url::Url;
 use crate::provider::*;
 
 /// How far before the stored watermark an incremental scan starts.
+/// The job statuses ServiceM8 accepts.
+pub const JOB_STATUSES: &[&str] = &["Quote", "Work Order", "Unsuccessful", "Completed"];
+
 pub const OVERLAP: Duration = Duration::from_secs(10 * 60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -407,7 +410,7 @@ impl Provider for ServiceM8 {
     }
 
     fn job_statuses(&self) -> &'static [&'static str] {
-        &["Quote", "Work Order", "Unsuccessful", "Completed"]
+        JOB_STATUSES
     }
 
     fn write_body(
