@@ -188,12 +188,22 @@ async fn set_up(
     println!("curl -s -H 'Authorization: Bearer {ro_key}' '{ro_url}/changes?page_size=20'");
     println!("# Export every invoice as CSV:");
     println!("curl -s -H 'Authorization: Bearer {ro_key}' '{ro_url}/export?resource=invoices&format=csv'");
+    println!("# GraphQL: jobs with their client and line items in one query (GraphiQL: {ro_url}/graphql):");
+    println!(
+        "curl -s -H 'Authorization: Bearer {ro_key}' -H 'Content-Type: application/json' -d '{{\"query\": \"{{ jobs(first: 3) {{ nodes {{ id number status client {{ name }} lineItems {{ name total {{ amount currency }} }} }} }} }}\"}}' '{ro_url}/graphql'"
+    );
+    println!(
+        "# Create a job (read-write key; written to ServiceM8, then readable at once; the key makes retries safe):"
+    );
+    println!(
+        "curl -s -X POST -H 'Authorization: Bearer {rw_key}' -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-booking-1' -d '{{\"status\": \"Quote\", \"description\": \"Booked through the demo\"}}' '{rw_url}/jobs'"
+    );
     println!("# The endpoint itself and how fresh its data is:");
     println!("curl -s -H 'Authorization: Bearer {rw_key}' '{rw_url}/me'");
     println!("# Sync status (admin):");
     println!("curl -s -H 'Authorization: Bearer {admin}' '{base}/api/admin/connections/{connection_id}'");
     println!();
-    println!("GraphQL and writes (job creation) join this demo when they land. Press Ctrl-C to stop.");
+    println!("Press Ctrl-C to stop.");
     println!("ready");
     Ok(())
 }

@@ -52,9 +52,11 @@ fn start_demo(data: &std::path::Path, port: u16) -> (std::process::Child, Vec<St
 fn paste_every_command(lines: &[String]) -> usize {
     let commands: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ")).collect();
     for command in &commands {
-        let out =
-            Command::new("sh").arg("-c").arg(format!("{command} -o /dev/null -w '%{{http_code}}'")).output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "pasted command failed: {command}");
+        let out = Command::new("sh").arg("-c").arg(format!("{command} -w '\n%{{http_code}}'")).output().unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+        assert!(status == "200" || status == "201", "pasted command failed ({status}): {command}");
+        assert!(!body.contains("\"errors\""), "pasted command answered errors: {command}: {body}");
     }
     commands.len()
 }
@@ -72,14 +74,14 @@ fn the_demo_works_start_to_finish_and_a_second_run_reuses_its_data() {
     let keys: Vec<&String> =
         lines.iter().filter(|l| l.contains("key  sk_live_") || l.contains("key sk_live_")).collect();
     assert_eq!(keys.len(), 2, "a read-only and a read-write key: {lines:?}");
-    assert!(paste_every_command(&lines) >= 6);
+    assert!(paste_every_command(&lines) >= 8);
     kill(Pid::from_raw(demo.id() as i32), Signal::SIGINT).unwrap();
     assert!(demo.wait().unwrap().success(), "Ctrl-C stops the demo cleanly");
     assert!(!data.join("pg/postmaster.pid").exists(), "and its Postgres");
 
     let (mut again, lines, stderr) = start_demo(&data, port);
     assert!(stderr.contains("Reusing the demo data"), "{stderr}");
-    assert!(paste_every_command(&lines) >= 6, "the new keys work");
+    assert!(paste_every_command(&lines) >= 8, "the new keys work");
     kill(Pid::from_raw(again.id() as i32), Signal::SIGTERM).unwrap();
     assert!(again.wait().unwrap().success());
 }
