@@ -418,3 +418,75 @@ async fn lists_filter_page_and_feed_changes_exactly_as_documented() {
             .unwrap();
     assert!(counted >= 3);
 }
+
+/// A minimal RFC 4180 reader: quoted fields may hold commas, quotes ("") and line breaks; an
+/// unquoted empty field is a null.
+fn parse_csv(text: &str) -> Vec<Vec<Option<String>>> {
+    let (mut rows, mut row) = (Vec::new(), Vec::new());
+    let (mut field, mut quoted, mut in_quotes) = (String::new(), false, false);
+    let mut chars = text.chars().peekable();
+    let close = |field: &mut String, quoted: &mut bool| {
+        let value = (*quoted || !field.is_empty()).then(|| std::mem::take(field));
+        *quoted = false;
+        value
+    };
+    while let Some(c) = chars.next() {
+        if in_quotes {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    field.push('"');
+                    chars.next();
+                }
+                '"' => in_quotes = false,
+                c => field.push(c),
+            }
+            continue;
+        }
+        match c {
+            '"' => (in_quotes, quoted) = (true, true),
+            ',' => row.push(close(&mut field, &mut quoted)),
+            '\n' => {
+                row.push(close(&mut field, &mut quoted));
+                rows.push(std::mem::take(&mut row));
+            }
+            c => field.push(c),
+        }
+    }
+    rows
+}
+
+#[tokio::test]
+async fn the_csv_export_quotes_like_rfc_4180_and_says_what_the_ndjson_says() {
+    let (sim, app, token, conn) =
+        synced(SimConfig { companies: 2, jobs_per_company: 10, ..SimConfig::default() }).await;
+    let company = sim.sim.records("company")[0]["uuid"].as_str().unwrap().to_owned();
+    let job = sim.sim.records("job").into_iter().find(|j| j["company_uuid"] == json!(company)).unwrap();
+    let awkward = "Fix \"the\" tap, then\nthe sink; café ✓";
+    sim.sim.modify("job", job["uuid"].as_str().unwrap(), json!({"job_description": awkward}));
+    app.state.engine.sync_connection(conn, false, None).await.unwrap();
+    let (ep, key) = create_endpoint(&app, &token, conn, &company, json!({})).await;
+    let fetch = |format: &'static str| {
+        let (app, key, ep) = (&app, &key, &ep);
+        async move {
+            let url = app.url(&format!("/api/public/{ep}/export?resource=jobs&format={format}"));
+            app.client.get(url).bearer_auth(key).send().await.unwrap().text().await.unwrap()
+        }
+    };
+    let csv = parse_csv(&fetch("csv").await);
+    let ndjson: Vec<Value> = fetch("ndjson").await.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let header: Vec<String> = csv[0].iter().map(|h| h.clone().unwrap()).collect();
+    assert_eq!(header[..4], ["id", "client_id", "number", "status"]);
+    assert_eq!(csv.len() - 1, ndjson.len());
+    for (row, record) in csv[1..].iter().zip(&ndjson) {
+        for (name, value) in header.iter().zip(row) {
+            let expected = match &record[name] {
+                Value::Null => None,
+                Value::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            };
+            assert_eq!(value, &expected, "{name} of {}", record["id"]);
+        }
+    }
+    let row = csv.iter().find(|r| r[0].as_deref() == job["uuid"].as_str()).unwrap();
+    assert_eq!(row[header.iter().position(|h| h == "description").unwrap()].as_deref(), Some(awkward));
+}
