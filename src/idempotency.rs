@@ -10,6 +10,10 @@ use crate::error::ApiError;
 
 pub const MAX_KEY_LEN: usize = 255;
 
+/// A write runs to the end even when its caller goes away (it is not tied to the connection),
+/// so only a process that died leaves a key "in flight"; after this long it may be retried.
+pub const STALE_IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// What to do with a request that carries a key.
 pub enum Begin {
     /// Run it; `preset_id` is the id an earlier, failed attempt chose for its create.
@@ -60,13 +64,18 @@ pub async fn begin(db: &PgPool, endpoint: i64, key: &str, hash: &str) -> Result<
         tx.commit().await?;
         return Ok(Begin::Run { preset_id: None });
     }
+    // A request still "in flight" after STALE_IN_FLIGHT died with its process: retryable.
     let (stored_hash, state, record_id, status, body): (String, String, Option<String>, Option<i16>, Option<String>) =
         sqlx::query_as(
-            "select request_hash, state, record_id, response_status, response_body from idempotency_keys
-             where endpoint_id = $1 and key = $2 for update",
+            "select request_hash,
+                    case when state = 'in_flight' and created_at < now() - make_interval(secs => $3) then 'retryable'
+                         else state end,
+                    record_id, response_status, response_body
+             from idempotency_keys where endpoint_id = $1 and key = $2 for update",
         )
         .bind(endpoint)
         .bind(key)
+        .bind(STALE_IN_FLIGHT.as_secs_f64())
         .fetch_one(&mut *tx)
         .await?;
     if stored_hash != hash {
@@ -78,7 +87,9 @@ pub async fn begin(db: &PgPool, endpoint: i64, key: &str, hash: &str) -> Result<
     match state.as_str() {
         "done" => Ok(Begin::Replay { status: status.unwrap_or(200) as u16, body: body.unwrap_or_default() }),
         "retryable" => {
-            sqlx::query("update idempotency_keys set state = 'in_flight' where endpoint_id = $1 and key = $2")
+            sqlx::query(
+                "update idempotency_keys set state = 'in_flight', created_at = now() where endpoint_id = $1 and key = $2",
+            )
                 .bind(endpoint)
                 .bind(key)
                 .execute(&mut *tx)

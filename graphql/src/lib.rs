@@ -85,9 +85,8 @@ pub(crate) struct RequestScope {
     pub scope: Scope,
     pub loader: batch::Batcher,
     /// Relations loaded ahead by their level (see `schema::prefetch`).
-    pub prefetched: std::sync::Mutex<
-        std::collections::HashMap<clientapi_schema::read::RelatedKey, Arc<Vec<Arc<serde_json::Value>>>>,
-    >,
+    pub prefetched:
+        std::sync::Mutex<std::collections::HashMap<clientapi_schema::read::RelatedKey, Arc<Vec<Arc<Value>>>>>,
     pub items: AtomicUsize,
 }
 

@@ -2,7 +2,7 @@
 //! aliases, page sizes and the number of records it could touch. async-graphql's own depth and
 //! complexity limits, and its fragment-cycle rule, run next, still before any resolver.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use async_graphql::Variables;
 use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, Field, Selection, SelectionSet};
@@ -67,7 +67,7 @@ pub fn assess(doc: &ExecutableDocument, variables: &Variables, operation: Option
             _ => return Ok(Cost { records: 0, extra_requests: 0 }),
         },
     };
-    let mut walk = Walk { doc, variables, visiting: HashSet::new() };
+    let mut walk = Walk { doc, variables, visiting: HashSet::new(), priced: HashMap::new() };
     let records = walk.records(&selection.node, 0)?;
     if records > MAX_RECORDS {
         return Err(Refusal {
@@ -101,6 +101,9 @@ struct Walk<'a> {
     doc: &'a ExecutableDocument,
     variables: &'a Variables,
     visiting: HashSet<&'a str>,
+    /// Each fragment's price, once worked out (a fragment spread many times, or spreading
+    /// others many times, is walked once, not exponentially often).
+    priced: HashMap<(&'a str, bool), u64>,
 }
 
 impl<'a> Walk<'a> {
@@ -116,19 +119,26 @@ impl<'a> Walk<'a> {
         for item in &set.items {
             let n = match &item.node {
                 Selection::Field(f) => self.field(&f.node, depth)?,
-                Selection::InlineFragment(f) => self.records(&f.node.selection_set.node, depth + 1)?,
+                Selection::InlineFragment(f) => self.records(&f.node.selection_set.node, depth)?,
                 Selection::FragmentSpread(spread) => {
                     let name = spread.node.fragment_name.node.as_str();
                     let Some(fragment) = self.doc.fragments.get(&spread.node.fragment_name.node) else { continue };
-                    if !self.visiting.insert(name) {
-                        return Err(Refusal {
-                            code: "fragment_cycle",
-                            message: format!("Fragment {name} spreads itself."),
-                        });
+                    // Only the top level prices lists differently (DEFAULT_FIRST).
+                    let memo = (name, depth == 0);
+                    if let Some(n) = self.priced.get(&memo) {
+                        *n
+                    } else {
+                        if !self.visiting.insert(name) {
+                            return Err(Refusal {
+                                code: "fragment_cycle",
+                                message: format!("Fragment {name} spreads itself."),
+                            });
+                        }
+                        let n = self.records(&fragment.node.selection_set.node, depth)?;
+                        self.visiting.remove(name);
+                        self.priced.insert(memo, n);
+                        n
                     }
-                    let n = self.records(&fragment.node.selection_set.node, depth + 1)?;
-                    self.visiting.remove(name);
-                    n
                 }
             };
             total = total.saturating_add(n);

@@ -23,8 +23,24 @@ use clientapi_schema::write::{WriteKind, write_fields};
 
 use crate::{RequestScope, WriteOp, camel, pascal};
 
-/// A record, or any other JSON-backed object: fields read their snake_case key.
-type Json = Arc<serde_json::Value>;
+/// A record, or any other JSON-backed object: fields read their snake_case key. Records are
+/// parsed straight from Postgres' JSON text into GraphQL values, so a field is a lookup.
+type Json = Arc<Value>;
+
+/// The value under `key` of an object.
+fn get<'a>(object: &'a Value, key: &str) -> Option<&'a Value> {
+    match object {
+        Value::Object(map) => map.get(key),
+        _ => None,
+    }
+}
+
+fn as_str(value: &Value) -> Option<&str> {
+    match value {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
 
 const MAX_IDS: usize = 1000;
 
@@ -105,18 +121,14 @@ impl RequestScope {
 }
 
 fn parse_record(text: &str) -> Result<Json, Error> {
-    serde_json::from_str(text).map(Arc::new).map_err(internal)
-}
-
-fn json_value(value: &serde_json::Value) -> Option<Value> {
-    if value.is_null() { None } else { Value::from_json(value.clone()).ok() }
+    serde_json::from_str::<Value>(text).map(Arc::new).map_err(internal)
 }
 
 /// A field read from the parent's JSON under `key`.
 fn json_field(name: impl Into<String>, key: &'static str, ty: TypeRef) -> Field {
     Field::new(name, ty, move |ctx| {
-        let value = ctx.parent_value.downcast_ref::<Json>().and_then(|parent| parent.get(key)).and_then(json_value);
-        FieldFuture::from_value(value)
+        let value = ctx.parent_value.downcast_ref::<Json>().and_then(|parent| get(parent, key));
+        FieldFuture::from_value(value.filter(|v| !matches!(v, Value::Null)).cloned())
     })
 }
 
@@ -205,7 +217,7 @@ async fn prefetch(
                 let via = relation.via.unwrap_or("id");
                 let relation_keys: Vec<RelatedKey> = records
                     .iter()
-                    .filter_map(|r| r.get(via).and_then(|v| v.as_str()))
+                    .filter_map(|r| get(r, via).and_then(as_str))
                     .map(|value| RelatedKey {
                         resource: relation.to,
                         link: relation.link,
@@ -274,9 +286,12 @@ fn record_object(resource: Resource) -> Object {
                 .description("The provider's own record, exactly as last fetched; only when selected."),
             FieldKind::Money => Field::new(name, TypeRef::named("Money"), move |ctx| {
                 let money = ctx.parent_value.downcast_ref::<Json>().and_then(|record| {
-                    let amount = record.get(key).filter(|v| !v.is_null())?;
-                    let currency = record.get("currency").cloned().unwrap_or_default();
-                    Some(Arc::new(serde_json::json!({ "amount": amount, "currency": currency })))
+                    let amount = get(record, key).filter(|v| !matches!(v, Value::Null))?.clone();
+                    let currency = get(record, "currency").cloned().unwrap_or(Value::Null);
+                    let mut money = async_graphql::indexmap::IndexMap::new();
+                    money.insert(async_graphql::Name::new("amount"), amount);
+                    money.insert(async_graphql::Name::new("currency"), currency);
+                    Some(Arc::new(Value::Object(money)))
                 });
                 FieldFuture::Value(money.map(FieldValue::owned_any))
             }),
@@ -297,8 +312,7 @@ fn relation_field(relation: &Relation) -> Field {
     match relation.via {
         Some(via) => Field::new(camel(relation.field), TypeRef::named(type_name(to)), move |ctx| {
             FieldFuture::new(async move {
-                let Some(id) =
-                    ctx.parent_value.downcast_ref::<Json>().and_then(|p| p.get(via)).and_then(|v| v.as_str())
+                let Some(id) = ctx.parent_value.downcast_ref::<Json>().and_then(|p| get(p, via)).and_then(as_str)
                 else {
                     return Ok(None);
                 };
@@ -315,8 +329,7 @@ fn relation_field(relation: &Relation) -> Field {
         .description(about),
         None => Field::new(camel(relation.field), TypeRef::named_nn_list_nn(type_name(to)), move |ctx| {
             FieldFuture::new(async move {
-                let Some(id) =
-                    ctx.parent_value.downcast_ref::<Json>().and_then(|p| p.get("id")).and_then(|v| v.as_str())
+                let Some(id) = ctx.parent_value.downcast_ref::<Json>().and_then(|p| get(p, "id")).and_then(as_str)
                 else {
                     return Ok(None);
                 };
@@ -639,9 +652,11 @@ fn me_types() -> (Object, Object) {
         .field(json_field("expiresAt", "expires_at", TypeRef::named("DateTime")))
         .field(json_field("keyExpiresAt", "key_expires_at", TypeRef::named("DateTime")))
         .field(Field::new("freshness", TypeRef::named_nn_list_nn("Freshness"), |ctx| {
-            let list =
-                ctx.parent_value.downcast_ref::<Json>().and_then(|me| me.get("freshness")).and_then(|v| v.as_array());
-            let items = list.cloned().unwrap_or_default().into_iter().map(|v| FieldValue::owned_any(Arc::new(v)));
+            let list = match ctx.parent_value.downcast_ref::<Json>().and_then(|me| get(me, "freshness")) {
+                Some(Value::List(items)) => items.clone(),
+                _ => Vec::new(),
+            };
+            let items = list.into_iter().map(|v| FieldValue::owned_any(Arc::new(v)));
             FieldFuture::Value(Some(FieldValue::list(items)))
         }));
     let freshness = Object::new("Freshness")
@@ -781,7 +796,7 @@ pub(crate) fn build() -> SchemaBuilder {
             FieldFuture::new(async move {
                 let state = request_scope(&ctx)?;
                 let me = (state.scope.me)().await.map_err(internal)?;
-                Ok(Some(FieldValue::owned_any(Arc::new(me))))
+                Ok(Some(FieldValue::owned_any(Arc::new(Value::from_json(me).map_err(internal)?))))
             })
         })
         .description("The endpoint this key belongs to."),

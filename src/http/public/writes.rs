@@ -12,6 +12,7 @@ use clientapi_schema::model::Resource;
 use serde_json::{Map, Value, json};
 
 use super::auth::EndpointAuth;
+use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
 use crate::idempotency::{self, Begin};
 use crate::startup::AppState;
@@ -119,40 +120,49 @@ async fn write(
             }
         }
     }
-    let result = writes::perform(state, p, resource, operation, &fields, chosen).await;
-    let response = match result {
-        Ok(written) => {
-            auth.set_item_count(1);
-            let body = format!(
-                "{{\"provider\":{},\"company_external_id\":{},\"resource\":\"{}\",\"data\":{}}}",
-                json!(p.provider),
-                json!(p.company_external_id),
-                resource.singular(),
-                written.record
-            );
-            let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
-            let mut response = (status, body.clone()).into_response();
-            let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            if written.created
-                && let Ok(location) =
-                    HeaderValue::from_str(&format!("/api/public/{}/{}/{}", p.public_id, resource.plural(), written.id))
-            {
-                headers.insert(header::LOCATION, location);
-            }
-            if let Some(key) = &key {
-                idempotency::finish(&state.db, p.endpoint_id, key, status.as_u16(), &body).await?;
-            }
-            response
-        }
-        Err(error) => {
-            if let Some(key) = &key {
-                let (status, _) = error.status_and_code();
-                let body = error.problem_body();
-                idempotency::finish(&state.db, p.endpoint_id, key, status.as_u16(), &body).await?;
-            }
-            return Err(error);
-        }
+    // The write runs in its own task: a caller that hangs up mid-write does not cut it short
+    // between the provider and the mirror, and its idempotency key is settled either way.
+    let task = {
+        let (state, p, key) = (state.clone(), p.clone(), key.clone());
+        tokio::spawn(async move {
+            let result = writes::perform(&state, &p, resource, operation, &fields, chosen).await;
+            let Some(key) = key else { return (result, None) };
+            let (status, body) = match &result {
+                Ok(written) => {
+                    let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+                    (status, envelope(&p, resource, &written.record))
+                }
+                Err(error) => (error.status_and_code().0, error.problem_body()),
+            };
+            let settled = idempotency::finish(&state.db, p.endpoint_id, &key, status.as_u16(), &body).await;
+            (result, settled.err())
+        })
     };
+    let (result, unsettled) = task.await.map_err(|e| anyhow::anyhow!("the write task failed: {e}"))?;
+    if let Some(e) = unsettled {
+        tracing::error!(error = %e, "could not record an idempotent write's answer");
+    }
+    let written = result?;
+    auth.set_item_count(1);
+    let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+    let mut response = (status, envelope(p, resource, &written.record)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if written.created
+        && let Ok(location) =
+            HeaderValue::from_str(&format!("/api/public/{}/{}/{}", p.public_id, resource.plural(), written.id))
+    {
+        headers.insert(header::LOCATION, location);
+    }
     Ok(response)
+}
+
+/// A write's answer: the envelope of a single record.
+fn envelope(p: &Principal, resource: Resource, record: &str) -> String {
+    format!(
+        "{{\"provider\":{},\"company_external_id\":{},\"resource\":\"{}\",\"data\":{record}}}",
+        json!(p.provider),
+        json!(p.company_external_id),
+        resource.singular(),
+    )
 }
