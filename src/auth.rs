@@ -28,6 +28,7 @@ use crate::endpoint_key;
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
 /// A key that failed verification is refused without argon2 for this long.
 const REJECTED_TTL: Duration = Duration::from_secs(60);
+const PROVEN_TTL: Duration = Duration::from_secs(24 * 3600);
 const CACHE_CAPACITY: u64 = 100_000;
 /// argon2 verifications allowed per endpoint and per client IP (sustained per second, burst).
 const ARGON2_PER_ENDPOINT: (u32, u32) = (10, 20);
@@ -108,6 +109,10 @@ pub struct KeyVerifier {
     verified: Cache<[u8; 32], Arc<Principal>>,
     /// Refusals are per endpoint: a key tried on the wrong endpoint is still good on its own.
     rejected: Cache<(String, [u8; 32]), ()>,
+    /// Keys verified good within a day, by endpoint: when their cached verification lapses they
+    /// are verified again without queueing behind the argon2 budgets, so a flood of wrong keys
+    /// (which spends those budgets) cannot lock out the endpoint's real clients.
+    proven: Cache<[u8; 32], String>,
     per_endpoint: DefaultKeyedRateLimiter<String>,
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     argon2_slots: Semaphore,
@@ -135,6 +140,7 @@ impl KeyVerifier {
                 .support_invalidation_closures()
                 .build(),
             rejected: Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(REJECTED_TTL).build(),
+            proven: Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(PROVEN_TTL).build(),
             per_endpoint: RateLimiter::keyed(quota(ARGON2_PER_ENDPOINT)),
             per_ip: RateLimiter::keyed(quota(ARGON2_PER_IP)),
             // Leave a core for serving cached traffic.
@@ -169,8 +175,12 @@ impl KeyVerifier {
             return Err(AuthFailure::Unauthorized);
         }
         metrics::counter!("key_cache_total", "result" => "miss").increment(1);
-        // argon2 budget: refuse before doing the expensive work.
-        if self.per_ip.check_key(&ip).is_err() || self.per_endpoint.check_key(&public_id.to_owned()).is_err() {
+        // argon2 budget: refuse before doing the expensive work, unless this very key proved
+        // good for this endpoint recently (it is still verified in full below).
+        let proven = self.proven.get(&digest).await.is_some_and(|ep| ep == public_id);
+        if !proven
+            && (self.per_ip.check_key(&ip).is_err() || self.per_endpoint.check_key(&public_id.to_owned()).is_err())
+        {
             metrics::counter!("key_verifications_throttled_total").increment(1);
             return Err(AuthFailure::Throttled);
         }
@@ -230,18 +240,22 @@ impl KeyVerifier {
             return Err(AuthFailure::Unauthorized);
         }
         self.verified.insert(digest, principal.clone()).await;
+        self.proven.insert(digest, public_id.to_owned()).await;
         Ok(principal)
     }
 
     /// Drops every cached verification of `endpoint_id` (its settings or keys changed).
     pub fn invalidate_endpoint(&self, endpoint_id: i64) {
         let _ = self.verified.invalidate_entries_if(move |_, p| p.endpoint_id == endpoint_id);
+        // A revoked key must queue behind the budgets again; proofs are cheap to rebuild.
+        self.proven.invalidate_all();
         // A key refused a moment ago may be valid now (a reissue): forget refusals too.
         self.rejected.invalidate_all();
     }
 
     pub fn invalidate_all(&self) {
         self.verified.invalidate_all();
+        self.proven.invalidate_all();
         self.rejected.invalidate_all();
     }
 

@@ -372,36 +372,48 @@ pub fn list_sql(query: &ListQuery) -> (String, Vec<Option<String>>) {
 }
 
 /// A reader connection inside a read-only transaction scoped to one company: row-level
-/// security admits only that company's rows until [`Scoped::finish`].
-pub struct Scoped(PoolConnection<Postgres>);
+/// security admits only that company's rows until [`Scoped::finish`]. Dropped before that (a
+/// caller that went away mid-read), the connection is closed, never handed back to the pool
+/// inside its transaction.
+pub struct Scoped {
+    conn: PoolConnection<Postgres>,
+    open: bool,
+}
 
 impl Scoped {
     pub async fn begin(reader: &PgPool, company: CompanyId) -> Result<Scoped, sqlx::Error> {
-        let mut conn = reader.acquire().await?;
+        let mut scoped = Scoped { conn: reader.acquire().await?, open: true };
         // The company id is our own integer, never caller text: safe to inline.
-        conn.execute(sqlx::AssertSqlSafe(format!(
-            "begin read only; select set_config('clientapi.company_id', '{}', true)",
-            company.0
-        )))
-        .await?;
-        Ok(Scoped(conn))
+        scoped
+            .conn
+            .execute(sqlx::AssertSqlSafe(format!(
+                "begin read only; select set_config('clientapi.company_id', '{}', true)",
+                company.0
+            )))
+            .await?;
+        Ok(scoped)
     }
 
     pub fn conn(&mut self) -> &mut PgConnection {
-        &mut self.0
+        &mut self.conn
     }
 
     /// Commits after success, rolls back after failure, and hands the result on.
     pub async fn finish<T>(mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
-        match result {
-            Ok(value) => {
-                self.0.execute("commit").await?;
-                Ok(value)
-            }
-            Err(e) => {
-                let _ = self.0.execute("rollback").await;
-                Err(e)
-            }
+        let end = if result.is_ok() { "commit" } else { "rollback" };
+        let ended = self.conn.execute(end).await;
+        self.open = ended.is_err();
+        match (result, ended) {
+            (Ok(value), Ok(_)) => Ok(value),
+            (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+        }
+    }
+}
+
+impl Drop for Scoped {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
         }
     }
 }
@@ -713,9 +725,9 @@ pub async fn export_csv(
     }
     .await;
     if abandoned {
-        // The reader left mid-COPY: the connection still holds the rest of the stream, so it
-        // is closed rather than returned to the pool.
-        scoped.0.close_on_drop();
+        // The reader left mid-COPY: the connection still holds the rest of the stream; dropped
+        // unfinished, it is closed rather than returned to the pool.
+        drop(scoped);
         return Ok(sent);
     }
     scoped.finish(outcome).await.map(|()| sent)

@@ -490,3 +490,29 @@ async fn the_csv_export_quotes_like_rfc_4180_and_says_what_the_ndjson_says() {
     let row = csv.iter().find(|r| r[0].as_deref() == job["uuid"].as_str()).unwrap();
     assert_eq!(row[header.iter().position(|h| h == "description").unwrap()].as_deref(), Some(awkward));
 }
+
+#[tokio::test]
+async fn a_read_abandoned_inside_its_transaction_never_goes_back_to_the_pool_open() {
+    let app = crate::helpers::spawn_app().await;
+    let idle_in_transaction = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_stat_activity
+              where datname = current_database() and state like 'idle in transaction%'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    // A caller that goes away between `begin` and `finish` (a dropped request future).
+    let scoped =
+        clientapi_schema::read::Scoped::begin(&app.state.reader, clientapi_schema::CompanyId(1)).await.unwrap();
+    assert_eq!(idle_in_transaction().await, 1);
+    drop(scoped);
+    for _ in 0..50 {
+        if idle_in_transaction().await == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the abandoned transaction's connection is still open");
+}
