@@ -93,7 +93,12 @@ pub(crate) struct RequestScope {
 /// The executable schema, built once.
 pub struct GraphqlApi {
     schema: async_graphql::dynamic::Schema,
+    /// Parsed documents by query text.
+    documents: moka::sync::Cache<String, Arc<async_graphql::parser::types::ExecutableDocument>>,
 }
+
+/// Queries longer than this are parsed every time rather than cached.
+const MAX_CACHED_QUERY: usize = 16 * 1024;
 
 impl Default for GraphqlApi {
     fn default() -> Self {
@@ -109,7 +114,7 @@ impl GraphqlApi {
             .limit_directives(10)
             .finish()
             .expect("the generated schema is valid");
-        Self { schema }
+        Self { schema, documents: moka::sync::Cache::builder().max_capacity(1_000).build() }
     }
 
     /// The schema in SDL, as served and committed.
@@ -119,10 +124,23 @@ impl GraphqlApi {
 
     /// Runs one operation in `scope`. Queries over the alias, page-size or record limits are
     /// refused before anything runs; then the query's price is charged to the rate limit.
-    pub async fn execute(&self, scope: Scope, request: async_graphql::Request) -> Outcome {
+    pub async fn execute(&self, scope: Scope, mut request: async_graphql::Request) -> Outcome {
         let mut operation = request.operation_name.clone();
-        // A query that does not parse is reported by async-graphql below, before any resolver.
-        if let Ok(doc) = async_graphql::parser::parse_query(&request.query) {
+        // Parsed once (and reused across requests with the same text: dashboards repeat
+        // theirs); async-graphql executes the same document. One that does not parse is
+        // reported by async-graphql below, before any resolver.
+        let parsed = match self.documents.get(&request.query) {
+            Some(doc) => Some(doc),
+            None => async_graphql::parser::parse_query(&request.query).ok().map(|doc| {
+                let doc = Arc::new(doc);
+                if request.query.len() <= MAX_CACHED_QUERY {
+                    self.documents.insert(request.query.clone(), doc.clone());
+                }
+                doc
+            }),
+        };
+        if let Some(doc) = parsed {
+            request.set_parsed_query((*doc).clone());
             // Without an operation name, a document's only operation runs: log its name.
             if operation.is_none() && doc.operations.iter().count() == 1 {
                 operation = doc.operations.iter().next().and_then(|(name, _)| name.map(|n| n.to_string()));
