@@ -1,5 +1,11 @@
 use clap::Parser;
 
+/// The service allocates per request and per record (GraphQL values above all); mimalloc's
+/// thread-local free lists beat glibc's arenas there (glibc malloc/free were a quarter of a
+/// GraphQL list request's CPU under perf).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = clientapi::cli::Cli::parse();

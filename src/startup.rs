@@ -29,9 +29,21 @@ use clientapi_sync::crypto::Cipher;
 use clientapi_sync::engine::SyncEngine;
 use clientapi_sync::servicem8::{ServiceM8, ServiceM8Config};
 
-/// Everything a handler or worker needs, cheap to clone.
+/// Everything a handler or worker needs: one shared allocation, so the clone every request
+/// makes (axum's `State`) is a reference count, not a copy of every pool and cache handle.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     pub db: PgPool,
     /// The public read path's pool: its connections act as the row-level-security role.
     pub reader: PgPool,
@@ -61,7 +73,7 @@ impl AppState {
         let verifier = Arc::new(KeyVerifier::new());
         let (request_log, writer) = request_log::spawn(db.clone(), config.request_log_retention_days, shutdown.clone());
         let listener = tokio::spawn(verifier.clone().run(db.clone(), shutdown.clone()));
-        Self {
+        Self(Arc::new(Shared {
             db,
             reader,
             cursors: CursorSigner::new(master_key.expose()),
@@ -78,7 +90,7 @@ impl AppState {
             config: Arc::new(config),
             master_key: Arc::new(master_key),
             shutdown,
-        }
+        }))
     }
 
     /// Per-stream sync status of a connection, cached briefly: the read path asks on every page.
