@@ -155,27 +155,10 @@ impl Config {
         let oauth_url = get("servicem8_oauth_url")
             .map_or_else(|| Url::parse(DEFAULT_SERVICEM8_OAUTH_URL).ok(), |(s, v)| parse_url(&s, &v, &mut errors));
 
-        let retention = match get("request_log_retention_days") {
-            None => Some(30),
-            Some((src, v)) => match v.parse::<u32>() {
-                Ok(d) if (1..=3650).contains(&d) => Some(d),
-                _ => {
-                    errors.push((src, format!("expected a number of days from 1 to 3650 (got {v:?})")));
-                    None
-                }
-            },
-        };
-
-        let provider_timeout = match get("provider_timeout_secs") {
-            None => Some(60),
-            Some((src, v)) => match v.parse::<u64>() {
-                Ok(s) if (1..=600).contains(&s) => Some(s),
-                _ => {
-                    errors.push((src, format!("expected a number of seconds from 1 to 600 (got {v:?})")));
-                    None
-                }
-            },
-        };
+        let retention = get("request_log_retention_days")
+            .map_or(Some(30), |(s, v)| parse_number(&s, &v, 1..=3650, "days", &mut errors));
+        let provider_timeout = get("provider_timeout_secs")
+            .map_or(Some(60), |(s, v)| parse_number(&s, &v, 1..=600, "seconds", &mut errors));
 
         if !errors.is_empty() {
             return Err(ConfigError(errors));
@@ -226,6 +209,25 @@ fn parse_url(source: &str, value: &str, errors: &mut Vec<(String, String)>) -> O
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
         _ => {
             errors.push((source.to_owned(), format!("expected an http(s) URL (got {value:?})")));
+            None
+        }
+    }
+}
+
+/// A whole number of `unit` within `range`, or an error naming the setting.
+fn parse_number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
+    source: &str,
+    value: &str,
+    range: std::ops::RangeInclusive<T>,
+    unit: &str,
+    errors: &mut Vec<(String, String)>,
+) -> Option<T> {
+    match value.parse::<T>() {
+        Ok(n) if range.contains(&n) => Some(n),
+        _ => {
+            let (low, high) = (range.start(), range.end());
+            errors
+                .push((source.to_owned(), format!("expected a number of {unit} from {low} to {high} (got {value:?})")));
             None
         }
     }

@@ -187,8 +187,8 @@ fn coded(message: String, code: &'static str) -> ServerError {
     error
 }
 
-/// `line_items` → `lineItems`.
-pub(crate) fn camel(snake: &str) -> String {
+/// `line_items` → `lineItems`: schema names from the field tables' names.
+pub fn camel(snake: &str) -> String {
     let mut out = String::with_capacity(snake.len());
     let mut upper = false;
     for c in snake.chars() {

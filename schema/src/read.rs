@@ -517,6 +517,18 @@ pub async fn changes(
     Ok(scoped.finish(rows).await?.into_iter().map(|(seq, json)| Change { seq, json }).collect())
 }
 
+/// The whole filtered scope as one "page", for the exports.
+fn export_query(resource: Resource, filters: &Filters) -> ListQuery {
+    ListQuery {
+        resource,
+        filters: filters.clone(),
+        sort: Sort::default(),
+        page_size: u32::MAX - 1,
+        after: None,
+        include_remote_data: false,
+    }
+}
+
 /// Streams every row of a filtered scope into `rows` (JSON text), in id order, with flat
 /// memory: rows are handed over as Postgres sends them, and a slow reader (the bounded
 /// channel) slows the scan. Stops early when the receiver is gone. Returns the count sent.
@@ -527,15 +539,7 @@ pub async fn export(
     filters: &Filters,
     rows: tokio::sync::mpsc::Sender<String>,
 ) -> Result<u64, sqlx::Error> {
-    let query = ListQuery {
-        resource,
-        filters: filters.clone(),
-        sort: Sort::default(),
-        page_size: u32::MAX - 1,
-        after: None,
-        include_remote_data: false,
-    };
-    let (sql, binds) = list_sql(&query);
+    let (sql, binds) = list_sql(&export_query(resource, filters));
     // Order by id only, without a limit: the cheapest complete scan.
     let sql = match sql.find(" order by ") {
         Some(at) => format!("{} order by t.external_id", &sql[..at]),
@@ -662,15 +666,7 @@ pub async fn export_csv(
     chunk: usize,
     out: tokio::sync::mpsc::Sender<bytes::Bytes>,
 ) -> Result<u64, sqlx::Error> {
-    let query = ListQuery {
-        resource,
-        filters: filters.clone(),
-        sort: Sort::default(),
-        page_size: u32::MAX - 1,
-        after: None,
-        include_remote_data: false,
-    };
-    let (mut conditions, binds) = list_conditions(&query);
+    let (mut conditions, binds) = list_conditions(&export_query(resource, filters));
     // COPY takes no parameters: the filter values travel as settings of the transaction and are
     // read back with current_setting(), so caller text is never spliced into SQL. Highest first,
     // so `$1` does not match the start of `$12`.

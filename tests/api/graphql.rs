@@ -259,7 +259,7 @@ async fn cross_tenant_probes_through_every_relation_return_nothing_foreign() {
         let Some(((_, foreign), _)) = owners.iter().find(|((r, _), owner)| *r == resource && *owner != company) else {
             continue;
         };
-        let single = clientapi_graphql_name(resource);
+        let single = clientapi_graphql::camel(resource.singular());
         let query = format!(r#"{{ a: {single}(id: "{foreign}") {{ id }} b: {single}(id: "no-such-id") {{ id }} }}"#);
         let (_, body) = graphql(&app, ep, key, json!({ "query": query })).await;
         assert_eq!(body["data"], json!({"a": null, "b": null}), "{resource}: {body}");
@@ -308,22 +308,6 @@ async fn cross_tenant_probes_through_every_relation_return_nothing_foreign() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
-}
-
-fn clientapi_graphql_name(resource: Resource) -> String {
-    let mut out = String::new();
-    let mut upper = false;
-    for c in resource.singular().chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.extend(c.to_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[tokio::test]
