@@ -15,7 +15,7 @@ use async_graphql::dynamic::{
 use async_graphql::{Error, ErrorExtensions, SelectionField, Value};
 use clientapi_schema::model::Resource;
 use clientapi_schema::read::{
-    self, FieldKind, Filters, Link, ListQuery, MAX_PAGE_SIZE, RelatedKey, Sort, SortKey, record_fields,
+    self, FieldKind, Filters, Link, ListQuery, MAX_PAGE_SIZE, RelatedKey, Sort, record_fields,
 };
 
 use crate::limits::{DEFAULT_FIRST, DEFAULT_NESTED_FIRST};
@@ -378,18 +378,13 @@ fn sort_names(resource: Resource) -> Vec<&'static str> {
     names
 }
 
-fn parse_sort(name: &str) -> Sort {
-    let (key, descending) = match name.strip_suffix("_DESC") {
-        Some(key) => (key, true),
-        None => (name, false),
+/// `UPDATED_AT_DESC` is REST's `-updated_at`: one parser decides both.
+fn parse_sort(name: &str, resource: Resource) -> Sort {
+    let rest = match name.strip_suffix("_DESC") {
+        Some(key) => format!("-{}", key.to_lowercase()),
+        None => name.to_lowercase(),
     };
-    let key = match key {
-        "UPDATED_AT" => SortKey::UpdatedAt,
-        "CREATED_AT" => SortKey::CreatedAt,
-        "NUMBER" => SortKey::Number,
-        _ => SortKey::Id,
-    };
-    Sort { key, descending }
+    Sort::parse(&rest, resource).unwrap_or_default()
 }
 
 /// The filter arguments a resource's list takes: REST's, in camelCase.
@@ -493,7 +488,7 @@ fn connection_field(resource: Resource) -> Field {
                 _ => DEFAULT_FIRST,
             };
             let sort = match ctx.args.get("sort") {
-                Some(v) if !v.is_null() => parse_sort(v.enum_name()?),
+                Some(v) if !v.is_null() => parse_sort(v.enum_name()?, resource),
                 _ => Sort::default(),
             };
             let mut query = ListQuery {
