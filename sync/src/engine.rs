@@ -201,6 +201,9 @@ impl SyncEngine {
         result.map(|()| summary)
     }
 
+    /// Brings one stream up to date. A scan interrupted earlier (a crash, a kill) is resumed
+    /// from its last committed page; records changed meanwhile on pages it had already passed
+    /// are behind it, so a resumed scan is followed by one this run starts itself.
     async fn sync_stream(
         &self,
         id: ConnectionId,
@@ -210,6 +213,24 @@ impl SyncEngine {
         summary: &mut RunSummary,
         progress: Option<&ProgressFn>,
     ) -> Result<(), SyncError> {
+        let resumed = self.scan_stream(id, provider, stream, full, summary, progress).await?;
+        if resumed {
+            self.scan_stream(id, provider, stream, full, summary, progress).await?;
+        }
+        Ok(())
+    }
+
+    /// One scan of a stream, from the watermark (or the interrupted scan's page) to its end.
+    /// Returns whether it resumed an interrupted scan.
+    async fn scan_stream(
+        &self,
+        id: ConnectionId,
+        provider: &dyn Provider,
+        stream: Stream,
+        full: bool,
+        summary: &mut RunSummary,
+        progress: Option<&ProgressFn>,
+    ) -> Result<bool, SyncError> {
         let state: Option<(Option<String>, Option<String>)> =
             sqlx::query_as("select watermark, scan_page from sync_state where connection_id = $1 and stream = $2")
                 .bind(id)
@@ -294,7 +315,7 @@ impl SyncEngine {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(page_cursor.is_some())
     }
 
     /// Applies one page to the mirror and records the scan position, in one transaction.
