@@ -168,8 +168,16 @@ impl SyncEngine {
         let mut summary = RunSummary { run_id, ..RunSummary::default() };
         let mut result = Ok(());
         for stream in provider.streams() {
-            result = self.sync_stream(id, provider.as_ref(), *stream, full, &mut summary, progress.as_ref()).await;
-            if result.is_err() {
+            // A scan interrupted earlier (a crash, a kill) resumes from its last committed page;
+            // records changed meanwhile on pages it had passed are behind it, so a resumed scan is
+            // followed by one this run starts itself.
+            let mut scanned =
+                self.scan_stream(id, provider.as_ref(), *stream, full, &mut summary, progress.as_ref()).await;
+            if matches!(scanned, Ok(true)) {
+                scanned = self.scan_stream(id, provider.as_ref(), *stream, full, &mut summary, progress.as_ref()).await;
+            }
+            if let Err(e) = scanned {
+                result = Err(e);
                 break;
             }
         }
@@ -199,25 +207,6 @@ impl SyncEngine {
         metrics::counter!("sync_runs_total", "status" => status).increment(1);
         finished?;
         result.map(|()| summary)
-    }
-
-    /// Brings one stream up to date. A scan interrupted earlier (a crash, a kill) is resumed
-    /// from its last committed page; records changed meanwhile on pages it had already passed
-    /// are behind it, so a resumed scan is followed by one this run starts itself.
-    async fn sync_stream(
-        &self,
-        id: ConnectionId,
-        provider: &dyn Provider,
-        stream: Stream,
-        full: bool,
-        summary: &mut RunSummary,
-        progress: Option<&ProgressFn>,
-    ) -> Result<(), SyncError> {
-        let resumed = self.scan_stream(id, provider, stream, full, summary, progress).await?;
-        if resumed {
-            self.scan_stream(id, provider, stream, full, summary, progress).await?;
-        }
-        Ok(())
     }
 
     /// One scan of a stream, from the watermark (or the interrupted scan's page) to its end.
