@@ -5,6 +5,11 @@
 //! it costs nothing. Any change to an endpoint or key reaches every process through Postgres
 //! `LISTEN/NOTIFY` (channel `clientapi_endpoints`), with the cache's TTL as the fallback.
 //! `last_used_at`/`last_used_ip` are collected in memory and written in one batch.
+//!
+//! A client IP that keeps failing is slowed down: past a small free budget of failures its
+//! failed answers are held for `CLIENTAPI_FAILED_AUTH_DELAY_MS` (a tarpit). A sender that waits
+//! for its answers, as scanners and credential-stuffing scripts do, then costs a few requests a
+//! second per connection instead of thousands; valid keys from the same address are never held.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -33,6 +38,12 @@ const CACHE_CAPACITY: u64 = 100_000;
 /// argon2 verifications allowed per endpoint and per client IP (sustained per second, burst).
 const ARGON2_PER_ENDPOINT: (u32, u32) = (10, 20);
 const ARGON2_PER_IP: (u32, u32) = (20, 50);
+/// Failed authentications per client IP answered at once (sustained per second, burst); past
+/// them each failure is answered after the configured delay.
+const FREE_FAILURES_PER_IP: (u32, u32) = (5, 30);
+/// Failed answers held at once; past this many they are answered without delay (a held answer
+/// is a sleeping task and an open connection: cheap, not free).
+const MAX_HELD_FAILURES: usize = 10_000;
 /// How often last-used times are written.
 pub const LAST_USED_FLUSH: Duration = Duration::from_secs(5);
 pub const NOTIFY_CHANNEL: &str = "clientapi_endpoints";
@@ -116,6 +127,9 @@ pub struct KeyVerifier {
     per_endpoint: DefaultKeyedRateLimiter<String>,
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     argon2_slots: Semaphore,
+    free_failures: DefaultKeyedRateLimiter<IpAddr>,
+    held_failures: Semaphore,
+    failure_delay: Duration,
     last_used: Mutex<HashMap<i64, (DateTime<Utc>, IpAddr)>>,
 }
 
@@ -124,14 +138,10 @@ fn quota((per_second, burst): (u32, u32)) -> Quota {
         .allow_burst(NonZeroU32::new(burst).expect("non-zero"))
 }
 
-impl Default for KeyVerifier {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl KeyVerifier {
-    pub fn new() -> Self {
+    /// `failure_delay`: how long a failing client IP's answers are held past its free budget
+    /// (zero: never).
+    pub fn new(failure_delay: Duration) -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Self {
             verified: Cache::builder()
@@ -145,6 +155,9 @@ impl KeyVerifier {
             per_ip: RateLimiter::keyed(quota(ARGON2_PER_IP)),
             // Leave a core for serving cached traffic.
             argon2_slots: Semaphore::new(cores.saturating_sub(1).max(1)),
+            free_failures: RateLimiter::keyed(quota(FREE_FAILURES_PER_IP)),
+            held_failures: Semaphore::new(MAX_HELD_FAILURES),
+            failure_delay,
             last_used: Mutex::new(HashMap::new()),
         }
     }
@@ -244,6 +257,18 @@ impl KeyVerifier {
         Ok(principal)
     }
 
+    /// Called on every failed authentication from `ip` before it is answered: past the IP's
+    /// free budget the answer waits `failure_delay`.
+    pub async fn hold_failure(&self, ip: IpAddr) {
+        if self.failure_delay.is_zero() || self.free_failures.check_key(&ip).is_ok() {
+            return;
+        }
+        if let Ok(_held) = self.held_failures.try_acquire() {
+            metrics::counter!("auth_failures_held_total").increment(1);
+            tokio::time::sleep(self.failure_delay).await;
+        }
+    }
+
     /// Drops every cached verification of `endpoint_id` (its settings or keys changed).
     pub fn invalidate_endpoint(&self, endpoint_id: i64) {
         let _ = self.verified.invalidate_entries_if(move |_, p| p.endpoint_id == endpoint_id);
@@ -305,6 +330,7 @@ impl KeyVerifier {
             }
             self.per_ip.retain_recent();
             self.per_endpoint.retain_recent();
+            self.free_failures.retain_recent();
         }
         let _ = self.flush_last_used(&db).await;
         let _ = listener.await;

@@ -38,6 +38,8 @@ pub struct Config {
     pub request_log_retention_days: u32,
     /// Seconds one provider request may take, connect to last byte.
     pub provider_timeout_secs: u64,
+    /// Milliseconds a failing client IP's answers are held past its free budget (0: never).
+    pub failed_auth_delay_ms: u64,
 }
 
 /// Every setting: environment name, TOML key, default shown in docs.
@@ -53,8 +55,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("CLIENTAPI_SERVICEM8_OAUTH_URL", "servicem8_oauth_url"),
     ("CLIENTAPI_REQUEST_LOG_RETENTION_DAYS", "request_log_retention_days"),
     ("CLIENTAPI_PROVIDER_TIMEOUT_SECS", "provider_timeout_secs"),
+    ("CLIENTAPI_FAILED_AUTH_DELAY_MS", "failed_auth_delay_ms"),
 ];
 
+pub const DEFAULT_FAILED_AUTH_DELAY_MS: u64 = 500;
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = ".clientapi";
 pub const DEFAULT_SERVICEM8_API_URL: &str = "https://api.servicem8.com/api_1.0";
@@ -159,6 +163,9 @@ impl Config {
             .map_or(Some(30), |(s, v)| parse_number(&s, &v, 1..=3650, "days", &mut errors));
         let provider_timeout = get("provider_timeout_secs")
             .map_or(Some(60), |(s, v)| parse_number(&s, &v, 1..=600, "seconds", &mut errors));
+        let failed_auth_delay = get("failed_auth_delay_ms").map_or(Some(DEFAULT_FAILED_AUTH_DELAY_MS), |(s, v)| {
+            parse_number(&s, &v, 0..=10_000, "milliseconds", &mut errors)
+        });
 
         if !errors.is_empty() {
             return Err(ConfigError(errors));
@@ -177,6 +184,7 @@ impl Config {
             },
             request_log_retention_days: retention.expect("checked above"),
             provider_timeout_secs: provider_timeout.expect("checked above"),
+            failed_auth_delay_ms: failed_auth_delay.expect("checked above"),
         })
     }
 

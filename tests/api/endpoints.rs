@@ -6,12 +6,17 @@ use clientapi_schema::ConnectionId;
 use clientapi_sync::simulator::servicem8::{Running, SimConfig};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, admin_token, connect_servicem8, spawn_app_for, spawn_sim};
+use crate::helpers::{TestApp, admin_token, connect_servicem8, spawn_app_for_with, spawn_sim};
 
 /// A synced connection and an admin token.
 pub async fn synced(companies: usize) -> (Running, TestApp, String, ConnectionId) {
+    synced_with(companies, &[]).await
+}
+
+/// A synced connection and an admin token, the app run with extra settings.
+pub async fn synced_with(companies: usize, settings: &[(&str, &str)]) -> (Running, TestApp, String, ConnectionId) {
     let sim = spawn_sim(SimConfig { companies, jobs_per_company: 4, ..SimConfig::default() }).await;
-    let app = spawn_app_for(&sim).await;
+    let app = spawn_app_for_with(&sim, settings).await;
     let token = admin_token(&app, "ops@example.com", "acme").await;
     let id = ConnectionId(connect_servicem8(&app, &token).await["id"].as_i64().unwrap());
     app.state.engine.sync_connection(id, false, None).await.unwrap();
@@ -425,6 +430,52 @@ async fn a_flood_of_wrong_keys_is_throttled_while_a_verified_key_keeps_working()
         assert_eq!(get_as(&app, &path, Some(&key)).await.status(), 200, "a cached key is never throttled");
     }
     assert!(throttled >= 40, "argon2 work per client is bounded ({throttled} of 120 refused before hashing)");
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_failing_is_answered_slowly_while_valid_keys_are_not() {
+    const HOLD: Duration = Duration::from_secs(3);
+    let (sim, app, token, conn) = synced_with(2, &[("CLIENTAPI_FAILED_AUTH_DELAY_MS", "3000")]).await;
+    let (ep, key) =
+        create_endpoint(&app, &token, conn, &company(&sim, 0), json!({"rate_limit_per_minute": 100000})).await;
+    let path = format!("/api/public/{ep}/jobs");
+    assert_eq!(get_as(&app, &path, Some(&key)).await.status(), 200);
+    // 80 failures at once from one address: a wrong secret, no key, a bad checksum, an unknown endpoint.
+    let wrong = clientapi::endpoint_key::generate(false);
+    let failures = (0..80).map(|i| {
+        let (app, wrong, path) = (&app, wrong.clone(), path.clone());
+        async move {
+            let started = Instant::now();
+            let (target, key) = match i % 4 {
+                0 => (path, Some(wrong)),
+                1 => (path, None),
+                2 => (path, Some(bad_checksum(&wrong))),
+                _ => ("/api/public/ep_nosuchendpoint/jobs".to_owned(), Some(wrong)),
+            };
+            let (status, body) = problem(get_as(app, &target, key.as_deref()).await).await;
+            (started.elapsed(), status, body["code"].as_str().unwrap_or_default().to_owned())
+        }
+    });
+    let valid = async {
+        // Sent once the failures are being held.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let status = get_as(&app, &path, Some(&key)).await.status();
+        (started.elapsed(), status)
+    };
+    let (answers, (valid_took, valid_status)) = tokio::join!(futures::future::join_all(failures), valid);
+    for (_, status, code) in &answers {
+        assert!(
+            (*status, code.as_str()) == (401, "unauthorized")
+                || (*status, code.as_str()) == (429, "too_many_auth_attempts"),
+            "{status} {code}"
+        );
+    }
+    let held = answers.iter().filter(|(took, _, _)| *took >= HOLD).count();
+    // 30 are free at once (and a few more refill while they run); every other one waits.
+    assert!((35..=50).contains(&held), "{held} of 80 failures were held");
+    assert_eq!(valid_status, 200);
+    assert!(valid_took < HOLD, "a valid key from the failing address was held too ({valid_took:?})");
 }
 
 #[tokio::test]

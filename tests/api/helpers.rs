@@ -136,6 +136,8 @@ pub fn test_config(database_url: &str, data_dir: &Path, extra: &[(&str, &str)]) 
         ("CLIENTAPI_BIND", "127.0.0.1:0"),
         ("CLIENTAPI_DATA_DIR", data_dir.to_str().unwrap()),
         ("CLIENTAPI_SECRET_KEY", TEST_MASTER_KEY),
+        // The tests send many wrong keys from one address on purpose; the tarpit test turns it on.
+        ("CLIENTAPI_FAILED_AUTH_DELAY_MS", "0"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -248,15 +250,24 @@ pub async fn spawn_sim(
 
 /// The app, configured to use `sim` as ServiceM8.
 pub async fn spawn_app_for(sim: &clientapi_sync::simulator::servicem8::Running) -> TestApp {
+    spawn_app_for_with(sim, &[]).await
+}
+
+/// The app, configured to use `sim` as ServiceM8, with extra settings.
+pub async fn spawn_app_for_with(
+    sim: &clientapi_sync::simulator::servicem8::Running,
+    extra: &[(&str, &str)],
+) -> TestApp {
     let (api, oauth) = (sim.api_url(), sim.oauth_url());
     let config = sim.sim.config().clone();
-    spawn_app_with(&[
-        ("CLIENTAPI_SERVICEM8_API_URL", &api),
-        ("CLIENTAPI_SERVICEM8_OAUTH_URL", &oauth),
-        ("CLIENTAPI_SERVICEM8_CLIENT_ID", &config.client_id),
-        ("CLIENTAPI_SERVICEM8_CLIENT_SECRET", &config.client_secret),
-    ])
-    .await
+    let mut settings = vec![
+        ("CLIENTAPI_SERVICEM8_API_URL", api.as_str()),
+        ("CLIENTAPI_SERVICEM8_OAUTH_URL", oauth.as_str()),
+        ("CLIENTAPI_SERVICEM8_CLIENT_ID", config.client_id.as_str()),
+        ("CLIENTAPI_SERVICEM8_CLIENT_SECRET", config.client_secret.as_str()),
+    ];
+    settings.extend_from_slice(extra);
+    spawn_app_with(&settings).await
 }
 
 /// Creates an admin user in `account` and returns an `ak_` token for it.

@@ -36,24 +36,18 @@ impl FromRequestParts<AppState> for EndpointAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let params =
-            Path::<HashMap<String, String>>::from_request_parts(parts, state).await.map_err(|_| ApiError::NotFound)?;
-        let public_id = params.get("endpoint").ok_or(ApiError::NotFound)?;
-        // Not an id we could have issued: answer like any other unknown endpoint or bad key.
-        if public_id.len() > 64 || !public_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(ApiError::Unauthorized);
-        }
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        let token = bearer_or_api_key(parts).ok_or(ApiError::Unauthorized)?;
-        let principal = match state.verifier.authenticate(&state.db, public_id, token, ip).await {
+        let principal = match verify(parts, state, ip).await {
             Ok(p) => p,
-            Err(AuthFailure::Unauthorized) => return Err(ApiError::Unauthorized),
-            Err(AuthFailure::Throttled) => {
-                return Err(ApiError::TooManyAuthAttempts);
+            Err(e) => {
+                if matches!(e, ApiError::Unauthorized | ApiError::TooManyAuthAttempts) {
+                    state.verifier.hold_failure(ip).await;
+                }
+                return Err(e);
             }
         };
         let slot = parts.extensions.get::<ContextSlot>().cloned();
@@ -84,6 +78,23 @@ impl FromRequestParts<AppState> for EndpointAuth {
             return Err(ApiError::RateLimited { retry_after_secs: rate.reset_secs });
         }
         Ok(Self { principal, slot })
+    }
+}
+
+/// The key's principal for the path's endpoint: 401 for anything but a good key for it.
+async fn verify(parts: &mut Parts, state: &AppState, ip: IpAddr) -> Result<Arc<Principal>, ApiError> {
+    let params =
+        Path::<HashMap<String, String>>::from_request_parts(parts, state).await.map_err(|_| ApiError::NotFound)?;
+    let public_id = params.get("endpoint").ok_or(ApiError::NotFound)?;
+    // Not an id we could have issued: answer like any other unknown endpoint or bad key.
+    if public_id.len() > 64 || !public_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(ApiError::Unauthorized);
+    }
+    let token = bearer_or_api_key(parts).ok_or(ApiError::Unauthorized)?;
+    match state.verifier.authenticate(&state.db, public_id, token, ip).await {
+        Ok(p) => Ok(p),
+        Err(AuthFailure::Unauthorized) => Err(ApiError::Unauthorized),
+        Err(AuthFailure::Throttled) => Err(ApiError::TooManyAuthAttempts),
     }
 }
 
