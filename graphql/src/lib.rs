@@ -10,6 +10,7 @@
 pub use async_graphql;
 
 mod batch;
+mod direct;
 mod limits;
 mod schema;
 
@@ -70,9 +71,32 @@ pub struct Scope {
     pub write: Writer,
 }
 
+/// An operation's answer: the executor's response, or JSON the direct path rendered.
+pub enum Answer {
+    Executed(Response),
+    Rendered(String),
+}
+
+impl Answer {
+    pub fn errors(&self) -> &[ServerError] {
+        match self {
+            Answer::Executed(response) => &response.errors,
+            Answer::Rendered(_) => &[],
+        }
+    }
+
+    /// The answer as JSON.
+    pub fn into_json(self) -> Result<String, serde_json::Error> {
+        match self {
+            Answer::Executed(response) => serde_json::to_string(&response),
+            Answer::Rendered(json) => Ok(json),
+        }
+    }
+}
+
 /// What happened, for the response and the request log.
 pub struct Outcome {
-    pub response: Response,
+    pub response: Answer,
     pub operation: Option<String>,
     /// Records in the answer (every list, relation and single lookup).
     pub items: usize,
@@ -95,6 +119,9 @@ pub struct GraphqlApi {
     schema: async_graphql::dynamic::Schema,
     /// Parsed documents by query text.
     documents: moka::sync::Cache<String, Arc<async_graphql::parser::types::ExecutableDocument>>,
+    /// Query texts (with the operation run) the executor has answered without an error: only
+    /// these may take the direct path.
+    validated: moka::sync::Cache<(String, Option<String>), ()>,
 }
 
 /// Queries longer than this are parsed every time rather than cached.
@@ -114,7 +141,11 @@ impl GraphqlApi {
             .limit_directives(10)
             .finish()
             .expect("the generated schema is valid");
-        Self { schema, documents: moka::sync::Cache::builder().max_capacity(1_000).build() }
+        Self {
+            schema,
+            documents: moka::sync::Cache::builder().max_capacity(1_000).build(),
+            validated: moka::sync::Cache::builder().max_capacity(1_000).build(),
+        }
     }
 
     /// The schema in SDL, as served and committed.
@@ -140,7 +171,6 @@ impl GraphqlApi {
             }),
         };
         if let Some(doc) = parsed {
-            request.set_parsed_query((*doc).clone());
             // Without an operation name, a document's only operation runs: log its name.
             if operation.is_none() && doc.operations.iter().count() == 1 {
                 operation = doc.operations.iter().next().and_then(|(name, _)| name.map(|n| n.to_string()));
@@ -149,7 +179,7 @@ impl GraphqlApi {
                 Ok(cost) => cost,
                 Err(refusal) => {
                     let response = Response::from_errors(vec![coded(refusal.message, refusal.code)]);
-                    return Outcome { response, operation, items: 0, retry_after: None };
+                    return Outcome { response: Answer::Executed(response), operation, items: 0, retry_after: None };
                 }
             };
             if cost.extra_requests > 0
@@ -161,13 +191,35 @@ impl GraphqlApi {
                     cost.records
                 );
                 let response = Response::from_errors(vec![coded(message, "rate_limited")]);
-                return Outcome { response, operation, items: 0, retry_after: Some(retry_after) };
+                return Outcome {
+                    response: Answer::Executed(response),
+                    operation,
+                    items: 0,
+                    retry_after: Some(retry_after),
+                };
             }
+            let validated = (request.query.clone(), request.operation_name.clone());
+            if self.validated.contains_key(&validated)
+                && let Some(plan) = direct::plan(&doc, request.operation_name.as_deref(), &request.variables, &scope)
+                && let Some((json, items)) = direct::run(&plan, &scope).await
+            {
+                metrics::counter!("graphql_operations_total", "path" => "direct").increment(1);
+                return Outcome { response: Answer::Rendered(json), operation, items, retry_after: None };
+            }
+            request.set_parsed_query((*doc).clone());
         }
         let loader = batch::Batcher::new(scope.reader.clone(), scope.company);
         let state =
             Arc::new(RequestScope { scope, loader, prefetched: Default::default(), items: AtomicUsize::new(0) });
+        let text =
+            (request.query.len() <= MAX_CACHED_QUERY).then(|| (request.query.clone(), request.operation_name.clone()));
         let mut response = self.schema.execute(request.data(state.clone())).await;
+        metrics::counter!("graphql_operations_total", "path" => "executor").increment(1);
+        if response.errors.is_empty()
+            && let Some(text) = text
+        {
+            self.validated.insert(text, ());
+        }
         // Parse and validation errors carry no code of their own.
         for error in &mut response.errors {
             let extensions = error.extensions.get_or_insert_with(ErrorExtensionValues::default);
@@ -175,7 +227,8 @@ impl GraphqlApi {
                 extensions.set("code", "invalid_query");
             }
         }
-        Outcome { response, operation, items: state.items.load(Ordering::Relaxed), retry_after: None }
+        let items = state.items.load(Ordering::Relaxed);
+        Outcome { response: Answer::Executed(response), operation, items, retry_after: None }
     }
 }
 

@@ -379,12 +379,14 @@ fn sort_names(resource: Resource) -> Vec<&'static str> {
 }
 
 /// `UPDATED_AT_DESC` is REST's `-updated_at`: one parser decides both.
-fn parse_sort(name: &str, resource: Resource) -> Sort {
+fn parse_sort(name: &str, resource: Resource) -> Result<Sort, Error> {
     let rest = match name.strip_suffix("_DESC") {
         Some(key) => format!("-{}", key.to_lowercase()),
         None => name.to_lowercase(),
     };
-    Sort::parse(&rest, resource).unwrap_or_default()
+    Sort::parse(&rest, resource)
+        .filter(|_| sort_names(resource).contains(&name))
+        .ok_or_else(|| invalid(format!("sort must be one of {}.", sort_names(resource).join(", "))))
 }
 
 /// The filter arguments a resource's list takes: REST's, in camelCase.
@@ -416,53 +418,99 @@ fn filter_arguments(resource: Resource) -> Vec<InputValue> {
     args
 }
 
-fn string_list(ctx: &ResolverContext<'_>, name: &str, max: usize) -> Result<Option<Vec<String>>, Error> {
-    let Some(value) = ctx.args.get(name) else { return Ok(None) };
-    if value.is_null() {
-        return Ok(None);
+/// A connection's arguments by name, constant (variables already substituted).
+pub(crate) trait Arguments<'v> {
+    fn arg(&self, name: &str) -> Option<&'v Value>;
+}
+
+impl<'v, F: Fn(&str) -> Option<&'v Value>> Arguments<'v> for F {
+    fn arg(&self, name: &str) -> Option<&'v Value> {
+        self(name).filter(|v| !matches!(v, Value::Null))
     }
-    let items: Vec<String> = value.list()?.iter().map(|v| v.string().map(str::to_owned)).collect::<Result<_, _>>()?;
-    if items.is_empty() || items.len() > max || items.iter().any(|s| s.is_empty() || s.len() > 200) {
-        return Err(coded(format!("{name} must list 1 to {max} values of 1 to 200 characters."), "invalid_argument"));
+}
+
+fn invalid(message: String) -> Error {
+    coded(message, "invalid_argument")
+}
+
+fn string_arg<'v>(args: &impl Arguments<'v>, name: &str) -> Result<Option<&'v str>, Error> {
+    match args.arg(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(invalid(format!("{name} must be a string."))),
+    }
+}
+
+fn string_list<'v>(args: &impl Arguments<'v>, name: &str, max: usize) -> Result<Option<Vec<String>>, Error> {
+    let Some(value) = args.arg(name) else { return Ok(None) };
+    let bad = || invalid(format!("{name} must list 1 to {max} values of 1 to 200 characters."));
+    let Value::List(list) = value else { return Err(bad()) };
+    let items: Vec<String> = list
+        .iter()
+        .map(|v| match v {
+            Value::String(s) if !s.is_empty() && s.len() <= 200 => Ok(s.clone()),
+            _ => Err(bad()),
+        })
+        .collect::<Result<_, _>>()?;
+    if items.is_empty() || items.len() > max {
+        return Err(bad());
     }
     Ok(Some(items))
 }
 
-fn filters(ctx: &ResolverContext<'_>) -> Result<Filters, Error> {
+fn filters<'v>(args: &impl Arguments<'v>) -> Result<Filters, Error> {
     let time = |name: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, Error> {
-        match ctx.args.get(name) {
-            Some(v) if !v.is_null() => read::parse_time(v.string()?).map(Some).ok_or_else(|| {
-                coded(format!("{name} must be an RFC 3339 timestamp or a YYYY-MM-DD date."), "invalid_argument")
-            }),
-            _ => Ok(None),
-        }
+        string_arg(args, name)?
+            .map(|text| {
+                read::parse_time(text)
+                    .ok_or_else(|| invalid(format!("{name} must be an RFC 3339 timestamp or a YYYY-MM-DD date.")))
+            })
+            .transpose()
     };
     let id = |name: &str| -> Result<Option<String>, Error> {
-        match ctx.args.get(name) {
-            Some(v) if !v.is_null() => {
-                let id = v.string()?;
-                if id.is_empty() || id.len() > 200 {
-                    return Err(coded(format!("{name} must be 1 to 200 characters."), "invalid_argument"));
-                }
-                Ok(Some(id.to_owned()))
-            }
-            _ => Ok(None),
+        match string_arg(args, name)? {
+            Some(id) if id.is_empty() || id.len() > 200 => Err(invalid(format!("{name} must be 1 to 200 characters."))),
+            id => Ok(id.map(str::to_owned)),
         }
     };
     Ok(Filters {
         updated_since: time("updatedSince")?,
         updated_before: time("updatedBefore")?,
         created_since: time("createdSince")?,
-        status: string_list(ctx, "status", 50)?,
-        ids: string_list(ctx, "ids", MAX_IDS)?,
+        status: string_list(args, "status", 50)?,
+        ids: string_list(args, "ids", MAX_IDS)?,
         client_id: id("clientId")?,
         job_id: id("jobId")?,
         invoice_id: id("invoiceId")?,
-        include_deleted: match ctx.args.get("includeDeleted") {
-            Some(v) if !v.is_null() => v.boolean()?,
-            _ => false,
+        include_deleted: match args.arg("includeDeleted") {
+            None => false,
+            Some(Value::Boolean(b)) => *b,
+            Some(_) => return Err(invalid("includeDeleted must be a boolean.".into())),
         },
     })
+}
+
+/// A connection's arguments as a list query, and its `after` cursor (not yet verified): the
+/// one reading of them, for the resolver and the direct path alike.
+pub(crate) fn list_arguments<'v>(
+    resource: Resource,
+    args: &impl Arguments<'v>,
+    include_remote_data: bool,
+) -> Result<(ListQuery, Option<&'v str>), Error> {
+    let page_size = match args.arg("first") {
+        None => DEFAULT_FIRST,
+        Some(Value::Number(n)) => page_size(n.as_i64().unwrap_or(0))?,
+        Some(_) => page_size(0)?,
+    };
+    let sort = match args.arg("sort") {
+        None => Sort::default(),
+        // A literal is an enum; a variable's value arrives as a string.
+        Some(Value::Enum(name)) => parse_sort(name, resource)?,
+        Some(Value::String(name)) => parse_sort(name, resource)?,
+        Some(_) => return Err(invalid("sort must be one of the sort enum's values.".into())),
+    };
+    let query = ListQuery { resource, filters: filters(args)?, sort, page_size, after: None, include_remote_data };
+    Ok((query, string_arg(args, "after")?))
 }
 
 /// A page of a connection, with what is needed to sign its cursors and count its total.
@@ -479,64 +527,65 @@ struct Edge {
 }
 
 fn connection_field(resource: Resource) -> Field {
-    let mut field = Field::new(camel(resource.plural()), TypeRef::named_nn(format!("{}Connection", type_name(resource))), move |ctx| {
-        FieldFuture::new(async move {
-            let state = request_scope(&ctx)?;
-            state.require_read(resource)?;
-            let page_size = match ctx.args.get("first") {
-                Some(v) if !v.is_null() => page_size(v.i64()?)?,
-                _ => DEFAULT_FIRST,
-            };
-            let sort = match ctx.args.get("sort") {
-                Some(v) if !v.is_null() => parse_sort(v.enum_name()?, resource),
-                _ => Sort::default(),
-            };
-            let mut query = ListQuery {
-                resource,
-                filters: filters(&ctx)?,
-                sort,
-                page_size,
-                after: None,
-                include_remote_data: wants_remote_data(&ctx, true),
-            };
-            if let Some(after) = ctx.args.get("after").filter(|v| !v.is_null()) {
-                let position = state.scope.cursors.list_position(&state.scope.endpoint, &query, after.string()?);
-                query.after = Some(position.ok_or_else(|| {
-                    coded(
-                        "The cursor is not valid for this endpoint, resource, sort and filters; start again without it.",
-                        "invalid_cursor",
-                    )
-                })?);
-            }
-            let page = read::list_page(&state.scope.reader, state.scope.company, &query).await.map_err(internal)?;
-            let records: Vec<Json> = page.rows.iter().map(|r| parse_record(r)).collect::<Result<_, _>>()?;
-            state.count(records.len());
-            let mut selection = Vec::new();
-            for field in ctx.ctx.field().selection_set() {
-                match field.name() {
-                    "nodes" => selection.extend(field.selection_set()),
-                    "edges" => {
-                        for node in field.selection_set().filter(|f| f.name() == "node") {
-                            selection.extend(node.selection_set());
-                        }
-                    }
-                    _ => {}
+    let mut field = Field::new(
+        camel(resource.plural()),
+        TypeRef::named_nn(format!("{}Connection", type_name(resource))),
+        move |ctx| {
+            FieldFuture::new(async move {
+                let state = request_scope(&ctx)?;
+                state.require_read(resource)?;
+                let args = |name: &str| ctx.args.get(name).map(|v| v.as_value());
+                let (mut query, after) = list_arguments(resource, &args, wants_remote_data(&ctx, true))?;
+                if let Some(after) = after {
+                    query.after = Some(
+                        state
+                            .scope
+                            .cursors
+                            .list_position(&state.scope.endpoint, &query, after)
+                            .ok_or_else(invalid_cursor)?,
+                    );
                 }
-            }
-            prefetch(state, resource, records.clone(), selection).await?;
-            Ok(Some(FieldValue::owned_any(Arc::new(Page { query, records, keys: page.keys, next: page.next }))))
-        })
-    })
+                let page = read::list_page(&state.scope.reader, state.scope.company, &query).await.map_err(internal)?;
+                let records: Vec<Json> = page.rows.iter().map(|r| parse_record(r)).collect::<Result<_, _>>()?;
+                state.count(records.len());
+                let mut selection = Vec::new();
+                for field in ctx.ctx.field().selection_set() {
+                    match field.name() {
+                        "nodes" => selection.extend(field.selection_set()),
+                        "edges" => {
+                            for node in field.selection_set().filter(|f| f.name() == "node") {
+                                selection.extend(node.selection_set());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                prefetch(state, resource, records.clone(), selection).await?;
+                Ok(Some(FieldValue::owned_any(Arc::new(Page { query, records, keys: page.keys, next: page.next }))))
+            })
+        },
+    )
     .description(format!("The endpoint's {}, a page at a time.", resource.plural().replace('_', " ")))
-    .argument(InputValue::new("first", TypeRef::named(TypeRef::INT)).description(format!(
-        "Page size (default {DEFAULT_FIRST}, at most {MAX_PAGE_SIZE})."
-    )))
-    .argument(InputValue::new("after", TypeRef::named(TypeRef::STRING)).description("An endCursor or edge cursor, or a REST next_cursor for the same filters."))
+    .argument(
+        InputValue::new("first", TypeRef::named(TypeRef::INT))
+            .description(format!("Page size (default {DEFAULT_FIRST}, at most {MAX_PAGE_SIZE}).")),
+    )
+    .argument(
+        InputValue::new("after", TypeRef::named(TypeRef::STRING))
+            .description("An endCursor or edge cursor, or a REST next_cursor for the same filters."),
+    )
     .argument(InputValue::new("sort", TypeRef::named(format!("{}Sort", type_name(resource)))));
     for arg in filter_arguments(resource) {
         field = field.argument(arg);
     }
     field
+}
+
+pub(crate) fn invalid_cursor() -> Error {
+    coded(
+        "The cursor is not valid for this endpoint, resource, sort and filters; start again without it.",
+        "invalid_cursor",
+    )
 }
 
 fn page_of<'a>(ctx: &ResolverContext<'a>) -> Result<&'a Arc<Page>, Error> {

@@ -357,12 +357,17 @@ fn list_conditions(query: &ListQuery) -> (String, Vec<Option<String>>) {
 
 /// SQL and text binds for a page. `$1` is always the company.
 pub fn list_sql(query: &ListQuery) -> (String, Vec<Option<String>>) {
+    list_sql_rendering(query, &json_select(query.resource, query.include_remote_data))
+}
+
+/// [`list_sql`] with each row rendered by `select`, a text expression over `t` (GraphQL's
+/// direct path renders the rows in the query's own shape).
+pub fn list_sql_rendering(query: &ListQuery, select: &str) -> (String, Vec<Option<String>>) {
     let (conditions, binds) = list_conditions(query);
     let sort = query.sort;
     let dir = if sort.descending { "desc" } else { "asc" };
     let sql = format!(
-        "select {}, {}, t.external_id from {} t where {conditions} order by {} {dir}, t.external_id {dir} limit {}",
-        json_select(query.resource, query.include_remote_data),
+        "select {select}, {}, t.external_id from {} t where {conditions} order by {} {dir}, t.external_id {dir} limit {}",
         sort.text_expression(),
         query.resource.plural(),
         sort.expression(),
@@ -435,7 +440,17 @@ where
 
 /// Runs one page: one data statement inside the scoped transaction.
 pub async fn list_page(reader: &PgPool, company: CompanyId, query: &ListQuery) -> Result<PageRows, sqlx::Error> {
-    let (sql, binds) = list_sql(query);
+    list_page_rendering(reader, company, query, &json_select(query.resource, query.include_remote_data)).await
+}
+
+/// [`list_page`] with each row rendered by `select` (see [`list_sql_rendering`]).
+pub async fn list_page_rendering(
+    reader: &PgPool,
+    company: CompanyId,
+    query: &ListQuery,
+    select: &str,
+) -> Result<PageRows, sqlx::Error> {
+    let (sql, binds) = list_sql_rendering(query, select);
     let mut scoped = Scoped::begin(reader, company).await?;
     let fetched = bind_all::<(String, String, String)>(sql, company, binds).fetch_all(scoped.conn()).await;
     let mut fetched = scoped.finish(fetched).await?;

@@ -381,3 +381,114 @@ async fn the_served_sdl_is_the_committed_one_and_graphiql_is_served() {
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("/api/public/ep_anything/graphql"));
 }
+
+/// Statements the GraphQL direct path has run in this test's database (its SQL is marked).
+async fn direct_statements(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "select coalesce(sum(calls), 0)::int8 from pg_stat_statements s
+          where s.dbid = (select oid from pg_database where datname = current_database())
+            and s.query like '%/* graphql direct */%'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+/// Every query is sent twice: the executor answers the first time (which validates the text),
+/// the direct path the second, and the two answers must be the same JSON; Postgres' count of
+/// the direct path's (marked) statements shows which path ran.
+#[tokio::test]
+async fn the_direct_path_answers_exactly_what_the_executor_answers() {
+    let (sim, app, token, conn) = synced(2).await;
+    let (ep, key) =
+        create_endpoint(&app, &token, conn, &company(&sim, 0), json!({"rate_limit_per_minute": 100000})).await;
+    let (other_ep, other_key) =
+        create_endpoint(&app, &token, conn, &company(&sim, 1), json!({"rate_limit_per_minute": 100000})).await;
+    StatementCounter::new(&app).await;
+    let page = "query Page($n: Int, $after: String, $sort: JobSort) {
+        jobs(first: $n, after: $after, sort: $sort) {
+          edges { cursor node { probe2: id number total { a: amount __typename } } __typename }
+          pageInfo { hasNextPage endCursor __typename } __typename } }";
+    let direct = [
+        (
+            "probe1",
+            json!({"query": "{ jobs(first: 3) { nodes { probe1: id number status description total { amount currency }
+            scheduledOn completedAt createdAt updatedAt deletedAt clientId address purchaseOrder currency }
+            pageInfo { hasNextPage endCursor } totalCount } }"}),
+        ),
+        ("probe2", json!({"query": page, "variables": {"n": 2, "sort": "UPDATED_AT_DESC"}})),
+        (
+            "probe3",
+            json!({"query": "{ invoices(first: 5, includeDeleted: true) { nodes { probe3: id number total { amount currency } remoteData } }
+            clients(first: 2, sort: ID_DESC) { totalCount nodes { __typename id name isIndividual parentId } } __typename }"}),
+        ),
+        (
+            "probe4",
+            json!({"query": "query Items($ids: [ID!]) { lineItems(first: 20) { nodes { probe4: id jobId invoiceId name quantity unitPrice { amount } total { currency amount } } }
+            payments(ids: $ids) { nodes { id amount { amount currency } isDeposit paidAt } } }", "variables": {"ids": ["x", "y"]}}),
+        ),
+    ];
+    let mut ran = 0;
+    for (probe, body) in &direct {
+        let (status, first) = graphql(&app, &ep, &key, body.clone()).await;
+        assert_eq!(status, 200, "{first}");
+        assert!(first.get("errors").is_none(), "{first}");
+        let before = direct_statements(&app).await;
+        assert_eq!(before, ran, "{probe}: the executor answers a query the first time");
+        let (status, second) = graphql(&app, &ep, &key, body.clone()).await;
+        assert_eq!(status, 200);
+        assert_eq!(second, first, "{probe}: the direct answer differs from the executor's");
+        ran = direct_statements(&app).await;
+        assert!(ran > before, "{probe}: the second answer was not the direct path's");
+    }
+    // The next page through the direct path, from the cursor it signed, agrees with REST.
+    let (_, answer) =
+        graphql(&app, &ep, &key, json!({"query": page, "variables": {"n": 2, "sort": "UPDATED_AT_DESC"}})).await;
+    let cursor = answer["data"]["jobs"]["pageInfo"]["endCursor"].as_str().unwrap().to_owned();
+    let (_, next) = graphql(
+        &app,
+        &ep,
+        &key,
+        json!({"query": page, "variables": {"n": 2, "sort": "UPDATED_AT_DESC", "after": cursor}}),
+    )
+    .await;
+    let rest_page =
+        rest(&app, &key, &format!("/api/public/{ep}/jobs?page_size=2&sort=-updated_at&cursor={cursor}")).await;
+    let ids = |v: &Value, path: &[&str]| -> Vec<String> {
+        let mut v = v;
+        for p in path {
+            v = &v[*p];
+        }
+        let id = |x: &Value| {
+            let x = if x["node"].is_object() { &x["node"] } else { x };
+            ["probe1", "probe2", "id"].iter().find_map(|k| x[*k].as_str()).unwrap().to_owned()
+        };
+        v.as_array().unwrap().iter().map(id).collect()
+    };
+    assert_eq!(ids(&next, &["data", "jobs", "edges"]), ids(&rest_page, &["data"]));
+    // Another endpoint sending the same (validated) text sees only its own company.
+    let (_, theirs) = graphql(&app, &other_ep, &other_key, direct[0].1.clone()).await;
+    let their_rest = rest(&app, &other_key, &format!("/api/public/{other_ep}/jobs?page_size=3")).await;
+    assert_eq!(ids(&theirs, &["data", "jobs", "nodes"]), ids(&their_rest, &["data"]));
+    assert!(!ids(&theirs, &["data", "jobs", "nodes"]).is_empty());
+    // ...and one endpoint's cursor is refused for another, exactly as the executor refuses it.
+    let (_, refused) = graphql(
+        &app,
+        &other_ep,
+        &other_key,
+        json!({"query": page, "variables": {"n": 2, "sort": "UPDATED_AT_DESC", "after": cursor}}),
+    )
+    .await;
+    assert_eq!(refused["errors"][0]["extensions"]["code"], "invalid_cursor", "{refused}");
+    // A variable of the wrong type on a validated text is the executor's to refuse.
+    let (_, wrong) = graphql(&app, &ep, &key, json!({"query": page, "variables": {"n": "two"}})).await;
+    assert!(wrong["errors"][0]["message"].as_str().is_some() && wrong["data"].is_null(), "{wrong}");
+    // What the direct path does not render (a relation) stays with the executor, twice.
+    let relation = json!({"query": "{ jobs(first: 2) { nodes { probe9: id client { name } } } }"});
+    let ran = direct_statements(&app).await;
+    let (_, first) = graphql(&app, &ep, &key, relation.clone()).await;
+    let (_, second) = graphql(&app, &ep, &key, relation).await;
+    assert_eq!(first, second);
+    assert!(first["data"]["jobs"]["nodes"][0]["client"]["name"].is_string(), "{first}");
+    assert_eq!(direct_statements(&app).await, ran);
+}

@@ -90,18 +90,15 @@ async fn execute(State(state): State<AppState>, auth: EndpointAuth, body: Bytes)
     }
     auth.set_item_count(items);
     auth.set_operation((!operations.is_empty()).then(|| operations.join(",")));
-    let first_code = responses.iter().flat_map(|r| &r.errors).find_map(|e| {
+    let first_code = responses.iter().flat_map(|r| r.errors()).find_map(|e| {
         e.extensions.as_ref().and_then(|x| x.get("code")).and_then(|c| match c {
             async_graphql::Value::String(s) => Some(s.clone()),
             _ => None,
         })
     });
-    let body = if single {
-        serde_json::to_vec(&responses.pop().expect("one response"))
-    } else {
-        serde_json::to_vec(&responses)
-    }
-    .map_err(anyhow::Error::from)?;
+    let answers: Vec<String> =
+        responses.into_iter().map(|r| r.into_json()).collect::<Result<_, _>>().map_err(anyhow::Error::from)?;
+    let body = if single { answers.concat() } else { format!("[{}]", answers.join(",")) };
     let status = if retry_after.is_some() { StatusCode::TOO_MANY_REQUESTS } else { StatusCode::OK };
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
