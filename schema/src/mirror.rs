@@ -82,6 +82,63 @@ fn fields_json(fields: &Fields) -> Map<String, Value> {
     }
 }
 
+/// A record with its staging-table COPY line already rendered: every column but the company,
+/// which the commit resolves. The sync engine stages a page while the previous page commits,
+/// so the commit itself only streams bytes.
+pub struct Staged {
+    pub record: Record,
+    line: Vec<u8>,
+}
+
+/// Renders each record's COPY line (see [`Staged`]).
+pub fn stage(records: Vec<Record>) -> Vec<Staged> {
+    records
+        .into_iter()
+        .map(|record| {
+            let line = copy_line(&record);
+            Staged { record, line }
+        })
+        .collect()
+}
+
+/// The columns of a COPY line, in order: the record's, then the company the commit appends.
+fn copy_columns(resource: Resource) -> String {
+    format!(
+        "external_id, {}, created_at, remote_updated_at, remote_data, deleted_at, company_id",
+        columns(resource).join(", ")
+    )
+}
+
+/// `external_id`, the typed columns, the times, `remote_data` and `deleted_at`, each followed by
+/// a tab: the line waits only for its company id and newline.
+fn copy_line(record: &Record) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    copy_str(&mut out, &record.external_id);
+    out.push(b'\t');
+    let fields = fields_json(&record.fields);
+    for column in columns(record.resource()) {
+        copy_text(&mut out, fields.get(*column).unwrap_or(&Value::Null));
+        out.push(b'\t');
+    }
+    // An unknown time sorts first: -infinity (the read path shows it as null).
+    for time in [record.created_at, record.remote_updated_at] {
+        match time {
+            Some(t) => copy_str(&mut out, &t.to_rfc3339()),
+            None => out.extend_from_slice(b"-infinity"),
+        }
+        out.push(b'\t');
+    }
+    copy_text(&mut out, &record.remote_data);
+    out.push(b'\t');
+    if record.deleted {
+        copy_str(&mut out, &chrono::Utc::now().to_rfc3339());
+    } else {
+        out.extend_from_slice(b"\\N");
+    }
+    out.push(b'\t');
+    out
+}
+
 /// Allocates (on first sight) and returns the company ids of `external_ids` in `connection`.
 pub async fn company_ids(
     conn: &mut PgConnection,
@@ -135,7 +192,7 @@ async fn current_owners(
 pub async fn apply(
     conn: &mut PgConnection,
     connection: ConnectionId,
-    records: &[Record],
+    records: &[Staged],
 ) -> Result<ApplyStats, sqlx::Error> {
     let mut stats = ApplyStats::default();
 
@@ -145,15 +202,16 @@ pub async fn apply(
     let job_owners = current_owners(conn, connection, Resource::Job, &job_refs).await?;
     record_company_names(conn, connection, records).await?;
 
-    let mut by_resource: BTreeMap<Resource, Vec<(&Record, CompanyId)>> = BTreeMap::new();
-    for record in records {
+    let mut by_resource: BTreeMap<Resource, Vec<(&Staged, CompanyId)>> = BTreeMap::new();
+    for staged in records {
+        let record = &staged.record;
         let company = match &record.owner {
             Owner::Company(c) => companies.get(c).copied(),
             Owner::Job(j) => job_owners.get(j).copied(),
             Owner::Unowned => None,
         };
         match company {
-            Some(company) => by_resource.entry(record.resource()).or_default().push((record, company)),
+            Some(company) => by_resource.entry(record.resource()).or_default().push((staged, company)),
             None => stats.unowned += 1,
         }
     }
@@ -162,7 +220,7 @@ pub async fn apply(
         // A page can hold a record twice (overlapping windows): the last copy wins.
         let mut seen = HashSet::new();
         batch.reverse();
-        batch.retain(|(r, _)| seen.insert(r.external_id.clone()));
+        batch.retain(|(r, _)| seen.insert(r.record.external_id.as_str()));
         stats += apply_resource(conn, connection, resource, &batch).await?;
     }
     Ok(stats)
@@ -177,18 +235,19 @@ pub async fn lock_connection(conn: &mut PgConnection, connection: ConnectionId) 
 }
 
 /// The distinct owner references of one kind in a batch.
-fn distinct_refs(records: &[Record], pick: fn(&Owner) -> Option<&String>) -> Vec<String> {
-    records.iter().filter_map(|r| pick(&r.owner).cloned()).collect::<HashSet<_>>().into_iter().collect()
+fn distinct_refs(records: &[Staged], pick: fn(&Owner) -> Option<&String>) -> Vec<String> {
+    records.iter().filter_map(|r| pick(&r.record.owner).cloned()).collect::<HashSet<_>>().into_iter().collect()
 }
 
 /// Keeps the registry's display names in step with client records of the company itself.
 async fn record_company_names(
     conn: &mut PgConnection,
     connection: ConnectionId,
-    records: &[Record],
+    records: &[Staged],
 ) -> Result<(), sqlx::Error> {
     let (ids, names): (Vec<String>, Vec<String>) = records
         .iter()
+        .map(|r| &r.record)
         .filter_map(|r| match (&r.fields, &r.owner) {
             (Fields::Client(c), Owner::Company(owner)) if *owner == r.external_id => {
                 Some((r.external_id.clone(), c.name.clone()))
@@ -214,20 +273,21 @@ async fn apply_resource(
     conn: &mut PgConnection,
     connection: ConnectionId,
     resource: Resource,
-    batch: &[(&Record, CompanyId)],
+    batch: &[(&Staged, CompanyId)],
 ) -> Result<ApplyStats, sqlx::Error> {
     let mut stats = ApplyStats::default();
     let table = resource.plural();
-    let ids: Vec<String> = batch.iter().map(|(r, _)| r.external_id.clone()).collect();
+    let ids: Vec<String> = batch.iter().map(|(r, _)| r.record.external_id.clone()).collect();
     let owners = current_owners(conn, connection, resource, &ids).await?;
 
     // Moves: out of the old company's partition, in this transaction.
     let (mut moved_old, mut moved_new, mut moved_ids) = (Vec::new(), Vec::new(), Vec::new());
-    for (record, company) in batch {
-        if let Some(old) = owners.get(&record.external_id).filter(|old| *old != company) {
+    for (staged, company) in batch {
+        let id = &staged.record.external_id;
+        if let Some(old) = owners.get(id).filter(|old| *old != company) {
             moved_old.push(old.0);
             moved_new.push(company.0);
-            moved_ids.push(record.external_id.clone());
+            moved_ids.push(id.clone());
         }
     }
     if !moved_ids.is_empty() {
@@ -241,61 +301,34 @@ async fn apply_resource(
         }
     }
 
-    // Rows to write: every live record, and tombstones only for records the mirror has.
-    let mut rows = Vec::with_capacity(batch.len());
+    // Rows to write: every live record, and tombstones only for records the mirror has. They
+    // travel by COPY into a session-lived staging table (emptied at every commit), then one
+    // merge: the cheapest bulk path Postgres has.
+    let mut buffer = Vec::with_capacity(batch.iter().map(|(s, _)| s.line.len() + 24).sum());
     let mut written = Vec::with_capacity(batch.len());
-    for (record, company) in batch {
+    for (staged, company) in batch {
+        let record = &staged.record;
         if record.deleted && !owners.contains_key(&record.external_id) {
             stats.unchanged += 1;
             continue;
         }
-        let mut row = fields_json(&record.fields);
-        row.insert("company_id".into(), Value::from(company.0));
-        row.insert("external_id".into(), Value::from(record.external_id.clone()));
-        // An unknown time sorts first: -infinity (the read path shows it as null).
-        let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
-            t.map_or(Value::from("-infinity"), |t| Value::from(t.to_rfc3339()))
-        };
-        row.insert("created_at".into(), time(record.created_at));
-        row.insert("remote_updated_at".into(), time(record.remote_updated_at));
-        row.insert("remote_data".into(), record.remote_data.clone());
-        let deleted_at = if record.deleted { Value::from(chrono::Utc::now().to_rfc3339()) } else { Value::Null };
-        row.insert("deleted_at".into(), deleted_at);
-        rows.push(Value::Object(row));
+        buffer.extend_from_slice(&staged.line);
+        buffer.extend_from_slice(company.0.to_string().as_bytes());
+        buffer.push(b'\n');
         written.push((record.external_id.clone(), company.0));
     }
-    if rows.is_empty() {
+    if written.is_empty() {
         return Ok(stats);
     }
-
-    // Rows travel by COPY into a session-lived staging table (emptied at every commit), then
-    // one merge: the cheapest bulk path Postgres has.
     let typed = columns(resource);
     let cols = typed.join(", ");
     let stage = format!("stage_{table}");
-    let copy_cols = format!("company_id, external_id, {cols}, created_at, remote_updated_at, remote_data, deleted_at");
+    let copy_cols = copy_columns(resource);
     // Just the copied columns, no constraints: the merge below enforces everything.
     let sql = format!(
         "create temp table if not exists {stage} on commit delete rows as select {copy_cols} from {table} with no data"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await?;
-    let mut buffer = Vec::with_capacity(rows.len() * 512);
-    for row in &rows {
-        let Value::Object(row) = row else { continue };
-        let fields = ["company_id", "external_id"].into_iter().chain(typed.iter().copied()).chain([
-            "created_at",
-            "remote_updated_at",
-            "remote_data",
-            "deleted_at",
-        ]);
-        for (i, field) in fields.enumerate() {
-            if i > 0 {
-                buffer.push(b'\t');
-            }
-            copy_text(&mut buffer, row.get(field).unwrap_or(&Value::Null));
-        }
-        buffer.push(b'\n');
-    }
     let mut copy = conn.copy_in_raw(&format!("copy {stage} ({copy_cols}) from stdin")).await?;
     copy.send(buffer).await?;
     copy.finish().await?;
@@ -353,17 +386,18 @@ async fn apply_resource(
 
 /// One value in COPY text format: `\\N` for null, backslash escapes for the separators.
 fn copy_text(out: &mut Vec<u8>, value: &Value) {
-    let text = match value {
-        Value::Null => {
-            out.extend_from_slice(b"\\N");
-            return;
-        }
-        Value::Bool(true) => return out.push(b't'),
-        Value::Bool(false) => return out.push(b'f'),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
+    match value {
+        Value::Null => out.extend_from_slice(b"\\N"),
+        Value::Bool(true) => out.push(b't'),
+        Value::Bool(false) => out.push(b'f'),
+        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
+        Value::String(s) => copy_str(out, s),
+        other => copy_str(out, &other.to_string()),
+    }
+}
+
+/// Text in COPY format: backslash escapes for the separators.
+fn copy_str(out: &mut Vec<u8>, text: &str) {
     for byte in text.bytes() {
         match byte {
             b'\\' => out.extend_from_slice(b"\\\\"),

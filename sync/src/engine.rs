@@ -20,6 +20,7 @@ use clientapi_schema::secret::Secret;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use sqlx::PgPool;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::Providers;
 use crate::connections::{self, TokenError, TokenManager};
@@ -71,6 +72,12 @@ pub struct RunSummary {
 }
 
 pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// A provider page; its records, taken out of it, staged for the mirror.
+struct Fetched {
+    page: Page,
+    records: Vec<mirror::Staged>,
+}
 
 /// Runs syncs. Cheap to clone; one per process.
 #[derive(Clone)]
@@ -171,10 +178,9 @@ impl SyncEngine {
             // A scan interrupted earlier (a crash, a kill) resumes from its last committed page;
             // records changed meanwhile on pages it had passed are behind it, so a resumed scan is
             // followed by one this run starts itself.
-            let mut scanned =
-                self.scan_stream(id, provider.as_ref(), *stream, full, &mut summary, progress.as_ref()).await;
+            let mut scanned = self.scan_stream(id, &provider, *stream, full, &mut summary, progress.as_ref()).await;
             if matches!(scanned, Ok(true)) {
-                scanned = self.scan_stream(id, provider.as_ref(), *stream, full, &mut summary, progress.as_ref()).await;
+                scanned = self.scan_stream(id, &provider, *stream, full, &mut summary, progress.as_ref()).await;
             }
             if let Err(e) = scanned {
                 result = Err(e);
@@ -214,7 +220,7 @@ impl SyncEngine {
     async fn scan_stream(
         &self,
         id: ConnectionId,
-        provider: &dyn Provider,
+        provider: &Arc<dyn Provider>,
         stream: Stream,
         full: bool,
         summary: &mut RunSummary,
@@ -233,31 +239,40 @@ impl SyncEngine {
         let mut seen_ids: Vec<String> = Vec::new();
         let mut pages = 0;
         let mut fetched = 0;
-        let mut page = self.fetch(id, provider, stream, since.as_deref(), page_cursor.as_deref()).await?;
+        let mut page =
+            self.fetch_staged(id, provider.as_ref(), stream, since.as_deref(), page_cursor.as_deref()).await?;
         loop {
             if self.shutdown.is_cancelled() {
                 return Err(SyncError::Cancelled);
             }
-            // While this page commits, the next one is already on its way: the provider's
-            // latency hides behind our writes. The next page's position is committed only with
-            // the next page, so the cursor still never runs ahead of committed data.
-            let next_cursor = page.next_page.clone();
-            let prefetch = async {
-                match &next_cursor {
-                    Some(cursor) => Some(self.fetch(id, provider, stream, since.as_deref(), Some(cursor)).await),
-                    None => None,
-                }
+            // While this page commits, the next one is already on its way, in a task of its
+            // own: the provider's latency, the page's parsing and its staging run beside our
+            // writes, on another core. The next page's position is committed only with the next page, so
+            // the cursor still never runs ahead of committed data. (A failed commit drops the
+            // handle, which stops the fetch.)
+            let prefetch = page.page.next_page.clone().map(|cursor| {
+                let (engine, provider, since) = (self.clone(), provider.clone(), since.clone());
+                AbortOnDropHandle::new(tokio::spawn(async move {
+                    engine.fetch_staged(id, provider.as_ref(), stream, since.as_deref(), Some(&cursor)).await
+                }))
+            });
+            let stats = self.commit_page(id, stream, &page).await?;
+            let next = match prefetch {
+                Some(handle) => Some(match handle.await {
+                    Ok(fetched) => fetched,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => Err(SyncError::Cancelled),
+                }),
+                None => None,
             };
-            let (stats, next) = tokio::join!(self.commit_page(id, stream, &page), prefetch);
-            let stats = stats?;
 
             pages += 1;
-            fetched += page.seen_ids.len() as u64;
+            fetched += page.page.seen_ids.len() as u64;
             summary.pages += 1;
-            summary.fetched += page.seen_ids.len() as u64;
+            summary.fetched += page.page.seen_ids.len() as u64;
             summary.stats += stats;
-            summary.error_count += page.bad_records.len() as u64;
-            for error in std::mem::take(&mut page.bad_records) {
+            summary.error_count += page.page.bad_records.len() as u64;
+            for error in std::mem::take(&mut page.page.bad_records) {
                 tracing::warn!(%error, "a provider record could not be mapped");
                 if summary.record_errors.len() < MAX_RECORDED_ERRORS {
                     summary.record_errors.push(error);
@@ -268,7 +283,7 @@ impl SyncEngine {
                     .increment(page.records.len() as u64);
             }
             if full {
-                seen_ids.append(&mut page.seen_ids);
+                seen_ids.append(&mut page.page.seen_ids);
             }
             if let Some(report) = progress {
                 report(Progress { stream: stream.name, pages, fetched });
@@ -308,9 +323,10 @@ impl SyncEngine {
     }
 
     /// Applies one page to the mirror and records the scan position, in one transaction.
-    async fn commit_page(&self, id: ConnectionId, stream: Stream, page: &Page) -> Result<ApplyStats, SyncError> {
+    async fn commit_page(&self, id: ConnectionId, stream: Stream, fetched: &Fetched) -> Result<ApplyStats, SyncError> {
+        let (page, records) = (&fetched.page, &fetched.records);
         let mut tx = self.db.begin().await?;
-        let stats = mirror::apply(&mut tx, id, &page.records).await?;
+        let stats = mirror::apply(&mut tx, id, records).await?;
         // The scan position commits with the page: never ahead of the data.
         sqlx::query(
             "insert into sync_state (connection_id, stream, scan_page, scan_max, updated_at) values ($1, $2, $3, $4, now())
@@ -331,6 +347,20 @@ impl SyncEngine {
             .await?;
         tx.commit().await?;
         Ok(stats)
+    }
+
+    /// One page, its records staged for the mirror.
+    async fn fetch_staged(
+        &self,
+        id: ConnectionId,
+        provider: &dyn Provider,
+        stream: Stream,
+        since: Option<&str>,
+        page: Option<&str>,
+    ) -> Result<Fetched, SyncError> {
+        let mut page = self.fetch(id, provider, stream, since, page).await?;
+        let records = mirror::stage(std::mem::take(&mut page.records));
+        Ok(Fetched { page, records })
     }
 
     /// One page, with the provider's budget, token refresh and retries.
