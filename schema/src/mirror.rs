@@ -301,9 +301,8 @@ async fn apply_resource(
         }
     }
 
-    // Rows to write: every live record, and tombstones only for records the mirror has. They
-    // travel by COPY into a session-lived staging table (emptied at every commit), then one
-    // merge: the cheapest bulk path Postgres has.
+    // Rows to write: every live record, and tombstones only for records the mirror has, as
+    // COPY text: the cheapest bulk path Postgres has.
     let mut buffer = Vec::with_capacity(batch.iter().map(|(s, _)| s.line.len() + 24).sum());
     let mut written = Vec::with_capacity(batch.len());
     for (staged, company) in batch {
@@ -320,6 +319,48 @@ async fn apply_resource(
     if written.is_empty() {
         return Ok(stats);
     }
+    if owners.is_empty() {
+        // None of these records is in the mirror yet (a first sync, or new records): they go
+        // straight into the table by COPY, `change_seq` and `synced_at` from the columns'
+        // defaults. (The key registry is written in this transaction, under the connection's
+        // lock, so "not in the registry" means not in the table; a duplicate would fail the
+        // primary key, never pass silently.)
+        let sql = format!("copy {table} ({}) from stdin", copy_columns(resource));
+        let mut copy = conn.copy_in_raw(&sql).await?;
+        copy.send(buffer).await?;
+        copy.finish().await?;
+        stats.inserted += written.len() as u64;
+    } else {
+        stats += merge(conn, resource, buffer, &owners, written.len()).await?;
+    }
+
+    let (keys, companies): (Vec<String>, Vec<i64>) = written.into_iter().unzip();
+    sqlx::query(
+        "insert into mirror_keys (connection_id, resource, external_id, company_id)
+         select $1, $2, e, c from unnest($3::text[], $4::bigint[]) as x(e, c)
+         on conflict (connection_id, resource, external_id)
+         do update set company_id = excluded.company_id where mirror_keys.company_id <> excluded.company_id",
+    )
+    .bind(connection)
+    .bind(resource.singular())
+    .bind(keys)
+    .bind(companies)
+    .execute(&mut *conn)
+    .await?;
+    Ok(stats)
+}
+
+/// Some of the rows may be in the mirror already: they travel by COPY into a session-lived
+/// staging table (emptied at every commit), then one merge writes what changed.
+async fn merge(
+    conn: &mut PgConnection,
+    resource: Resource,
+    buffer: Vec<u8>,
+    owners: &HashMap<String, CompanyId>,
+    written: usize,
+) -> Result<ApplyStats, sqlx::Error> {
+    let mut stats = ApplyStats::default();
+    let table = resource.plural();
     let typed = columns(resource);
     let cols = typed.join(", ");
     let stage = format!("stage_{table}");
@@ -366,21 +407,7 @@ async fn apply_resource(
             (true, false) => stats.updated += 1,
         }
     }
-    stats.unchanged += (written.len() - changed.len()) as u64;
-
-    let (keys, companies): (Vec<String>, Vec<i64>) = written.into_iter().unzip();
-    sqlx::query(
-        "insert into mirror_keys (connection_id, resource, external_id, company_id)
-         select $1, $2, e, c from unnest($3::text[], $4::bigint[]) as x(e, c)
-         on conflict (connection_id, resource, external_id)
-         do update set company_id = excluded.company_id where mirror_keys.company_id <> excluded.company_id",
-    )
-    .bind(connection)
-    .bind(resource.singular())
-    .bind(keys)
-    .bind(companies)
-    .execute(&mut *conn)
-    .await?;
+    stats.unchanged += (written - changed.len()) as u64;
     Ok(stats)
 }
 
