@@ -2,7 +2,8 @@
 //! database work; a verified key is cached (moka) under SHA-256 of the token with its endpoint;
 //! argon2 runs on `spawn_blocking`, bounded per endpoint, per client IP and in total, so a
 //! flood of wrong keys cannot starve the CPU; a wrong key is remembered briefly so repeating
-//! it costs nothing. Any change to an endpoint or key reaches every process through Postgres
+//! it costs nothing. A key proven good runs argon2 once a day per process, not once per cache
+//! lifetime: when its cached verification lapses, only its key row is read again. Any change to an endpoint or key reaches every process through Postgres
 //! `LISTEN/NOTIFY` (channel `clientapi_endpoints`), with the cache's TTL as the fallback.
 //! `last_used_at`/`last_used_ip` are collected in memory and written in one batch.
 //!
@@ -120,10 +121,12 @@ pub struct KeyVerifier {
     verified: Cache<[u8; 32], Arc<Principal>>,
     /// Refusals are per endpoint: a key tried on the wrong endpoint is still good on its own.
     rejected: Cache<(String, [u8; 32]), ()>,
-    /// Keys verified good within a day, by endpoint: when their cached verification lapses they
-    /// are verified again without queueing behind the argon2 budgets, so a flood of wrong keys
-    /// (which spends those budgets) cannot lock out the endpoint's real clients.
-    proven: Cache<[u8; 32], String>,
+    /// Keys verified good within a day: their endpoint and key id. When a proven key's cached
+    /// verification lapses, its key row is read again (revoked, expired, settings changed) but
+    /// argon2 does not run again: the token's SHA-256 already identifies it, and the argon2
+    /// budgets a flood of wrong keys spends are not in its way. Many keys lapsing together cost
+    /// as many indexed reads, not seconds of hashing.
+    proven: Cache<[u8; 32], (String, i64)>,
     per_endpoint: DefaultKeyedRateLimiter<String>,
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     argon2_slots: Semaphore,
@@ -189,9 +192,9 @@ impl KeyVerifier {
         }
         metrics::counter!("key_cache_total", "result" => "miss").increment(1);
         // argon2 budget: refuse before doing the expensive work, unless this very key proved
-        // good for this endpoint recently (it is still verified in full below).
-        let proven = self.proven.get(&digest).await.is_some_and(|ep| ep == public_id);
-        if !proven
+        // good for this endpoint recently (its key row is still read again below).
+        let proven = self.proven.get(&digest).await.filter(|(ep, _)| ep == public_id).map(|(_, key)| key);
+        if proven.is_none()
             && (self.per_ip.check_key(&ip).is_err() || self.per_endpoint.check_key(&public_id.to_owned()).is_err())
         {
             metrics::counter!("key_verifications_throttled_total").increment(1);
@@ -204,10 +207,12 @@ impl KeyVerifier {
                     e.expires_at as endpoint_expires_at
              from endpoints e join endpoint_keys k on k.endpoint_id = e.id
                   join companies c on c.id = e.company_id join connections n on n.id = e.connection_id
-             where e.public_id = $1 and k.revoked_at is null and (k.expires_at is null or k.expires_at > now())
+             where e.public_id = $1 and ($2::bigint is null or k.id = $2)
+               and k.revoked_at is null and (k.expires_at is null or k.expires_at > now())
              order by k.id desc limit 2",
         )
         .bind(public_id)
+        .bind(proven)
         .fetch_all(db)
         .await
         .map_err(|e| {
@@ -215,16 +220,23 @@ impl KeyVerifier {
             AuthFailure::Unauthorized
         })?;
         if candidates.is_empty() {
+            if proven.is_some() {
+                // Revoked or expired since: refused, and verified in full should it come back.
+                self.proven.invalidate(&digest).await;
+            }
             self.rejected.insert(refusal, ()).await;
             return Err(AuthFailure::Unauthorized);
         }
-        let _slot = self.argon2_slots.acquire().await.map_err(|_| AuthFailure::Throttled)?;
-        let hashes: Vec<String> = candidates.iter().map(|c| c.key_hash.clone()).collect();
-        let token_owned = token.to_owned();
-        let matched =
+        let matched = if proven.is_some() {
+            Some(0)
+        } else {
+            let _slot = self.argon2_slots.acquire().await.map_err(|_| AuthFailure::Throttled)?;
+            let hashes: Vec<String> = candidates.iter().map(|c| c.key_hash.clone()).collect();
+            let token_owned = token.to_owned();
             tokio::task::spawn_blocking(move || hashes.iter().position(|h| endpoint_key::verify(&token_owned, h)))
                 .await
-                .map_err(|_| AuthFailure::Unauthorized)?;
+                .map_err(|_| AuthFailure::Unauthorized)?
+        };
         let Some(index) = matched else {
             self.rejected.insert(refusal, ()).await;
             return Err(AuthFailure::Unauthorized);
@@ -253,7 +265,7 @@ impl KeyVerifier {
             return Err(AuthFailure::Unauthorized);
         }
         self.verified.insert(digest, principal.clone()).await;
-        self.proven.insert(digest, public_id.to_owned()).await;
+        self.proven.insert(digest, (public_id.to_owned(), principal.key_id)).await;
         Ok(principal)
     }
 
@@ -272,15 +284,13 @@ impl KeyVerifier {
     /// Drops every cached verification of `endpoint_id` (its settings or keys changed).
     pub fn invalidate_endpoint(&self, endpoint_id: i64) {
         let _ = self.verified.invalidate_entries_if(move |_, p| p.endpoint_id == endpoint_id);
-        // A revoked key must queue behind the budgets again; proofs are cheap to rebuild.
-        self.proven.invalidate_all();
+        // (Proofs stay: a proven key's row is read again, so a revoked one is refused.)
         // A key refused a moment ago may be valid now (a reissue): forget refusals too.
         self.rejected.invalidate_all();
     }
 
     pub fn invalidate_all(&self) {
         self.verified.invalidate_all();
-        self.proven.invalidate_all();
         self.rejected.invalidate_all();
     }
 

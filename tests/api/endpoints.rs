@@ -430,6 +430,43 @@ async fn a_flood_of_wrong_keys_is_throttled_while_a_verified_key_keeps_working()
         assert_eq!(get_as(&app, &path, Some(&key)).await.status(), 200, "a cached key is never throttled");
     }
     assert!(throttled >= 40, "argon2 work per client is bounded ({throttled} of 120 refused before hashing)");
+    // While wrong keys keep the endpoint's argon2 budget spent, every change to the endpoint
+    // drops its cached verifications; the proven key is read again (no argon2, no budget) and
+    // keeps working each time.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (client, url, stop) = (app.client.clone(), app.url(&path), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let wrong = clientapi::endpoint_key::generate(false);
+                let _ = client.get(&url).bearer_auth(wrong).send().await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in 0..10 {
+        let renamed = app
+            .client
+            .patch(app.url(&format!("/api/admin/endpoints/{ep}")))
+            .bearer_auth(&token)
+            .json(&json!({"name": format!("Portal {n}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(renamed.status(), 200);
+        // The change reaches the cache through NOTIFY: wait until the new name shows.
+        let started = Instant::now();
+        loop {
+            let me = get_as(&app, &path, Some(&key)).await;
+            assert_eq!(me.status(), 200, "a proven key is not held behind the argon2 budgets");
+            if me.json::<Value>().await.unwrap()["name"] == format!("Portal {n}") {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "the rename never reached the key cache");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.await.unwrap();
 }
 
 #[tokio::test]
