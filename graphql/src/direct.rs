@@ -301,76 +301,60 @@ async fn render_list(out: &mut String, list: &List, scope: &Scope) -> Option<usi
         }
     };
     let page = page.map_err(|e| tracing::warn!(error = %e, "GraphQL direct read failed; the executor answers")).ok()?;
+    let total = if list.parts.iter().any(|(_, part)| matches!(part, Part::TotalCount)) {
+        let count = read::count(&scope.reader, scope.company, &list.query).await;
+        Some(count.map_err(|e| tracing::warn!(error = %e, "GraphQL direct count failed; the executor answers")).ok()?)
+    } else {
+        None
+    };
     let cursor = |key: &(String, String)| scope.cursors.list_cursor(&scope.endpoint, &list.query, key.clone());
-    out.push('{');
-    for (i, (key, part)) in list.parts.iter().enumerate() {
+    push_object(out, &list.parts, |out, part| match part {
+        Part::Typename(name) => push_string(out, name),
+        Part::Nodes => push_joined(out, '[', ']', &page.rows, |out, row| out.push_str(row)),
+        Part::Edges(edge) => push_joined(out, '[', ']', page.rows.iter().zip(&page.keys), |out, (row, position)| {
+            push_object(out, edge, |out, part| match part {
+                EdgePart::Node => out.push_str(row),
+                EdgePart::Cursor => push_string(out, &cursor(position)),
+                EdgePart::Typename(name) => push_string(out, name),
+            })
+        }),
+        Part::PageInfo(info) => push_object(out, info, |out, part| match part {
+            InfoPart::HasNextPage => out.push_str(if page.next.is_some() { "true" } else { "false" }),
+            InfoPart::EndCursor => match &page.next {
+                Some(next) => push_string(out, &cursor(next)),
+                None => out.push_str("null"),
+            },
+            InfoPart::Typename => push_string(out, "PageInfo"),
+        }),
+        Part::TotalCount => out.push_str(&total.unwrap_or_default().to_string()),
+    });
+    Some(page.rows.len())
+}
+
+/// `items` rendered by `each`, comma-separated, between `open` and `close`.
+fn push_joined<T>(
+    out: &mut String,
+    open: char,
+    close: char,
+    items: impl IntoIterator<Item = T>,
+    mut each: impl FnMut(&mut String, T),
+) {
+    out.push(open);
+    for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        push_key(out, key);
-        match part {
-            Part::Typename(name) => push_string(out, name),
-            Part::Nodes => {
-                out.push('[');
-                for (j, row) in page.rows.iter().enumerate() {
-                    if j > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(row);
-                }
-                out.push(']');
-            }
-            Part::Edges(edge) => {
-                out.push('[');
-                for (j, (row, position)) in page.rows.iter().zip(&page.keys).enumerate() {
-                    if j > 0 {
-                        out.push(',');
-                    }
-                    out.push('{');
-                    for (k, (key, part)) in edge.iter().enumerate() {
-                        if k > 0 {
-                            out.push(',');
-                        }
-                        push_key(out, key);
-                        match part {
-                            EdgePart::Node => out.push_str(row),
-                            EdgePart::Cursor => push_string(out, &cursor(position)),
-                            EdgePart::Typename(name) => push_string(out, name),
-                        }
-                    }
-                    out.push('}');
-                }
-                out.push(']');
-            }
-            Part::PageInfo(info) => {
-                out.push('{');
-                for (k, (key, part)) in info.iter().enumerate() {
-                    if k > 0 {
-                        out.push(',');
-                    }
-                    push_key(out, key);
-                    match part {
-                        InfoPart::HasNextPage => out.push_str(if page.next.is_some() { "true" } else { "false" }),
-                        InfoPart::EndCursor => match &page.next {
-                            Some(next) => push_string(out, &cursor(next)),
-                            None => out.push_str("null"),
-                        },
-                        InfoPart::Typename => push_string(out, "PageInfo"),
-                    }
-                }
-                out.push('}');
-            }
-            Part::TotalCount => {
-                let n = read::count(&scope.reader, scope.company, &list.query)
-                    .await
-                    .map_err(|e| tracing::warn!(error = %e, "GraphQL direct count failed; the executor answers"))
-                    .ok()?;
-                write!(out, "{n}").ok()?;
-            }
-        }
+        each(out, item);
     }
-    out.push('}');
-    Some(page.rows.len())
+    out.push(close);
+}
+
+/// A JSON object of `(key, part)` pairs, each part rendered by `each`.
+fn push_object<P>(out: &mut String, parts: &[(Name, P)], mut each: impl FnMut(&mut String, &P)) {
+    push_joined(out, '{', '}', parts, |out, (key, part)| {
+        push_key(out, key);
+        each(out, part);
+    });
 }
 
 fn push_key(out: &mut String, key: &Name) {

@@ -239,8 +239,7 @@ impl SyncEngine {
         let mut seen_ids: Vec<String> = Vec::new();
         let mut pages = 0;
         let mut fetched = 0;
-        let mut page =
-            self.fetch_staged(id, provider.as_ref(), stream, since.as_deref(), page_cursor.as_deref()).await?;
+        let mut page = self.fetch(id, provider.as_ref(), stream, since.as_deref(), page_cursor.as_deref()).await?;
         loop {
             if self.shutdown.is_cancelled() {
                 return Err(SyncError::Cancelled);
@@ -253,7 +252,7 @@ impl SyncEngine {
             let prefetch = page.page.next_page.clone().map(|cursor| {
                 let (engine, provider, since) = (self.clone(), provider.clone(), since.clone());
                 AbortOnDropHandle::new(tokio::spawn(async move {
-                    engine.fetch_staged(id, provider.as_ref(), stream, since.as_deref(), Some(&cursor)).await
+                    engine.fetch(id, provider.as_ref(), stream, since.as_deref(), Some(&cursor)).await
                 }))
             });
             let stats = self.commit_page(id, stream, &page).await?;
@@ -353,21 +352,8 @@ impl SyncEngine {
         Ok(stats)
     }
 
-    /// One page, its records staged for the mirror.
-    async fn fetch_staged(
-        &self,
-        id: ConnectionId,
-        provider: &dyn Provider,
-        stream: Stream,
-        since: Option<&str>,
-        page: Option<&str>,
-    ) -> Result<Fetched, SyncError> {
-        let mut page = self.fetch(id, provider, stream, since, page).await?;
-        let records = mirror::stage(std::mem::take(&mut page.records));
-        Ok(Fetched { page, records })
-    }
-
-    /// One page, with the provider's budget, token refresh and retries.
+    /// One page, with the provider's budget, token refresh and retries; its records staged for
+    /// the mirror.
     async fn fetch(
         &self,
         id: ConnectionId,
@@ -375,7 +361,7 @@ impl SyncEngine {
         stream: Stream,
         since: Option<&str>,
         page: Option<&str>,
-    ) -> Result<Page, SyncError> {
+    ) -> Result<Fetched, SyncError> {
         let limiter = self.limiter(id, provider);
         let mut token: Secret<String> = self.tokens.access_token(provider, id).await?;
         let mut refreshed = false;
@@ -383,7 +369,10 @@ impl SyncEngine {
         loop {
             limiter.until_ready().await;
             let error = match provider.list_page(&token, stream, since, page).await {
-                Ok(page) => return Ok(page),
+                Ok(mut page) => {
+                    let records = mirror::stage(std::mem::take(&mut page.records));
+                    return Ok(Fetched { page, records });
+                }
                 Err(e) => e,
             };
             attempt += 1;
