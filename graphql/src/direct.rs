@@ -131,7 +131,7 @@ pub(crate) fn plan(
             roots.push((key, Root::Typename));
             continue;
         }
-        let resource = Resource::ALL.into_iter().find(|r| crate::camel(r.plural()) == name)?;
+        let resource = Resource::ALL.into_iter().find(|r| camel_is(r.plural(), name))?;
         if !scope.readable.contains(&resource) {
             return None;
         }
@@ -235,7 +235,7 @@ fn row_select(resource: Resource, fields: &[&Field]) -> Option<String> {
             write!(sql, "{key}, '{}'", type_name(resource)).ok()?;
             continue;
         }
-        let column = table.iter().find(|c| crate::camel(c.name) == name)?;
+        let column = table.iter().find(|c| camel_is(c.name, name))?;
         let sub = &field.selection_set.node;
         match column.kind {
             FieldKind::Money => {
@@ -262,6 +262,24 @@ fn row_select(resource: Resource, fields: &[&Field]) -> Option<String> {
     }
     sql.push_str(")::text");
     Some(sql)
+}
+
+/// Whether `camel` is `snake` in camelCase (`line_items` → `lineItems`), without allocating.
+fn camel_is(snake: &str, camel: &str) -> bool {
+    let mut expected = camel.chars();
+    let mut upper = false;
+    for c in snake.chars() {
+        if c == '_' {
+            upper = true;
+            continue;
+        }
+        let c = if upper { c.to_ascii_uppercase() } else { c };
+        upper = false;
+        if expected.next() != Some(c) {
+            return false;
+        }
+    }
+    expected.next().is_none()
 }
 
 /// A response key as an SQL string literal. GraphQL names are `[_A-Za-z][_0-9A-Za-z]*`; anything
@@ -365,4 +383,21 @@ fn push_key(out: &mut String, key: &Name) {
 fn push_string(out: &mut String, text: &str) {
     // serde_json's escaping, straight into the buffer.
     out.push_str(&serde_json::to_string(text).unwrap_or_else(|_| "null".into()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn camel_is_agrees_with_the_schemas_names() {
+        for resource in Resource::ALL {
+            for snake in record_fields(resource, true).iter().map(|f| f.name).chain([resource.plural()]) {
+                let camel = crate::camel(snake);
+                assert!(camel_is(snake, &camel), "{snake} → {camel}");
+                assert!(!camel_is(snake, &format!("{camel}x")) && !camel_is(snake, &camel[..camel.len() - 1]));
+                assert!(!camel_is(snake, snake) || !snake.contains('_'), "{snake}");
+            }
+        }
+    }
 }

@@ -210,8 +210,47 @@ pub struct RecordField {
 }
 
 /// The fields of one record in the public shape. `id` is the provider's id; money is a decimal
-/// string; unknown times are null. The one list REST, GraphQL and the export are built from.
-pub fn record_fields(resource: Resource, include_remote_data: bool) -> Vec<RecordField> {
+/// string; unknown times are null. The one list REST, GraphQL and the export are built from
+/// (built once: every page asks for it).
+pub fn record_fields(resource: Resource, include_remote_data: bool) -> &'static [RecordField] {
+    &tables().fields[table_index(resource, include_remote_data)]
+}
+
+/// The JSON object of one record, rendered by Postgres as text.
+pub fn json_select(resource: Resource, include_remote_data: bool) -> &'static str {
+    &tables().selects[table_index(resource, include_remote_data)]
+}
+
+struct Tables {
+    fields: Vec<Vec<RecordField>>,
+    selects: Vec<String>,
+}
+
+fn table_index(resource: Resource, include_remote_data: bool) -> usize {
+    let position = Resource::ALL.iter().position(|r| *r == resource).expect("every resource is in ALL");
+    position * 2 + usize::from(include_remote_data)
+}
+
+fn tables() -> &'static Tables {
+    static TABLES: std::sync::OnceLock<Tables> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        let fields: Vec<Vec<RecordField>> = Resource::ALL
+            .into_iter()
+            .flat_map(|r| [build_record_fields(r, false), build_record_fields(r, true)])
+            .collect();
+        let selects = fields
+            .iter()
+            .map(|fields| {
+                let pairs: Vec<String> = fields.iter().map(|f| format!("'{}', {}", f.name, f.expr)).collect();
+                // json_build_object takes at most 100 arguments; these stay far below.
+                format!("json_build_object({})::text", pairs.join(", "))
+            })
+            .collect();
+        Tables { fields, selects }
+    })
+}
+
+fn build_record_fields(resource: Resource, include_remote_data: bool) -> Vec<RecordField> {
     use FieldKind::*;
     let field = |name: &'static str, expr: String, kind| RecordField { name, expr, kind };
     // Cents when that is exact (220.00), more digits only when they carry value (3.505).
@@ -305,14 +344,6 @@ pub fn record_fields(resource: Resource, include_remote_data: bool) -> Vec<Recor
     fields
 }
 
-/// The JSON object of one record, rendered by Postgres as text.
-pub fn json_select(resource: Resource, include_remote_data: bool) -> String {
-    let pairs: Vec<String> =
-        record_fields(resource, include_remote_data).into_iter().map(|f| format!("'{}', {}", f.name, f.expr)).collect();
-    // json_build_object takes at most 100 arguments; these stay far below.
-    format!("json_build_object({})::text", pairs.join(", "))
-}
-
 /// The `where` clause of a list (with the keyset condition when `query.after` is set) and its
 /// text binds, numbered from `$2`: `$1` is always the company.
 fn list_conditions(query: &ListQuery) -> (String, Vec<Option<String>>) {
@@ -357,7 +388,7 @@ fn list_conditions(query: &ListQuery) -> (String, Vec<Option<String>>) {
 
 /// SQL and text binds for a page. `$1` is always the company.
 pub fn list_sql(query: &ListQuery) -> (String, Vec<Option<String>>) {
-    list_sql_rendering(query, &json_select(query.resource, query.include_remote_data))
+    list_sql_rendering(query, json_select(query.resource, query.include_remote_data))
 }
 
 /// [`list_sql`] with each row rendered by `select`, a text expression over `t` (GraphQL's
@@ -440,7 +471,7 @@ where
 
 /// Runs one page: one data statement inside the scoped transaction.
 pub async fn list_page(reader: &PgPool, company: CompanyId, query: &ListQuery) -> Result<PageRows, sqlx::Error> {
-    list_page_rendering(reader, company, query, &json_select(query.resource, query.include_remote_data)).await
+    list_page_rendering(reader, company, query, json_select(query.resource, query.include_remote_data)).await
 }
 
 /// [`list_page`] with each row rendered by `select` (see [`list_sql_rendering`]).
@@ -692,7 +723,7 @@ pub async fn export_csv(
     // The company id is our own integer.
     conditions = conditions.replace("$1", &company.0.to_string());
     let columns: Vec<String> = record_fields(resource, false)
-        .into_iter()
+        .iter()
         .map(|f| match f.kind {
             FieldKind::Timestamp | FieldKind::Date | FieldKind::Boolean => {
                 format!("to_json({})#>>'{{}}' as \"{}\"", f.expr, f.name)
