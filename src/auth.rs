@@ -10,7 +10,9 @@
 //! A client IP that keeps failing is slowed down: past a small free budget of failures its
 //! failed answers are held for `CLIENTAPI_FAILED_AUTH_DELAY_MS` (a tarpit). A sender that waits
 //! for its answers, as scanners and credential-stuffing scripts do, then costs a few requests a
-//! second per connection instead of thousands; valid keys from the same address are never held.
+//! second per connection instead of thousands, and for 10 s after its last failure it gets no
+//! verification (argon2 or database) of keys not proven good: its wrong keys cost nothing.
+//! Keys proven good from the same address are never held or refused.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -45,6 +47,9 @@ const FREE_FAILURES_PER_IP: (u32, u32) = (5, 30);
 /// Failed answers held at once; past this many they are answered without delay (a held answer
 /// is a sleeping task and an open connection: cheap, not free).
 const MAX_HELD_FAILURES: usize = 10_000;
+/// An address held for failing runs no key verification (argon2, or the database) for keys not
+/// proven good, until it has not failed for this long.
+const FAILING_FOR: Duration = Duration::from_secs(10);
 /// How often last-used times are written.
 pub const LAST_USED_FLUSH: Duration = Duration::from_secs(5);
 pub const NOTIFY_CHANNEL: &str = "clientapi_endpoints";
@@ -133,6 +138,8 @@ pub struct KeyVerifier {
     free_failures: DefaultKeyedRateLimiter<IpAddr>,
     held_failures: Semaphore,
     failure_delay: Duration,
+    /// Addresses past their free failures, recently: unproven keys from them are not verified.
+    failing: Cache<IpAddr, ()>,
     last_used: Mutex<HashMap<i64, (DateTime<Utc>, IpAddr)>>,
 }
 
@@ -161,6 +168,7 @@ impl KeyVerifier {
             free_failures: RateLimiter::keyed(quota(FREE_FAILURES_PER_IP)),
             held_failures: Semaphore::new(MAX_HELD_FAILURES),
             failure_delay,
+            failing: Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(FAILING_FOR).build(),
             last_used: Mutex::new(HashMap::new()),
         }
     }
@@ -195,7 +203,9 @@ impl KeyVerifier {
         // good for this endpoint recently (its key row is still read again below).
         let proven = self.proven.get(&digest).await.filter(|(ep, _)| ep == public_id).map(|(_, key)| key);
         if proven.is_none()
-            && (self.per_ip.check_key(&ip).is_err() || self.per_endpoint.check_key(&public_id.to_owned()).is_err())
+            && (self.failing.contains_key(&ip)
+                || self.per_ip.check_key(&ip).is_err()
+                || self.per_endpoint.check_key(&public_id.to_owned()).is_err())
         {
             metrics::counter!("key_verifications_throttled_total").increment(1);
             return Err(AuthFailure::Throttled);
@@ -270,11 +280,12 @@ impl KeyVerifier {
     }
 
     /// Called on every failed authentication from `ip` before it is answered: past the IP's
-    /// free budget the answer waits `failure_delay`.
+    /// free budget the address is marked failing and the answer waits `failure_delay`.
     pub async fn hold_failure(&self, ip: IpAddr) {
         if self.failure_delay.is_zero() || self.free_failures.check_key(&ip).is_ok() {
             return;
         }
+        self.failing.insert(ip, ()).await;
         if let Ok(_held) = self.held_failures.try_acquire() {
             metrics::counter!("auth_failures_held_total").increment(1);
             tokio::time::sleep(self.failure_delay).await;

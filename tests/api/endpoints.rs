@@ -513,6 +513,16 @@ async fn a_client_that_keeps_failing_is_answered_slowly_while_valid_keys_are_not
     assert!((35..=50).contains(&held), "{held} of 80 failures were held");
     assert_eq!(valid_status, 200);
     assert!(valid_took < HOLD, "a valid key from the failing address was held too ({valid_took:?})");
+    // While it keeps failing, the address gets no verification of a key not yet proven good
+    // (its wrong keys cost no argon2); once it has stopped for 10 s, the new key verifies.
+    let (new_ep, new_key) =
+        create_endpoint(&app, &token, conn, &company(&sim, 1), json!({"rate_limit_per_minute": 100000})).await;
+    let new_path = format!("/api/public/{new_ep}/me");
+    let (status, body) = problem(get_as(&app, &new_path, Some(&new_key)).await).await;
+    assert_eq!((status, body["code"].as_str()), (429, Some("too_many_auth_attempts")), "{body}");
+    assert_eq!(get_as(&app, &path, Some(&key)).await.status(), 200, "a proven key is not refused");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(get_as(&app, &new_path, Some(&new_key)).await.status(), 200);
 }
 
 #[tokio::test]
