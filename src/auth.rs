@@ -3,8 +3,9 @@
 //! argon2 runs on `spawn_blocking`, bounded per endpoint, per client IP and in total, so a
 //! flood of wrong keys cannot starve the CPU; a wrong key is remembered briefly so repeating
 //! it costs nothing. A key proven good runs argon2 once a day per process, not once per cache
-//! lifetime: when its cached verification lapses, only its key row is read again. Any change to an endpoint or key reaches every process through Postgres
-//! `LISTEN/NOTIFY` (channel `clientapi_endpoints`), with the cache's TTL as the fallback.
+//! lifetime: when its cached verification lapses, only its key row is read again. Any change to
+//! an endpoint or key reaches every process through Postgres `LISTEN/NOTIFY` (channel
+//! `clientapi_endpoints`), with the cache's TTL as the fallback.
 //! `last_used_at`/`last_used_ip` are collected in memory and written in one batch.
 //!
 //! A client IP that keeps failing is slowed down: past a small free budget of failures its

@@ -246,9 +246,9 @@ impl SyncEngine {
             }
             // While this page commits, the next one is already on its way, in a task of its
             // own: the provider's latency, the page's parsing and its staging run beside our
-            // writes, on another core. The next page's position is committed only with the next page, so
-            // the cursor still never runs ahead of committed data. (A failed commit drops the
-            // handle, which stops the fetch.)
+            // writes, on another core. The next page's position is committed only with the next
+            // page, so the cursor still never runs ahead of committed data. (A failed commit
+            // drops the handle, which stops the fetch.)
             let prefetch = page.page.next_page.clone().map(|cursor| {
                 let (engine, provider, since) = (self.clone(), provider.clone(), since.clone());
                 AbortOnDropHandle::new(tokio::spawn(async move {
