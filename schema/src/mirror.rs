@@ -330,10 +330,7 @@ async fn apply_resource(
         // defaults. (The key registry is written in this transaction, under the connection's
         // lock, so "not in the registry" means not in the table; a duplicate would fail the
         // primary key, never pass silently.)
-        let sql = format!("copy {table} ({}) from stdin", copy_columns(resource));
-        let mut copy = conn.copy_in_raw(&sql).await?;
-        copy.send(buffer).await?;
-        copy.finish().await?;
+        copy_in(conn, &format!("{table} ({})", copy_columns(resource)), buffer).await?;
         stats.inserted += written.len() as u64;
     } else {
         stats += merge(conn, resource, buffer, &owners, written.len()).await?;
@@ -375,9 +372,7 @@ async fn merge(
         "create temp table if not exists {stage} on commit delete rows as select {copy_cols} from {table} with no data"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await?;
-    let mut copy = conn.copy_in_raw(&format!("copy {stage} ({copy_cols}) from stdin")).await?;
-    copy.send(buffer).await?;
-    copy.finish().await?;
+    copy_in(conn, &format!("{stage} ({copy_cols})"), buffer).await?;
 
     let updates: String = typed.iter().map(|c| format!("{c} = excluded.{c}, ")).collect();
     let old_tuple: String = typed.iter().map(|c| format!("t.{c}, ")).collect();
@@ -414,6 +409,14 @@ async fn merge(
     }
     stats.unchanged += (written - changed.len()) as u64;
     Ok(stats)
+}
+
+/// Streams COPY text into `target` (a table and its column list).
+async fn copy_in(conn: &mut PgConnection, target: &str, buffer: Vec<u8>) -> Result<(), sqlx::Error> {
+    let mut copy = conn.copy_in_raw(&format!("copy {target} from stdin")).await?;
+    copy.send(buffer).await?;
+    copy.finish().await?;
+    Ok(())
 }
 
 /// One value in COPY text format: `\\N` for null, backslash escapes for the separators.
