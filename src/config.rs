@@ -21,6 +21,8 @@ pub struct ProviderSettings {
     pub client_secret: Option<Secret<String>>,
     pub api_url: Url,
     pub oauth_url: Url,
+    /// The account's request budget per minute (ServiceM8 documents 180).
+    pub requests_per_minute: u32,
 }
 
 /// The service's validated configuration.
@@ -53,6 +55,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("CLIENTAPI_SERVICEM8_CLIENT_SECRET", "servicem8_client_secret"),
     ("CLIENTAPI_SERVICEM8_API_URL", "servicem8_api_url"),
     ("CLIENTAPI_SERVICEM8_OAUTH_URL", "servicem8_oauth_url"),
+    ("CLIENTAPI_SERVICEM8_REQUESTS_PER_MINUTE", "servicem8_requests_per_minute"),
     ("CLIENTAPI_REQUEST_LOG_RETENTION_DAYS", "request_log_retention_days"),
     ("CLIENTAPI_PROVIDER_TIMEOUT_SECS", "provider_timeout_secs"),
     ("CLIENTAPI_FAILED_AUTH_DELAY_MS", "failed_auth_delay_ms"),
@@ -62,6 +65,7 @@ pub const DEFAULT_FAILED_AUTH_DELAY_MS: u64 = 500;
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = ".clientapi";
 pub const DEFAULT_SERVICEM8_API_URL: &str = "https://api.servicem8.com/api_1.0";
+pub use clientapi_sync::servicem8::REQUESTS_PER_MINUTE as SERVICEM8_REQUESTS_PER_MINUTE;
 pub const DEFAULT_SERVICEM8_OAUTH_URL: &str = "https://go.servicem8.com/oauth";
 
 /// All the problems found in the settings, one line each.
@@ -159,6 +163,10 @@ impl Config {
         let oauth_url = get("servicem8_oauth_url")
             .map_or_else(|| Url::parse(DEFAULT_SERVICEM8_OAUTH_URL).ok(), |(s, v)| parse_url(&s, &v, &mut errors));
 
+        let servicem8_per_minute = get("servicem8_requests_per_minute")
+            .map_or(Some(SERVICEM8_REQUESTS_PER_MINUTE), |(s, v)| {
+                parse_number(&s, &v, 1..=1_000_000, "requests per minute", &mut errors)
+            });
         let retention = get("request_log_retention_days")
             .map_or(Some(30), |(s, v)| parse_number(&s, &v, 1..=3650, "days", &mut errors));
         let provider_timeout = get("provider_timeout_secs")
@@ -181,6 +189,7 @@ impl Config {
                 client_secret: get("servicem8_client_secret").map(|(_, v)| Secret::new(v)),
                 api_url: api_url.expect("checked above"),
                 oauth_url: oauth_url.expect("checked above"),
+                requests_per_minute: servicem8_per_minute.expect("checked above"),
             },
             request_log_retention_days: retention.expect("checked above"),
             provider_timeout_secs: provider_timeout.expect("checked above"),

@@ -232,6 +232,7 @@ pub fn providers(config: &Config) -> Providers {
     Providers {
         servicem8: Arc::new(ServiceM8::new(ServiceM8Config {
             request_timeout: std::time::Duration::from_secs(config.provider_timeout_secs),
+            requests_per_minute: config.servicem8.requests_per_minute,
             ..ServiceM8Config::new(
                 config.servicem8.api_url.clone(),
                 config.servicem8.oauth_url.clone(),

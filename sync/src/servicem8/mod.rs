@@ -71,12 +71,26 @@ pub struct ServiceM8Config {
     pub currency: String,
     /// Per request, from connect to the last body byte.
     pub request_timeout: Duration,
+    /// The account's budget, which syncs and writes share. ServiceM8 documents 180; an account
+    /// granted more may say so.
+    pub requests_per_minute: u32,
 }
+
+/// ServiceM8's documented per-minute limit, per add-on per account.
+pub const REQUESTS_PER_MINUTE: u32 = 180;
 
 impl ServiceM8Config {
     /// ServiceM8's own hosts, the given credentials, and default timeouts.
     pub fn new(api_url: Url, oauth_url: Url, client_id: Option<String>, client_secret: Option<Secret<String>>) -> Self {
-        Self { api_url, oauth_url, client_id, client_secret, currency: "AUD".into(), request_timeout: REQUEST_TIMEOUT }
+        Self {
+            api_url,
+            oauth_url,
+            client_id,
+            client_secret,
+            currency: "AUD".into(),
+            request_timeout: REQUEST_TIMEOUT,
+            requests_per_minute: REQUESTS_PER_MINUTE,
+        }
     }
 }
 
@@ -292,7 +306,7 @@ impl Provider for ServiceM8 {
     }
 
     fn rate_limits(&self) -> RateLimits {
-        RateLimits { per_minute: 180, per_day: 20_000 }
+        RateLimits { per_minute: self.config.requests_per_minute, per_day: 20_000 }
     }
 
     async fn list_page(
