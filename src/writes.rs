@@ -288,7 +288,7 @@ pub async fn perform(
     }
     let mut tx = state.db.begin().await?;
     mirror::lock_connection(&mut tx, p.connection_id).await?;
-    mirror::apply(&mut tx, p.connection_id, &mirror::stage(records)).await?;
+    mirror::apply(&mut tx, p.connection_id, &mirror::stage(records), &mut mirror::Expectation::default()).await?;
     tx.commit().await?;
     let record = read::get_one(&state.reader, p.company_id, resource, &id, false).await?.ok_or_else(|| {
         ApiError::BadGateway {

@@ -4,7 +4,7 @@
 //! reassigned to another client) leaves its old company's partition in the same transaction,
 //! and a moved job takes its line items, payments and attachments with it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
@@ -175,7 +175,8 @@ async fn current_owners(
     resource: Resource,
     external_ids: &[String],
 ) -> Result<HashMap<String, CompanyId>, sqlx::Error> {
-    // One primary-key descent per id, whatever the registry's size: the `limit` keeps the
+    // One primary-key descent per id (in key order when the caller sorts them: each descent
+    // then finds its path where the last one left it), whatever the registry's size: the `limit` keeps the
     // lateral lookup from being flattened into a join, which the planner (guessing 100 rows for
     // unnest, or a handful for an array) turns into a hash join or a filter over every key once
     // the registry holds a million: 60 ms to seconds a page instead of a few milliseconds.
@@ -192,12 +193,31 @@ async fn current_owners(
     Ok(rows.into_iter().collect())
 }
 
+/// What one page taught about the next, carried by a scan from page to page: which resources'
+/// records have all been new to the mirror (a first sync's pages, or a backfill). The next
+/// page's records of such a resource are registered in the key registry first, optimistically,
+/// instead of being looked up one by one; a key the registry already holds undoes that and
+/// sends the batch the careful way. A fresh value expects nothing, so every batch is looked up.
+#[derive(Debug, Default, Clone)]
+pub struct Expectation {
+    new: HashSet<Resource>,
+}
+
+impl Expectation {
+    /// Whether the next batch of `resource` will be registered optimistically.
+    pub fn expects_new(&self, resource: Resource) -> bool {
+        self.new.contains(&resource)
+    }
+}
+
 /// Applies a batch of records of one connection. Run it inside the transaction that also
-/// advances the sync cursor, so the two commit together or not at all.
+/// advances the sync cursor, so the two commit together or not at all, and that holds
+/// [`lock_connection`].
 pub async fn apply(
     conn: &mut PgConnection,
     connection: ConnectionId,
     records: &[Staged],
+    expect: &mut Expectation,
 ) -> Result<ApplyStats, sqlx::Error> {
     let mut stats = ApplyStats::default();
 
@@ -226,7 +246,11 @@ pub async fn apply(
         let mut seen = HashSet::new();
         batch.reverse();
         batch.retain(|(r, _)| seen.insert(r.record.external_id.as_str()));
-        stats += apply_resource(conn, connection, resource, &batch).await?;
+        // In key order: every index of a mirror table leads with the company, so rows grouped
+        // by company land on neighbouring index pages one after another (a quarter faster than
+        // a provider page's order, measured at a million rows).
+        batch.sort_unstable_by(|(a, ca), (b, cb)| (ca, &a.record.external_id).cmp(&(cb, &b.record.external_id)));
+        stats += apply_resource(conn, connection, resource, &batch, expect).await?;
     }
     Ok(stats)
 }
@@ -239,9 +263,9 @@ pub async fn lock_connection(conn: &mut PgConnection, connection: ConnectionId) 
     Ok(())
 }
 
-/// The distinct owner references of one kind in a batch.
+/// The distinct owner references of one kind in a batch, in order (see [`current_owners`]).
 fn distinct_refs(records: &[Staged], pick: fn(&Owner) -> Option<&String>) -> Vec<String> {
-    records.iter().filter_map(|r| pick(&r.record.owner).cloned()).collect::<HashSet<_>>().into_iter().collect()
+    records.iter().filter_map(|r| pick(&r.record.owner).cloned()).collect::<BTreeSet<_>>().into_iter().collect()
 }
 
 /// Keeps the registry's display names in step with client records of the company itself.
@@ -279,11 +303,24 @@ async fn apply_resource(
     connection: ConnectionId,
     resource: Resource,
     batch: &[(&Staged, CompanyId)],
+    expect: &mut Expectation,
 ) -> Result<ApplyStats, sqlx::Error> {
     let mut stats = ApplyStats::default();
     let table = resource.plural();
-    let ids: Vec<String> = batch.iter().map(|(r, _)| r.record.external_id.clone()).collect();
-    let owners = current_owners(conn, connection, resource, &ids).await?;
+    // Where each record is now: nowhere, for a batch whose keys were all new to the registry.
+    let registered = expect.new.contains(&resource) && register_new(conn, connection, resource, batch).await?;
+    let owners = if registered {
+        HashMap::new()
+    } else {
+        let mut ids: Vec<String> = batch.iter().map(|(r, _)| r.record.external_id.clone()).collect();
+        ids.sort_unstable();
+        current_owners(conn, connection, resource, &ids).await?
+    };
+    if owners.is_empty() {
+        expect.new.insert(resource);
+    } else {
+        expect.new.remove(&resource);
+    }
 
     // Moves: out of the old company's partition, in this transaction.
     let (mut moved_old, mut moved_new, mut moved_ids) = (Vec::new(), Vec::new(), Vec::new());
@@ -336,6 +373,9 @@ async fn apply_resource(
         stats += merge(conn, resource, buffer, &owners, written.len()).await?;
     }
 
+    if registered {
+        return Ok(stats);
+    }
     let (keys, companies): (Vec<String>, Vec<i64>) = written.into_iter().unzip();
     sqlx::query(
         "insert into mirror_keys (connection_id, resource, external_id, company_id)
@@ -350,6 +390,43 @@ async fn apply_resource(
     .execute(&mut *conn)
     .await?;
     Ok(stats)
+}
+
+/// Registers the keys of a batch expected to be new to the mirror: those it would write (not
+/// the tombstones, which a record the mirror lacks does not need). Returns false, with nothing
+/// registered, when the registry already held one of them.
+async fn register_new(
+    conn: &mut PgConnection,
+    connection: ConnectionId,
+    resource: Resource,
+    batch: &[(&Staged, CompanyId)],
+) -> Result<bool, sqlx::Error> {
+    let mut buffer = Vec::with_capacity(batch.len() * 64);
+    let prefix = format!("{}\t{}\t", connection.0, resource.singular());
+    // In the registry's key order (see `apply`).
+    let mut keys: Vec<_> = batch.iter().filter(|(s, _)| !s.record.deleted).collect();
+    keys.sort_unstable_by_key(|(s, _)| &s.record.external_id);
+    for (staged, company) in keys {
+        buffer.extend_from_slice(prefix.as_bytes());
+        copy_str(&mut buffer, &staged.record.external_id);
+        buffer.extend_from_slice(format!("\t{}\n", company.0).as_bytes());
+    }
+    if buffer.is_empty() {
+        return Ok(true);
+    }
+    sqlx::query("savepoint register_new").execute(&mut *conn).await?;
+    match copy_in(conn, "mirror_keys (connection_id, resource, external_id, company_id)", buffer).await {
+        Ok(()) => {
+            sqlx::query("release savepoint register_new").execute(&mut *conn).await?;
+            Ok(true)
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            sqlx::query("rollback to savepoint register_new").execute(&mut *conn).await?;
+            sqlx::query("release savepoint register_new").execute(&mut *conn).await?;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Some of the rows may be in the mirror already: they travel by COPY into a session-lived

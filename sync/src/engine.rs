@@ -237,6 +237,7 @@ impl SyncEngine {
         let since = if full { None } else { watermark };
         let page_cursor = if full { None } else { resume };
         let mut seen_ids: Vec<String> = Vec::new();
+        let mut expect = mirror::Expectation::default();
         let mut pages = 0;
         let mut fetched = 0;
         let mut page = self.fetch(id, provider.as_ref(), stream, since.as_deref(), page_cursor.as_deref()).await?;
@@ -255,7 +256,9 @@ impl SyncEngine {
                     engine.fetch(id, provider.as_ref(), stream, since.as_deref(), Some(&cursor)).await
                 }))
             });
-            let stats = self.commit_page(id, stream, &page).await?;
+            let started = std::time::Instant::now();
+            let stats = self.commit_page(id, stream, &page, &mut expect).await?;
+            let committed = started.elapsed();
             let next = match prefetch {
                 Some(handle) => Some(match handle.await {
                     Ok(fetched) => fetched,
@@ -264,6 +267,13 @@ impl SyncEngine {
                 }),
                 None => None,
             };
+            tracing::debug!(
+                stream = stream.name,
+                records = page.records.len(),
+                commit_ms = committed.as_millis() as u64,
+                waited_for_next_ms = (started.elapsed() - committed).as_millis() as u64,
+                "page committed"
+            );
 
             pages += 1;
             fetched += page.page.seen_ids.len() as u64;
@@ -322,14 +332,24 @@ impl SyncEngine {
     }
 
     /// Applies one page to the mirror and records the scan position, in one transaction.
-    async fn commit_page(&self, id: ConnectionId, stream: Stream, fetched: &Fetched) -> Result<ApplyStats, SyncError> {
+    async fn commit_page(
+        &self,
+        id: ConnectionId,
+        stream: Stream,
+        fetched: &Fetched,
+        expect: &mut mirror::Expectation,
+    ) -> Result<ApplyStats, SyncError> {
         let (page, records) = (&fetched.page, &fetched.records);
         let mut tx = self.db.begin().await?;
         // The commit does not wait for its WAL to reach disk (the next page's work overlaps the
         // flush). A crash can lose the last moments of commits, never part of one: a lost page
         // took its scan position with it, so the resumed scan fetches it again.
         sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
-        let stats = mirror::apply(&mut tx, id, records).await?;
+        // Page commits and writes' read-backs of one connection take turns: `change_seq` values
+        // commit in the order drawn, and a key missing from the registry is missing from the
+        // mirror (the bulk path relies on it).
+        mirror::lock_connection(&mut tx, id).await?;
+        let stats = mirror::apply(&mut tx, id, records, expect).await?;
         // The scan position commits with the page: never ahead of the data.
         sqlx::query(
             "insert into sync_state (connection_id, stream, scan_page, scan_max, updated_at) values ($1, $2, $3, $4, now())

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clientapi_schema::ConnectionId;
 use clientapi_schema::model::{Owner, Resource};
+use clientapi_schema::{ConnectionId, mirror};
 use clientapi_sync::Providers;
 use clientapi_sync::engine::{SyncEngine, SyncError};
 use clientapi_sync::servicem8::{ServiceM8, ServiceM8Config, mapping};
@@ -271,6 +271,24 @@ async fn two_workers_never_sync_the_same_connection_at_once() {
 }
 
 #[tokio::test]
+async fn page_commits_wait_their_turn_behind_a_write_holding_the_connection() {
+    let (sim, app, id) = connected(SimConfig { companies: 3, jobs_per_company: 3, ..SimConfig::default() }).await;
+    let engine = engine(&app, &sim);
+    // A write's read-back holds the connection's lock (as `writes` does) ...
+    let mut write = app.db.begin().await.unwrap();
+    mirror::lock_connection(&mut write, id).await.unwrap();
+    let sync = tokio::spawn(async move { engine.sync_connection(id, false, None).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // ... so no page has committed: `change_seq` values commit in the order they are drawn.
+    let rows: i64 = sqlx::query_scalar("select count(*) from clients").fetch_one(&app.db).await.unwrap();
+    assert_eq!(rows, 0);
+    assert!(!sync.is_finished());
+    write.commit().await.unwrap();
+    sync.await.unwrap().unwrap();
+    assert_converged(&app, &sim).await;
+}
+
+#[tokio::test]
 async fn injected_faults_at_the_first_a_middle_and_the_last_page_lose_and_duplicate_nothing() {
     // Eighteen trials share one simulator: lift its per-minute limit, which is not under test here.
     let config = SimConfig {
@@ -455,4 +473,82 @@ async fn row_level_security_shows_the_reader_role_only_the_company_set_for_its_t
     assert_eq!(foreign, 0, "even asking for other companies returns nothing");
     let write = sqlx::query("delete from jobs").execute(&mut *tx).await;
     assert!(write.is_err(), "the reader role cannot write");
+}
+
+/// Applies `records` as one page commit does: one transaction, under the connection's lock.
+async fn apply_page(
+    app: &TestApp,
+    id: ConnectionId,
+    records: Vec<clientapi_schema::model::Record>,
+    expect: &mut mirror::Expectation,
+) -> mirror::ApplyStats {
+    let mut tx = app.db.begin().await.unwrap();
+    mirror::lock_connection(&mut tx, id).await.unwrap();
+    let stats = mirror::apply(&mut tx, id, &mirror::stage(records), expect).await.unwrap();
+    tx.commit().await.unwrap();
+    stats
+}
+
+#[tokio::test]
+async fn a_batch_expected_to_be_new_that_holds_known_records_is_applied_the_careful_way() {
+    let (sim, app, id) = connected(SimConfig { companies: 3, jobs_per_company: 3, ..SimConfig::default() }).await;
+    let s = &sim.sim;
+    let job = |n: usize| mapping::job(&s.records("job")[n], "AUD").unwrap().swap_remove(0);
+    let other_company = |record: &clientapi_schema::model::Record| {
+        s.records("company")
+            .iter()
+            .map(|c| c["uuid"].as_str().unwrap().to_owned())
+            .find(|c| record.owner != Owner::Company(c.clone()))
+            .unwrap()
+    };
+    let where_is = |external_id: String| {
+        let db = app.db.clone();
+        async move {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "select c.external_id, (select count(*) from mirror_keys k where k.external_id = j.external_id
+                                         and k.company_id = j.company_id)
+                 from jobs j join companies c on c.id = j.company_id where j.external_id = $1",
+            )
+            .bind(external_id)
+            .fetch_all(&db)
+            .await
+            .unwrap();
+            rows
+        }
+    };
+    let mut expect = mirror::Expectation::default();
+
+    // A batch new to the mirror teaches the next one to expect new records.
+    let stats = apply_page(&app, id, vec![job(0), job(1)], &mut expect).await;
+    assert_eq!((stats.inserted, stats.updated), (2, 0));
+    assert!(expect.expects_new(Resource::Job));
+
+    // The next holds a known job, moved to another company and changed, beside a new one: the
+    // optimistic registration meets the known key, is undone, and the batch is looked up.
+    let mut moved = job(0);
+    let company = other_company(&moved);
+    moved.owner = Owner::Company(company.clone());
+    moved.remote_data["job_description"] = json!("moved and changed");
+    let stats = apply_page(&app, id, vec![moved.clone(), job(2)], &mut expect).await;
+    assert_eq!((stats.inserted, stats.updated, stats.unchanged), (1, 1, 0), "{stats:?}");
+    assert!(!expect.expects_new(Resource::Job));
+    assert_eq!(where_is(moved.external_id.clone()).await, vec![(company, 1)], "moved once, registry in step");
+    assert_eq!(where_is(job(2).external_id).await.len(), 1);
+
+    // New again, then an unchanged known job: it is found, and nothing is rewritten.
+    let stats = apply_page(&app, id, vec![job(3)], &mut expect).await;
+    assert_eq!(stats.inserted, 1);
+    assert!(expect.expects_new(Resource::Job));
+    let before = row_versions(&app).await;
+    let stats = apply_page(&app, id, vec![job(1)], &mut expect).await;
+    assert_eq!((stats.inserted, stats.updated, stats.unchanged), (0, 0, 1), "{stats:?}");
+    assert_eq!(row_versions(&app).await, before, "an unchanged record was rewritten");
+
+    // The registry holds each mirrored job once, where it is.
+    let (keys, rows): (i64, i64) =
+        sqlx::query_as("select (select count(*) from mirror_keys where resource = 'job'), (select count(*) from jobs)")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!((keys, rows), (4, 4));
 }
