@@ -551,4 +551,9 @@ async fn a_batch_expected_to_be_new_that_holds_known_records_is_applied_the_care
             .await
             .unwrap();
     assert_eq!((keys, rows), (4, 4));
+
+    // A deleted connection takes its keys with it (a statement trigger, not a per-row check).
+    sqlx::query("delete from connections where id = $1").bind(id).execute(&app.db).await.unwrap();
+    let keys: i64 = sqlx::query_scalar("select count(*) from mirror_keys").fetch_one(&app.db).await.unwrap();
+    assert_eq!(keys, 0);
 }
