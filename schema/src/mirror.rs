@@ -401,21 +401,29 @@ async fn register_new(
     resource: Resource,
     batch: &[(&Staged, CompanyId)],
 ) -> Result<bool, sqlx::Error> {
-    let mut buffer = Vec::with_capacity(batch.len() * 64);
-    let prefix = format!("{}\t{}\t", connection.0, resource.singular());
     // In the registry's key order (see `apply`).
     let mut keys: Vec<_> = batch.iter().filter(|(s, _)| !s.record.deleted).collect();
-    keys.sort_unstable_by_key(|(s, _)| &s.record.external_id);
-    for (staged, company) in keys {
-        buffer.extend_from_slice(prefix.as_bytes());
-        copy_str(&mut buffer, &staged.record.external_id);
-        buffer.extend_from_slice(format!("\t{}\n", company.0).as_bytes());
-    }
-    if buffer.is_empty() {
+    if keys.is_empty() {
         return Ok(true);
     }
+    keys.sort_unstable_by_key(|(s, _)| &s.record.external_id);
+    let (ids, companies): (Vec<&str>, Vec<i64>) =
+        keys.into_iter().map(|(s, company)| (s.record.external_id.as_str(), company.0)).unzip();
     sqlx::query("savepoint register_new").execute(&mut *conn).await?;
-    match copy_in(conn, "mirror_keys (connection_id, resource, external_id, company_id)", buffer).await {
+    // A statement, not a COPY: a COPY's closing message is a second small write, which Nagle's
+    // algorithm holds on a TCP connection until the server's delayed acknowledgement (sqlx sets
+    // no TCP_NODELAY): tens of milliseconds a page.
+    let inserted = sqlx::query(
+        "insert into mirror_keys (connection_id, resource, external_id, company_id)
+         select $1, $2, e, c from unnest($3::text[], $4::bigint[]) as x(e, c)",
+    )
+    .bind(connection)
+    .bind(resource.singular())
+    .bind(ids)
+    .bind(companies)
+    .execute(&mut *conn)
+    .await;
+    match inserted.map(|_| ()) {
         Ok(()) => {
             sqlx::query("release savepoint register_new").execute(&mut *conn).await?;
             Ok(true)
