@@ -512,20 +512,48 @@ fn copy_text(out: &mut Vec<u8>, value: &Value) {
         Value::Bool(false) => out.push(b'f'),
         Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
         Value::String(s) => copy_str(out, s),
-        other => copy_str(out, &other.to_string()),
+        // Arrays and objects (a record's raw payload) are written as JSON straight into the
+        // line, escaped on the way: no intermediate string.
+        other => {
+            let _ = serde_json::to_writer(CopyEscaped(out), other);
+        }
     }
 }
 
-/// Text in COPY format: backslash escapes for the separators.
+/// Text in COPY format: backslash escapes for the separators, the runs between them copied whole.
 fn copy_str(out: &mut Vec<u8>, text: &str) {
-    for byte in text.bytes() {
-        match byte {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            other => out.push(other),
-        }
+    copy_bytes(out, text.as_bytes());
+}
+
+fn copy_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut start = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match byte {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escaped);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// A writer that appends COPY-escaped bytes (the separators never fall inside a UTF-8 sequence,
+/// so escaping chunk by chunk is escaping the whole).
+struct CopyEscaped<'a>(&'a mut Vec<u8>);
+
+impl std::io::Write for CopyEscaped<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        copy_bytes(self.0, buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -595,4 +623,47 @@ pub async fn tombstone_missing(
     );
     let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(connection).bind(resource.singular()).execute(conn).await?;
     Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// COPY text's reading of an escaped field.
+    fn unescape(field: &[u8]) -> String {
+        let (mut out, mut bytes) = (Vec::new(), field.iter());
+        while let Some(&b) = bytes.next() {
+            out.push(match (b, b == b'\\') {
+                (_, true) => match bytes.next() {
+                    Some(b't') => b'\t',
+                    Some(b'n') => b'\n',
+                    Some(b'r') => b'\r',
+                    Some(&other) => other,
+                    None => panic!("a dangling backslash"),
+                },
+                (b, false) => b,
+            });
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn copy_text_escapes_separators_and_writes_json_that_reads_back_exactly() {
+        let text = "tab\there\nnew line\r\\back\\slash, ünïcode";
+        for value in [json!(text), json!({"note": text, "nested": [1, "a\tb", {"x": "\\"}]}), json!(["\n"])] {
+            let mut out = Vec::new();
+            copy_text(&mut out, &value);
+            assert!(!out.iter().any(|b| matches!(b, b'\t' | b'\n' | b'\r')), "a raw separator in {out:?}");
+            let read = unescape(&out);
+            match &value {
+                Value::String(s) => assert_eq!(&read, s),
+                other => assert_eq!(serde_json::from_str::<Value>(&read).unwrap(), *other),
+            }
+        }
+        let mut out = Vec::new();
+        copy_text(&mut out, &Value::Null);
+        assert_eq!(out, b"\\N");
+    }
 }
