@@ -175,11 +175,11 @@ async fn current_owners(
     resource: Resource,
     external_ids: &[String],
 ) -> Result<HashMap<String, CompanyId>, sqlx::Error> {
-    // One primary-key descent per id (in key order when the caller sorts them: each descent
-    // then finds its path where the last one left it), whatever the registry's size: the `limit` keeps the
-    // lateral lookup from being flattened into a join, which the planner (guessing 100 rows for
-    // unnest, or a handful for an array) turns into a hash join or a filter over every key once
-    // the registry holds a million: 60 ms to seconds a page instead of a few milliseconds.
+    // One primary-key descent per id, whatever the registry's size (callers pass the ids sorted,
+    // so consecutive descents touch neighbouring pages). The `limit` keeps the lateral lookup
+    // from being flattened into a join, which the planner (guessing 100 rows for unnest, or a
+    // handful for an array) turns into a hash join or a filter over every key once the registry
+    // holds a million: 60 ms to seconds a page instead of a few milliseconds.
     let rows: Vec<(String, CompanyId)> = sqlx::query_as(
         "select x.id, k.company_id from unnest($3::text[]) as x(id)
          cross join lateral (select m.company_id from mirror_keys m
@@ -410,9 +410,10 @@ async fn register_new(
     let (ids, companies): (Vec<&str>, Vec<i64>) =
         keys.into_iter().map(|(s, company)| (s.record.external_id.as_str(), company.0)).unzip();
     sqlx::query("savepoint register_new").execute(&mut *conn).await?;
-    // A statement, not a COPY: a COPY's closing message is a second small write, which Nagle's
-    // algorithm holds on a TCP connection until the server's delayed acknowledgement (sqlx sets
-    // no TCP_NODELAY): tens of milliseconds a page.
+    // A statement, not a COPY: as a COPY, the backend spent about a tenth of a first sync
+    // waiting on the client (ClientRead) for this small message, most likely its closing
+    // message held back by Nagle's algorithm (sqlx sets no TCP_NODELAY) until the server's
+    // delayed acknowledgement. A statement goes out in one write.
     let inserted = sqlx::query(
         "insert into mirror_keys (connection_id, resource, external_id, company_id)
          select $1, $2, e, c from unnest($3::text[], $4::bigint[]) as x(e, c)",
