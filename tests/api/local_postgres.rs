@@ -43,6 +43,13 @@ async fn the_cluster_initialises_once_stops_cleanly_and_restarts_with_its_data()
     let dir = tempfile::tempdir().unwrap();
     let pg = start(dir.path());
     assert!(pg.is_owner());
+    // Connections go through the Unix socket (trusted, so its directory admits the server's
+    // user alone); the URL names it too.
+    use std::os::unix::fs::PermissionsExt;
+    let run = dir.path().join("run");
+    assert!(run.join(format!(".s.PGSQL.{}", pg.port())).exists());
+    assert_eq!(std::fs::metadata(&run).unwrap().permissions().mode() & 0o777, 0o700);
+    assert!(pg.url("postgres").contains(&format!("?host={}", run.display())), "{}", pg.url("postgres"));
     create_kept_rows(&pg).await;
     pg.stop().unwrap();
     assert!(!dir.path().join("pg/postmaster.pid").exists(), "a clean stop removes the pid file");
