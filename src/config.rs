@@ -65,8 +65,8 @@ pub const DEFAULT_FAILED_AUTH_DELAY_MS: u64 = 500;
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = ".clientapi";
 pub const DEFAULT_SERVICEM8_API_URL: &str = "https://api.servicem8.com/api_1.0";
-pub use clientapi_sync::servicem8::REQUESTS_PER_MINUTE as SERVICEM8_REQUESTS_PER_MINUTE;
 pub const DEFAULT_SERVICEM8_OAUTH_URL: &str = "https://go.servicem8.com/oauth";
+pub use clientapi_sync::servicem8::REQUESTS_PER_MINUTE as SERVICEM8_REQUESTS_PER_MINUTE;
 
 /// All the problems found in the settings, one line each.
 #[derive(Debug, thiserror::Error)]
@@ -273,6 +273,7 @@ mod tests {
         assert_eq!(config.public_url.as_str(), "http://127.0.0.1:8080/");
         assert!(config.database_url.is_none());
         assert_eq!(config.servicem8.api_url.as_str(), DEFAULT_SERVICEM8_API_URL);
+        assert_eq!(config.servicem8.requests_per_minute, 180, "ServiceM8's documented limit");
     }
 
     #[test]
@@ -284,11 +285,21 @@ mod tests {
                 ("CLIENTAPI_SECRET_KEY", "c2hvcnQ="),
                 ("DATABASE_URL", "mysql://root:hunter2@x/db"),
                 ("CLIENTAPI_SERVICEM8_API_URL", "ftp://x"),
+                ("CLIENTAPI_SERVICEM8_REQUESTS_PER_MINUTE", "0"),
             ]),
         )
         .unwrap_err();
         let names: Vec<&str> = err.0.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, ["CLIENTAPI_BIND", "DATABASE_URL", "CLIENTAPI_SECRET_KEY", "CLIENTAPI_SERVICEM8_API_URL"]);
+        assert_eq!(
+            names,
+            [
+                "CLIENTAPI_BIND",
+                "DATABASE_URL",
+                "CLIENTAPI_SECRET_KEY",
+                "CLIENTAPI_SERVICEM8_API_URL",
+                "CLIENTAPI_SERVICEM8_REQUESTS_PER_MINUTE"
+            ]
+        );
         assert!(!err.to_string().contains("hunter2"), "a bad DATABASE_URL must not be echoed");
     }
 

@@ -287,6 +287,7 @@ impl LocalPostgres {
 
     /// A `postgres://` URL for `database`. It holds the password: hand it only to child
     /// processes (psql, pgbench), never to a log.
+    ///
     /// Like [`Self::connect_options`], it names the socket when there is one (`?host=`, which
     /// sqlx, psql and pgbench all read).
     pub fn url(&self, database: &str) -> String {
