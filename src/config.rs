@@ -42,6 +42,8 @@ pub struct Config {
     pub provider_timeout_secs: u64,
     /// Milliseconds a failing client IP's answers are held past its free budget (0: never).
     pub failed_auth_delay_ms: u64,
+    /// Transactions (each its own Postgres backend) that may write one sync page at once.
+    pub sync_writers: usize,
 }
 
 /// Every setting: environment name, TOML key, default shown in docs.
@@ -59,6 +61,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("CLIENTAPI_REQUEST_LOG_RETENTION_DAYS", "request_log_retention_days"),
     ("CLIENTAPI_PROVIDER_TIMEOUT_SECS", "provider_timeout_secs"),
     ("CLIENTAPI_FAILED_AUTH_DELAY_MS", "failed_auth_delay_ms"),
+    ("CLIENTAPI_SYNC_WRITERS", "sync_writers"),
 ];
 
 pub const DEFAULT_FAILED_AUTH_DELAY_MS: u64 = 500;
@@ -66,6 +69,7 @@ pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = ".clientapi";
 pub const DEFAULT_SERVICEM8_API_URL: &str = "https://api.servicem8.com/api_1.0";
 pub const DEFAULT_SERVICEM8_OAUTH_URL: &str = "https://go.servicem8.com/oauth";
+pub use clientapi_sync::engine::DEFAULT_WRITERS as DEFAULT_SYNC_WRITERS;
 pub use clientapi_sync::servicem8::REQUESTS_PER_MINUTE as SERVICEM8_REQUESTS_PER_MINUTE;
 
 /// All the problems found in the settings, one line each.
@@ -174,6 +178,9 @@ impl Config {
         let failed_auth_delay = get("failed_auth_delay_ms").map_or(Some(DEFAULT_FAILED_AUTH_DELAY_MS), |(s, v)| {
             parse_number(&s, &v, 0..=10_000, "milliseconds", &mut errors)
         });
+        let sync_writers = get("sync_writers").map_or(Some(DEFAULT_SYNC_WRITERS), |(s, v)| {
+            parse_number(&s, &v, 1..=clientapi_schema::mirror::MAX_LANES, "writers", &mut errors)
+        });
 
         if !errors.is_empty() {
             return Err(ConfigError(errors));
@@ -194,6 +201,7 @@ impl Config {
             request_log_retention_days: retention.expect("checked above"),
             provider_timeout_secs: provider_timeout.expect("checked above"),
             failed_auth_delay_ms: failed_auth_delay.expect("checked above"),
+            sync_writers: sync_writers.expect("checked above"),
         })
     }
 
@@ -274,6 +282,7 @@ mod tests {
         assert!(config.database_url.is_none());
         assert_eq!(config.servicem8.api_url.as_str(), DEFAULT_SERVICEM8_API_URL);
         assert_eq!(config.servicem8.requests_per_minute, 180, "ServiceM8's documented limit");
+        assert_eq!(config.sync_writers, 2);
     }
 
     #[test]
@@ -286,6 +295,7 @@ mod tests {
                 ("DATABASE_URL", "mysql://root:hunter2@x/db"),
                 ("CLIENTAPI_SERVICEM8_API_URL", "ftp://x"),
                 ("CLIENTAPI_SERVICEM8_REQUESTS_PER_MINUTE", "0"),
+                ("CLIENTAPI_SYNC_WRITERS", "5"),
             ]),
         )
         .unwrap_err();
@@ -297,7 +307,8 @@ mod tests {
                 "DATABASE_URL",
                 "CLIENTAPI_SECRET_KEY",
                 "CLIENTAPI_SERVICEM8_API_URL",
-                "CLIENTAPI_SERVICEM8_REQUESTS_PER_MINUTE"
+                "CLIENTAPI_SERVICEM8_REQUESTS_PER_MINUTE",
+                "CLIENTAPI_SYNC_WRITERS"
             ]
         );
         assert!(!err.to_string().contains("hunter2"), "a bad DATABASE_URL must not be echoed");

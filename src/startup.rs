@@ -69,7 +69,8 @@ impl AppState {
         let providers = providers(&config);
         let tokens = TokenManager::new(db.clone(), Cipher::new(master_key.expose()));
         let shutdown = CancellationToken::new();
-        let engine = SyncEngine::new(db.clone(), tokens.clone(), providers.clone(), shutdown.clone());
+        let engine = SyncEngine::new(db.clone(), tokens.clone(), providers.clone(), shutdown.clone())
+            .with_writers(config.sync_writers);
         let verifier = Arc::new(KeyVerifier::new(std::time::Duration::from_millis(config.failed_auth_delay_ms)));
         let (request_log, writer) = request_log::spawn(db.clone(), config.request_log_retention_days, shutdown.clone());
         let listener = tokio::spawn(verifier.clone().run(db.clone(), shutdown.clone()));

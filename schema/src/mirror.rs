@@ -210,8 +210,8 @@ impl Expectation {
     }
 }
 
-/// Applies a batch of records of one connection. Run it inside the transaction that also
-/// advances the sync cursor, so the two commit together or not at all, and that holds
+/// Applies a batch of records of one connection in one transaction: the caller's, which also
+/// advances the sync cursor (so the two commit together or not at all) and holds
 /// [`lock_connection`].
 pub async fn apply(
     conn: &mut PgConnection,
@@ -219,16 +219,118 @@ pub async fn apply(
     records: &[Staged],
     expect: &mut Expectation,
 ) -> Result<ApplyStats, sqlx::Error> {
-    let mut stats = ApplyStats::default();
+    let prepared = prepare(conn, connection, records, 1, &mut JobOwners::default()).await?;
+    let mut stats = apply_batches(conn, connection, &prepared.lanes[0].batches, expect).await?;
+    stats.unowned += prepared.unowned;
+    Ok(stats)
+}
 
-    // Resolve every record's company.
+/// A page's records resolved to their companies and dealt into lanes: every record of a
+/// company in one lane, so each lane can be written by its own transaction, beside the others,
+/// and still draw each company's `change_seq` values in commit order (see [`lock_lane`]).
+pub struct Prepared<'a> {
+    lanes: Vec<Lane<'a>>,
+    unowned: u64,
+    /// The connection's count of job moves, read before the job owners were.
+    job_moves: i64,
+}
+
+#[derive(Default)]
+struct Lane<'a> {
+    /// Each resource's records with their companies, deduplicated, in key order.
+    batches: BTreeMap<Resource, Vec<(&'a Staged, CompanyId)>>,
+    records: usize,
+    /// Whether any record's company came from its job's (see [`apply_lane`]).
+    owned_through_jobs: bool,
+}
+
+impl Prepared<'_> {
+    /// How many lanes the page was dealt into (some may be empty).
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Whether `lane` holds no records to write.
+    pub fn is_empty(&self, lane: usize) -> bool {
+        self.lanes[lane].records == 0
+    }
+
+    /// Records with no company (or whose job is unknown): counted, never exposed.
+    pub fn unowned(&self) -> u64 {
+        self.unowned
+    }
+}
+
+/// Where a connection's jobs live, remembered by a sync from page to page, so records owned
+/// through jobs (line items, payments, attachments) need no lookup of a job it has seen: a
+/// million-record first sync otherwise spends seconds finding again the jobs it has just
+/// written. Valid while the connection's count of job moves is unchanged; [`prepare`] forgets
+/// everything when it has changed.
+#[derive(Debug, Default)]
+pub struct JobOwners {
+    moves: Option<i64>,
+    owners: HashMap<String, CompanyId>,
+}
+
+/// Jobs a [`JobOwners`] remembers at most (about a hundred bytes each); past it, the rest are
+/// looked up.
+const JOB_OWNERS_CAP: usize = 500_000;
+
+impl JobOwners {
+    fn remember(&mut self, job: &str, company: CompanyId) {
+        if let Some(known) = self.owners.get_mut(job) {
+            *known = company;
+        } else if self.owners.len() < JOB_OWNERS_CAP {
+            self.owners.insert(job.to_owned(), company);
+        }
+    }
+
+    /// Once every lane of `prepared` has committed: its jobs are where it put them. (Not the
+    /// tombstones of jobs the mirror never had: their records have no company to find.)
+    pub fn learn(&mut self, prepared: &Prepared<'_>) {
+        if self.moves != Some(prepared.job_moves) {
+            return;
+        }
+        for lane in &prepared.lanes {
+            for (staged, company) in lane.batches.get(&Resource::Job).into_iter().flatten() {
+                if !staged.record.deleted {
+                    self.remember(&staged.record.external_id, *company);
+                }
+            }
+        }
+    }
+}
+
+/// Resolves every record's company (allocating companies on first sight) and deals the
+/// companies into at most `lanes` lanes, the largest first into the lightest lane. Needs no
+/// lock: the lanes check what they rely on (see [`apply_lane`]).
+pub async fn prepare<'a>(
+    conn: &mut PgConnection,
+    connection: ConnectionId,
+    records: &'a [Staged],
+    lanes: usize,
+    known: &mut JobOwners,
+) -> Result<Prepared<'a>, sqlx::Error> {
+    // Read before the owners: a move committed after this read is seen by the lanes' check.
+    let job_moves = job_moves(conn, connection).await?;
+    if known.moves != Some(job_moves) {
+        known.owners.clear();
+        known.moves = Some(job_moves);
+    }
     let companies = company_ids(conn, connection, &distinct_refs(records, Owner::company_ref)).await?;
-    let job_refs = distinct_refs(records, Owner::job_ref);
-    let job_owners = current_owners(conn, connection, Resource::Job, &job_refs).await?;
+    let unknown: Vec<String> =
+        distinct_refs(records, Owner::job_ref).into_iter().filter(|job| !known.owners.contains_key(job)).collect();
+    for (job, company) in current_owners(conn, connection, Resource::Job, &unknown).await? {
+        known.remember(&job, company);
+    }
+    let job_owners = &known.owners;
     record_company_names(conn, connection, records).await?;
 
-    let mut by_resource: BTreeMap<Resource, Vec<(&Staged, CompanyId)>> = BTreeMap::new();
-    for staged in records {
+    // A page can hold a record twice (overlapping windows): the last copy wins.
+    let mut unowned = 0;
+    let mut seen = HashSet::new();
+    let mut by_company: HashMap<CompanyId, Vec<&Staged>> = HashMap::new();
+    for staged in records.iter().rev() {
         let record = &staged.record;
         let company = match &record.owner {
             Owner::Company(c) => companies.get(c).copied(),
@@ -236,32 +338,113 @@ pub async fn apply(
             Owner::Unowned => None,
         };
         match company {
-            Some(company) => by_resource.entry(record.resource()).or_default().push((staged, company)),
-            None => stats.unowned += 1,
+            Some(company) => {
+                if seen.insert((record.resource(), record.external_id.as_str())) {
+                    by_company.entry(company).or_default().push(staged);
+                }
+            }
+            None => unowned += 1,
         }
     }
 
-    for (resource, mut batch) in by_resource {
-        // A page can hold a record twice (overlapping windows): the last copy wins.
-        let mut seen = HashSet::new();
-        batch.reverse();
-        batch.retain(|(r, _)| seen.insert(r.record.external_id.as_str()));
-        // In key order: every index of a mirror table leads with the company, so rows grouped
-        // by company land on neighbouring index pages one after another (a quarter faster than
-        // a provider page's order, measured at a million rows).
-        batch.sort_unstable_by(|(a, ca), (b, cb)| (ca, &a.record.external_id).cmp(&(cb, &b.record.external_id)));
-        stats += apply_resource(conn, connection, resource, &batch, expect).await?;
+    // A page that moves jobs and also holds records owned through jobs is written in one lane:
+    // a child dealt to its job's old company must meet the move in the same transaction.
+    let moves_and_children = records.iter().any(|r| r.record.resource() == Resource::Job)
+        && records.iter().any(|r| matches!(r.record.owner, Owner::Job(_)));
+    let count = if moves_and_children { 1 } else { lanes.clamp(1, MAX_LANES).min(by_company.len().max(1)) };
+    let mut dealt: Vec<Lane> = (0..count).map(|_| Lane::default()).collect();
+    let mut companies: Vec<(CompanyId, Vec<&Staged>)> = by_company.into_iter().collect();
+    companies.sort_unstable_by(|(a, ra), (b, rb)| rb.len().cmp(&ra.len()).then(a.cmp(b)));
+    for (company, staged) in companies {
+        let lane = dealt.iter_mut().min_by_key(|l| l.records).expect("at least one lane");
+        lane.records += staged.len();
+        for s in staged {
+            lane.owned_through_jobs |= matches!(s.record.owner, Owner::Job(_));
+            lane.batches.entry(s.record.resource()).or_default().push((s, company));
+        }
+    }
+    for lane in &mut dealt {
+        for batch in lane.batches.values_mut() {
+            // In key order: every index of a mirror table leads with the company, so rows
+            // grouped by company land on neighbouring index pages one after another (a quarter
+            // faster than a provider page's order, measured at a million rows).
+            batch.sort_unstable_by(|(a, ca), (b, cb)| (ca, &a.record.external_id).cmp(&(cb, &b.record.external_id)));
+        }
+    }
+    Ok(Prepared { lanes: dealt, unowned, job_moves })
+}
+
+/// Writes one lane of a prepared page, in the caller's transaction, after taking the lane's
+/// lock. Returns `None`, having written nothing, when a job moved since the page was prepared
+/// and the lane holds records owned through jobs: prepare the page again.
+pub async fn apply_lane(
+    conn: &mut PgConnection,
+    connection: ConnectionId,
+    prepared: &Prepared<'_>,
+    lane: usize,
+    expect: &mut Expectation,
+) -> Result<Option<ApplyStats>, sqlx::Error> {
+    lock_lane(conn, connection, lane).await?;
+    let dealt = &prepared.lanes[lane];
+    // Under the lane's lock a move either committed (and bumped the count) or waits for this
+    // transaction, and then takes the children written here along with their job.
+    if dealt.owned_through_jobs && job_moves(conn, connection).await? != prepared.job_moves {
+        return Ok(None);
+    }
+    apply_batches(conn, connection, &dealt.batches, expect).await.map(Some)
+}
+
+async fn job_moves(conn: &mut PgConnection, connection: ConnectionId) -> Result<i64, sqlx::Error> {
+    let moves: Option<i64> = sqlx::query_scalar("select job_moves from connections where id = $1")
+        .bind(connection)
+        .fetch_optional(conn)
+        .await?;
+    Ok(moves.unwrap_or(0))
+}
+
+async fn apply_batches(
+    conn: &mut PgConnection,
+    connection: ConnectionId,
+    batches: &BTreeMap<Resource, Vec<(&Staged, CompanyId)>>,
+    expect: &mut Expectation,
+) -> Result<ApplyStats, sqlx::Error> {
+    let mut stats = ApplyStats::default();
+    for (resource, batch) in batches {
+        stats += apply_resource(conn, connection, *resource, batch, expect).await?;
     }
     Ok(stats)
 }
 
-/// Serialises mirror writes of one connection until the transaction ends, so `change_seq`
-/// values are committed in the order they are drawn: a changes-feed reader that has seen seq
-/// N can never later find a smaller one appear (every company belongs to one connection).
+/// Lanes a page of one connection may be split across: the most writers a sync may use.
+pub const MAX_LANES: usize = 4;
+
+/// Serialises mirror writes of one connection until the transaction ends: takes every lane's
+/// lock (see [`lock_lane`]), in order. Writes' read-backs and the end of a scan hold it.
 pub async fn lock_connection(conn: &mut PgConnection, connection: ConnectionId) -> Result<(), sqlx::Error> {
-    sqlx::query("select pg_advisory_xact_lock(7314, $1::int)").bind(connection.0 as i32).execute(conn).await?;
+    // The select list is evaluated left to right: the locks are taken in lane order.
+    let locks: Vec<String> =
+        (0..MAX_LANES).map(|lane| format!("pg_advisory_xact_lock({}, $1::int)", LANE_LOCK + lane)).collect();
+    let sql = format!("select {}", locks.join(", "));
+    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(connection.0 as i32).execute(conn).await?;
     Ok(())
 }
+
+/// Serialises the writers of one lane of a connection until the transaction ends. A page's
+/// lanes hold disjoint companies, so `change_seq` values of any one company are still
+/// committed in the order they are drawn: a changes-feed reader that has seen seq N can never
+/// later find a smaller one appear (every company belongs to one connection).
+pub async fn lock_lane(conn: &mut PgConnection, connection: ConnectionId, lane: usize) -> Result<(), sqlx::Error> {
+    assert!(lane < MAX_LANES, "lane {lane} out of range");
+    sqlx::query("select pg_advisory_xact_lock($1, $2::int)")
+        .bind((LANE_LOCK + lane) as i32)
+        .bind(connection.0 as i32)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The first lane's advisory lock class (the connection lock's before lanes existed).
+const LANE_LOCK: usize = 7314;
 
 /// The distinct owner references of one kind in a batch, in order (see [`current_owners`]).
 fn distinct_refs(records: &[Staged], pick: fn(&Owner) -> Option<&String>) -> Vec<String> {
@@ -340,6 +523,11 @@ async fn apply_resource(
         sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&moved_old).bind(&moved_ids).execute(&mut *conn).await?;
         if resource == Resource::Job {
             move_job_children(conn, connection, &moved_old, &moved_new, &moved_ids).await?;
+            // Tells lanes prepared before this move that their job owners are stale.
+            sqlx::query("update connections set job_moves = job_moves + 1 where id = $1")
+                .bind(connection)
+                .execute(&mut *conn)
+                .await?;
         }
     }
 

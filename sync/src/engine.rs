@@ -1,7 +1,11 @@
 //! The sync engine (DESIGN.md §8): per connection and stream, fetch pages changed since the
-//! stored watermark, apply each page to the mirror and advance the scan cursor in the same
-//! transaction, so a crash at any instant resumes from the last committed page and the cursor
-//! never runs ahead of committed data. The watermark itself moves only when a scan completes.
+//! stored watermark, apply each page to the mirror, then advance the scan cursor, so a crash at
+//! any instant resumes from the last committed page and the cursor never runs ahead of
+//! committed data. A page is dealt by company into lanes written beside each other, each in its
+//! own transaction on its own backend (one Postgres backend is one core: a single transaction
+//! cannot use two), so the cursor commits just after the page's lanes rather than with them:
+//! re-applying a page writes nothing that is already there. The watermark itself moves only
+//! when a scan completes.
 //!
 //! A full run (reconciliation) scans everything and, only when its scan completed, tombstones
 //! what the provider no longer has. 429/5xx/timeouts/truncated bodies back off with full jitter
@@ -33,6 +37,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const MAX_ATTEMPTS: u32 = 8;
 /// Record errors kept on a run (the rest are counted).
 const MAX_RECORDED_ERRORS: usize = 100;
+/// Writers a page is split across by default (see [`SyncEngine::with_writers`]).
+pub const DEFAULT_WRITERS: usize = 2;
+/// Times a page is dealt again because jobs moved under it before it gives up.
+const MAX_DEALS: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -50,6 +58,8 @@ pub enum SyncError {
     Database(#[from] sqlx::Error),
     #[error("cancelled")]
     Cancelled,
+    #[error("jobs kept moving while a page was written; the next run resumes it")]
+    Contended,
 }
 
 /// Progress reports, for a progress bar.
@@ -73,6 +83,12 @@ pub struct RunSummary {
 
 pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
+/// What a run carries from stream to stream.
+struct Run {
+    summary: RunSummary,
+    job_owners: mirror::JobOwners,
+}
+
 /// A provider page; its records, taken out of it, staged for the mirror.
 struct Fetched {
     page: Page,
@@ -88,6 +104,7 @@ pub struct SyncEngine {
     worker: uuid::Uuid,
     limiters: Arc<Mutex<HashMap<ConnectionId, Arc<DefaultDirectRateLimiter>>>>,
     shutdown: tokio_util::sync::CancellationToken,
+    writers: usize,
 }
 
 impl SyncEngine {
@@ -97,7 +114,22 @@ impl SyncEngine {
         providers: Providers,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Self {
-        Self { db, tokens, providers, worker: uuid::Uuid::new_v4(), limiters: Arc::default(), shutdown }
+        Self {
+            db,
+            tokens,
+            providers,
+            worker: uuid::Uuid::new_v4(),
+            limiters: Arc::default(),
+            shutdown,
+            writers: DEFAULT_WRITERS,
+        }
+    }
+
+    /// How many transactions, each on its own Postgres backend, may write one page beside each
+    /// other (1 to [`mirror::MAX_LANES`]): a page's companies are dealt among them.
+    pub fn with_writers(mut self, writers: usize) -> Self {
+        self.writers = writers.clamp(1, mirror::MAX_LANES);
+        self
     }
 
     /// The connection's provider request budget, shared by its syncs and its customers' writes.
@@ -172,21 +204,22 @@ impl SyncEngine {
             };
         let span = tracing::info_span!("sync_run", connection_id = %id, run_id, full);
         let _entered = span.enter();
-        let mut summary = RunSummary { run_id, ..RunSummary::default() };
+        let mut run = Run { summary: RunSummary { run_id, ..RunSummary::default() }, job_owners: Default::default() };
         let mut result = Ok(());
         for stream in provider.streams() {
             // A scan interrupted earlier (a crash, a kill) resumes from its last committed page;
             // records changed meanwhile on pages it had passed are behind it, so a resumed scan is
             // followed by one this run starts itself.
-            let mut scanned = self.scan_stream(id, &provider, *stream, full, &mut summary, progress.as_ref()).await;
+            let mut scanned = self.scan_stream(id, &provider, *stream, full, &mut run, progress.as_ref()).await;
             if matches!(scanned, Ok(true)) {
-                scanned = self.scan_stream(id, &provider, *stream, full, &mut summary, progress.as_ref()).await;
+                scanned = self.scan_stream(id, &provider, *stream, full, &mut run, progress.as_ref()).await;
             }
             if let Err(e) = scanned {
                 result = Err(e);
                 break;
             }
         }
+        let summary = run.summary;
         let (status, error) = match &result {
             Ok(()) => ("succeeded", None),
             Err(e) => ("failed", Some(e.to_string())),
@@ -223,7 +256,7 @@ impl SyncEngine {
         provider: &Arc<dyn Provider>,
         stream: Stream,
         full: bool,
-        summary: &mut RunSummary,
+        run: &mut Run,
         progress: Option<&ProgressFn>,
     ) -> Result<bool, SyncError> {
         let state: Option<(Option<String>, Option<String>)> =
@@ -237,7 +270,7 @@ impl SyncEngine {
         let since = if full { None } else { watermark };
         let page_cursor = if full { None } else { resume };
         let mut seen_ids: Vec<String> = Vec::new();
-        let mut expect = mirror::Expectation::default();
+        let mut expect = vec![mirror::Expectation::default(); mirror::MAX_LANES];
         let mut pages = 0;
         let mut fetched = 0;
         let mut page = self.fetch(id, provider.as_ref(), stream, since.as_deref(), page_cursor.as_deref()).await?;
@@ -257,7 +290,7 @@ impl SyncEngine {
                 }))
             });
             let started = std::time::Instant::now();
-            let stats = self.commit_page(id, stream, &page, &mut expect).await?;
+            let stats = self.commit_page(id, stream, &page, &mut expect, &mut run.job_owners).await?;
             let committed = started.elapsed();
             let next = match prefetch {
                 Some(handle) => Some(match handle.await {
@@ -277,14 +310,14 @@ impl SyncEngine {
 
             pages += 1;
             fetched += page.page.seen_ids.len() as u64;
-            summary.pages += 1;
-            summary.fetched += page.page.seen_ids.len() as u64;
-            summary.stats += stats;
-            summary.error_count += page.page.bad_records.len() as u64;
+            run.summary.pages += 1;
+            run.summary.fetched += page.page.seen_ids.len() as u64;
+            run.summary.stats += stats;
+            run.summary.error_count += page.page.bad_records.len() as u64;
             for error in std::mem::take(&mut page.page.bad_records) {
                 tracing::warn!(%error, "a provider record could not be mapped");
-                if summary.record_errors.len() < MAX_RECORDED_ERRORS {
-                    summary.record_errors.push(error);
+                if run.summary.record_errors.len() < MAX_RECORDED_ERRORS {
+                    run.summary.record_errors.push(error);
                 }
             }
             for resource in stream.resources {
@@ -311,7 +344,7 @@ impl SyncEngine {
                 if *resource == Resource::Invoice {
                     continue; // derived from jobs: follows its job's tombstone
                 }
-                summary.stats.deleted += mirror::tombstone_missing(&mut tx, id, *resource, &seen_ids).await?;
+                run.summary.stats.deleted += mirror::tombstone_missing(&mut tx, id, *resource, &seen_ids).await?;
             }
         }
         sqlx::query(
@@ -331,26 +364,45 @@ impl SyncEngine {
         Ok(page_cursor.is_some())
     }
 
-    /// Applies one page to the mirror and records the scan position, in one transaction.
+    /// Applies one page to the mirror, its lanes beside each other, then records the scan
+    /// position. A crash between the lanes' commits and the position's leaves the position
+    /// behind the data, never ahead: the resumed scan fetches the page again, and what was
+    /// written already is unchanged, so it writes nothing twice.
     async fn commit_page(
         &self,
         id: ConnectionId,
         stream: Stream,
         fetched: &Fetched,
-        expect: &mut mirror::Expectation,
+        expect: &mut [mirror::Expectation],
+        job_owners: &mut mirror::JobOwners,
     ) -> Result<ApplyStats, SyncError> {
         let (page, records) = (&fetched.page, &fetched.records);
+        let mut deals = 0;
+        let stats = loop {
+            let prepared =
+                mirror::prepare(&mut *self.db.acquire().await?, id, records, self.writers, job_owners).await?;
+            let lanes = expect
+                .iter_mut()
+                .enumerate()
+                .take(prepared.lanes())
+                .filter(|(lane, _)| !prepared.is_empty(*lane))
+                .map(|(lane, expect)| self.commit_lane(id, &prepared, lane, expect));
+            let written = futures::future::try_join_all(lanes).await?;
+            if let Some(written) = written.into_iter().collect::<Option<Vec<ApplyStats>>>() {
+                let mut stats = ApplyStats { unowned: prepared.unowned(), ..ApplyStats::default() };
+                written.into_iter().for_each(|s| stats += s);
+                job_owners.learn(&prepared);
+                break stats;
+            }
+            deals += 1;
+            if deals == MAX_DEALS {
+                return Err(SyncError::Contended);
+            }
+            tracing::debug!(stream = stream.name, "jobs moved under a page; dealing it again");
+        };
         let mut tx = self.db.begin().await?;
-        // The commit does not wait for its WAL to reach disk (the next page's work overlaps the
-        // flush). A crash can lose the last moments of commits, never part of one: a lost page
-        // took its scan position with it, so the resumed scan fetches it again.
         sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
-        // Page commits and writes' read-backs of one connection take turns: `change_seq` values
-        // commit in the order drawn, and a key missing from the registry is missing from the
-        // mirror (the bulk path relies on it).
-        mirror::lock_connection(&mut tx, id).await?;
-        let stats = mirror::apply(&mut tx, id, records, expect).await?;
-        // The scan position commits with the page: never ahead of the data.
+        // The scan position, once the page's data has committed: never ahead of it.
         sqlx::query(
             "insert into sync_state (connection_id, stream, scan_page, scan_max, updated_at) values ($1, $2, $3, $4, now())
              on conflict (connection_id, stream) do update set scan_page = excluded.scan_page,
@@ -370,6 +422,27 @@ impl SyncEngine {
             .await?;
         tx.commit().await?;
         Ok(stats)
+    }
+
+    /// One lane of a page in its own transaction (`None`: jobs moved under it, nothing written).
+    async fn commit_lane(
+        &self,
+        id: ConnectionId,
+        prepared: &mirror::Prepared<'_>,
+        lane: usize,
+        expect: &mut mirror::Expectation,
+    ) -> Result<Option<ApplyStats>, SyncError> {
+        let mut tx = self.db.begin().await?;
+        // The commit does not wait for its WAL to reach disk (the next page's work overlaps the
+        // flush). A crash can lose the last moments of commits, in commit order, never part of
+        // one: a lane's lost commit takes the later scan position with it.
+        sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
+        // The lane's lock: page commits and writes' read-backs of one connection take turns.
+        let written = mirror::apply_lane(&mut tx, id, prepared, lane, expect).await?;
+        if written.is_some() {
+            tx.commit().await?;
+        }
+        Ok(written)
     }
 
     /// One page, with the provider's budget, token refresh and retries; its records staged for

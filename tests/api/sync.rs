@@ -557,3 +557,78 @@ async fn a_batch_expected_to_be_new_that_holds_known_records_is_applied_the_care
     let keys: i64 = sqlx::query_scalar("select count(*) from mirror_keys").fetch_one(&app.db).await.unwrap();
     assert_eq!(keys, 0);
 }
+
+#[tokio::test]
+async fn a_page_split_across_lanes_is_dealt_again_when_a_job_moves_under_it() {
+    let (sim, app, id) = connected(SimConfig { companies: 3, jobs_per_company: 3, ..SimConfig::default() }).await;
+    engine(&app, &sim).sync_connection(id, false, None).await.unwrap();
+    let s = &sim.sim;
+    let items: Vec<Value> = s.records("jobmaterial");
+    let job_id = items[0]["job_uuid"].as_str().unwrap().to_owned();
+    let mut job = mapping::job(&s.record("job", &job_id).unwrap(), "AUD").unwrap().swap_remove(0);
+    let old = match &job.owner {
+        Owner::Company(c) => c.clone(),
+        other => panic!("a job owned by {other:?}"),
+    };
+    let new = s.records("company").iter().map(|c| c["uuid"].as_str().unwrap().to_owned()).find(|c| *c != old).unwrap();
+    let page = |name: &str| {
+        let mut records: Vec<_> = items.iter().map(|raw| mapping::line_item(raw, "AUD").unwrap()).collect();
+        records[0].remote_data["name"] = json!(name);
+        mirror::stage(records)
+    };
+    // A page of every line item, over three companies, is dealt into two lanes; the jobs it
+    // looked up are remembered.
+    let mut known = mirror::JobOwners::default();
+    let staged = page("first");
+    let mut conn = app.db.acquire().await.unwrap();
+    let prepared = mirror::prepare(&mut conn, id, &staged, 2, &mut known).await.unwrap();
+    assert_eq!(prepared.lanes(), 2);
+    assert!(!prepared.is_empty(0) && !prepared.is_empty(1));
+
+    // A write moves the job to another company before the lanes write ...
+    job.owner = Owner::Company(new.clone());
+    job.remote_data["company_uuid"] = json!(new);
+    apply_page(&app, id, vec![job], &mut mirror::Expectation::default()).await;
+
+    // ... so neither lane writes what was dealt to the job's old company.
+    let written = apply_lanes(&app, id, &prepared).await;
+    assert_eq!(written.len(), 2);
+    assert!(written.iter().all(Option::is_none), "{written:?}");
+
+    // Dealt again, the remembered owners are forgotten: the line item goes where its job is now.
+    let staged = page("second");
+    let prepared = mirror::prepare(&mut conn, id, &staged, 2, &mut known).await.unwrap();
+    let written = apply_lanes(&app, id, &prepared).await;
+    assert!(written.iter().all(Option::is_some), "{written:?}");
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "select c.external_id, l.remote_data->>'name' from line_items l join companies c on c.id = l.company_id
+         where l.external_id = $1",
+    )
+    .bind(items[0]["uuid"].as_str().unwrap())
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![(new, "second".to_owned())]);
+    let (items_mirrored, distinct): (i64, i64) =
+        sqlx::query_as("select count(*), count(distinct external_id) from line_items")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!((items_mirrored, distinct), (items.len() as i64, items.len() as i64));
+}
+
+/// Writes each non-empty lane of `prepared` in a transaction of its own, as the engine does.
+async fn apply_lanes(
+    app: &TestApp,
+    id: ConnectionId,
+    prepared: &mirror::Prepared<'_>,
+) -> Vec<Option<mirror::ApplyStats>> {
+    let mut written = Vec::new();
+    for lane in (0..prepared.lanes()).filter(|lane| !prepared.is_empty(*lane)) {
+        let mut tx = app.db.begin().await.unwrap();
+        let stats = mirror::apply_lane(&mut tx, id, prepared, lane, &mut mirror::Expectation::default()).await.unwrap();
+        tx.commit().await.unwrap();
+        written.push(stats);
+    }
+    written
+}
