@@ -54,12 +54,12 @@ fn expected(sim: &Running, resource: Resource) -> BTreeSet<(String, String, Stri
         .iter()
         .filter_map(|raw| {
             let records = match object {
-                "company" => vec![mapping::client(raw).ok()?],
-                "companycontact" => vec![mapping::contact(raw).ok()?],
-                "job" => mapping::job(raw, "AUD").ok()?,
-                "jobmaterial" => vec![mapping::line_item(raw, "AUD").ok()?],
-                "jobpayment" => vec![mapping::payment(raw, "AUD").ok()?],
-                _ => vec![mapping::attachment(raw).ok()?],
+                "company" => vec![mapping::client(raw.clone()).ok()?],
+                "companycontact" => vec![mapping::contact(raw.clone()).ok()?],
+                "job" => mapping::job(raw.clone(), "AUD").ok()?,
+                "jobmaterial" => vec![mapping::line_item(raw.clone(), "AUD").ok()?],
+                "jobpayment" => vec![mapping::payment(raw.clone(), "AUD").ok()?],
+                _ => vec![mapping::attachment(raw.clone()).ok()?],
             };
             let record = records.into_iter().nth(resources)?;
             if record.deleted {
@@ -493,7 +493,7 @@ async fn apply_page(
 async fn a_batch_expected_to_be_new_that_holds_known_records_is_applied_the_careful_way() {
     let (sim, app, id) = connected(SimConfig { companies: 3, jobs_per_company: 3, ..SimConfig::default() }).await;
     let s = &sim.sim;
-    let job = |n: usize| mapping::job(&s.records("job")[n], "AUD").unwrap().swap_remove(0);
+    let job = |n: usize| mapping::job(s.records("job")[n].clone(), "AUD").unwrap().swap_remove(0);
     let other_company = |record: &clientapi_schema::model::Record| {
         s.records("company")
             .iter()
@@ -565,14 +565,14 @@ async fn a_page_split_across_lanes_is_dealt_again_when_a_job_moves_under_it() {
     let s = &sim.sim;
     let items: Vec<Value> = s.records("jobmaterial");
     let job_id = items[0]["job_uuid"].as_str().unwrap().to_owned();
-    let mut job = mapping::job(&s.record("job", &job_id).unwrap(), "AUD").unwrap().swap_remove(0);
+    let mut job = mapping::job(s.record("job", &job_id).unwrap(), "AUD").unwrap().swap_remove(0);
     let old = match &job.owner {
         Owner::Company(c) => c.clone(),
         other => panic!("a job owned by {other:?}"),
     };
     let new = s.records("company").iter().map(|c| c["uuid"].as_str().unwrap().to_owned()).find(|c| *c != old).unwrap();
     let page = |name: &str| {
-        let mut records: Vec<_> = items.iter().map(|raw| mapping::line_item(raw, "AUD").unwrap()).collect();
+        let mut records: Vec<_> = items.iter().map(|raw| mapping::line_item(raw.clone(), "AUD").unwrap()).collect();
         records[0].remote_data["name"] = json!(name);
         mirror::stage(records)
     };

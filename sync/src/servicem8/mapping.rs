@@ -102,10 +102,6 @@ impl<'a> Raw<'a> {
     pub fn date(&self, field: &str) -> Result<Option<NaiveDate>, RecordError> {
         Ok(self.datetime(field)?.map(|d| d.date_naive()))
     }
-
-    pub fn raw(&self) -> Value {
-        Value::Object(self.map.clone())
-    }
 }
 
 /// Parses a ServiceM8 datetime; `Ok(None)` for the all-zero placeholder.
@@ -138,6 +134,7 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
+/// The record, its raw payload still to be moved in (see [`with_raw`]).
 fn record(raw: &Raw<'_>, owner: Owner, fields: Fields) -> Result<Record, RecordError> {
     let edited = raw.datetime("edit_date")?;
     Ok(Record {
@@ -147,8 +144,14 @@ fn record(raw: &Raw<'_>, owner: Owner, fields: Fields) -> Result<Record, RecordE
         remote_updated_at: edited,
         deleted: !raw.active()?,
         fields,
-        remote_data: raw.raw(),
+        remote_data: Value::Null,
     })
+}
+
+/// The provider's object becomes the record's raw payload: moved, not copied (a copy of every
+/// object was a tenth of a sync's parsing and mapping time).
+fn with_raw(record: Record, value: Value) -> Record {
+    Record { remote_data: value, ..record }
 }
 
 fn owner_company(id: Option<String>) -> Owner {
@@ -156,8 +159,8 @@ fn owner_company(id: Option<String>) -> Owner {
 }
 
 /// `company` → client. A site (with a head office) lives in its head office's scope.
-pub fn client(value: &Value) -> Result<Record, RecordError> {
-    let raw = Raw::new("company", value)?;
+pub fn client(value: Value) -> Result<Record, RecordError> {
+    let raw = Raw::new("company", &value)?;
     let parent = raw.text("parent_company_uuid");
     let owner = Owner::Company(parent.clone().unwrap_or_else(|| raw.uuid.clone()));
     let fields = ClientFields {
@@ -168,12 +171,12 @@ pub fn client(value: &Value) -> Result<Record, RecordError> {
         website: raw.text("website"),
         parent_id: parent,
     };
-    record(&raw, owner, Fields::Client(fields))
+    Ok(with_raw(record(&raw, owner, Fields::Client(fields))?, value))
 }
 
 /// `companycontact` → contact.
-pub fn contact(value: &Value) -> Result<Record, RecordError> {
-    let raw = Raw::new("companycontact", value)?;
+pub fn contact(value: Value) -> Result<Record, RecordError> {
+    let raw = Raw::new("companycontact", &value)?;
     let client_id = raw.text("company_uuid");
     let fields = ContactFields {
         client_id: client_id.clone(),
@@ -185,14 +188,14 @@ pub fn contact(value: &Value) -> Result<Record, RecordError> {
         kind: raw.text("type"),
         is_primary: raw.flag("is_primary_contact")?,
     };
-    record(&raw, owner_company(client_id), Fields::Contact(fields))
+    Ok(with_raw(record(&raw, owner_company(client_id), Fields::Contact(fields))?, value))
 }
 
 /// `job` → the job, and its invoice (ServiceM8 has no invoice object: an invoiced job is one).
 /// A job that is not (or no longer) invoiced yields an invoice tombstone, which the mirror
 /// ignores when it never had that invoice.
-pub fn job(value: &Value, currency: &str) -> Result<Vec<Record>, RecordError> {
-    let raw = Raw::new("job", value)?;
+pub fn job(value: Value, currency: &str) -> Result<Vec<Record>, RecordError> {
+    let raw = Raw::new("job", &value)?;
     let client_id = raw.text("company_uuid");
     let total = raw.decimal("total_invoice_amount")?;
     let number = raw.integer("generated_job_id")?;
@@ -237,14 +240,14 @@ pub fn job(value: &Value, currency: &str) -> Result<Vec<Record>, RecordError> {
             total,
             currency: currency.to_owned(),
         }),
-        remote_data: job.remote_data.clone(),
+        remote_data: value.clone(),
     };
-    Ok(vec![job, invoice])
+    Ok(vec![with_raw(job, value), invoice])
 }
 
 /// `jobmaterial` → line item (on the job, and on the job's invoice).
-pub fn line_item(value: &Value, currency: &str) -> Result<Record, RecordError> {
-    let raw = Raw::new("jobmaterial", value)?;
+pub fn line_item(value: Value, currency: &str) -> Result<Record, RecordError> {
+    let raw = Raw::new("jobmaterial", &value)?;
     let job_id = raw.text("job_uuid");
     let quantity = raw.decimal("quantity")?.unwrap_or_default();
     let unit_price = raw.decimal("price")?;
@@ -261,12 +264,12 @@ pub fn line_item(value: &Value, currency: &str) -> Result<Record, RecordError> {
         total,
         currency: currency.to_owned(),
     };
-    record(&raw, job_id.map_or(Owner::Unowned, Owner::Job), Fields::LineItem(fields))
+    Ok(with_raw(record(&raw, job_id.map_or(Owner::Unowned, Owner::Job), Fields::LineItem(fields))?, value))
 }
 
 /// `jobpayment` → payment (against the job's invoice).
-pub fn payment(value: &Value, currency: &str) -> Result<Record, RecordError> {
-    let raw = Raw::new("jobpayment", value)?;
+pub fn payment(value: Value, currency: &str) -> Result<Record, RecordError> {
+    let raw = Raw::new("jobpayment", &value)?;
     let job_id = raw.text("job_uuid");
     let paid_at = raw.datetime("timestamp")?;
     let fields = PaymentFields {
@@ -281,12 +284,12 @@ pub fn payment(value: &Value, currency: &str) -> Result<Record, RecordError> {
     };
     let mut rec = record(&raw, job_id.map_or(Owner::Unowned, Owner::Job), Fields::Payment(fields))?;
     rec.created_at = paid_at;
-    Ok(rec)
+    Ok(with_raw(rec, value))
 }
 
 /// `attachment` → attachment. Only attachments on jobs are scoped to a company.
-pub fn attachment(value: &Value) -> Result<Record, RecordError> {
-    let raw = Raw::new("attachment", value)?;
+pub fn attachment(value: Value) -> Result<Record, RecordError> {
+    let raw = Raw::new("attachment", &value)?;
     let related = raw.text("related_object").map(|s| s.to_lowercase());
     let related_id = raw.text("related_object_uuid");
     let job_id = if related.as_deref() == Some("job") { related_id.clone() } else { None };
@@ -300,7 +303,7 @@ pub fn attachment(value: &Value) -> Result<Record, RecordError> {
     };
     let mut rec = record(&raw, job_id.map_or(Owner::Unowned, Owner::Job), Fields::Attachment(fields))?;
     rec.created_at = raw.datetime("timestamp")?;
-    Ok(rec)
+    Ok(with_raw(rec, value))
 }
 
 #[cfg(test)]
@@ -314,7 +317,7 @@ mod tests {
             "generated_job_id":"1042","company_uuid":"9a1b","date":"2026-02-27","job_description":"Fix tap",
             "invoice_sent":0,"invoice_sent_stamp":"0000-00-00 00:00:00","total_invoice_amount":"220.00",
             "payment_received":0, "completion_date":"0000-00-00 00:00:00"});
-        let records = job(&value, "AUD").unwrap();
+        let records = job(value.clone(), "AUD").unwrap();
         let Fields::Job(j) = &records[0].fields else { panic!() };
         assert_eq!(j.number, Some(1042));
         assert_eq!(j.total, Some(Decimal::new(22000, 2)));
@@ -330,7 +333,7 @@ mod tests {
         let value = json!({"uuid":"j1","active":0,"edit_date":"2026-03-01 12:00:00","status":"Completed",
             "company_uuid":"c1","invoice_sent":"1","invoice_sent_stamp":"2026-03-02 09:00:00",
             "payment_received":1,"payment_received_stamp":"2026-03-03 10:00:00","total_invoice_amount":"10"});
-        let records = job(&value, "AUD").unwrap();
+        let records = job(value.clone(), "AUD").unwrap();
         assert!(records[0].deleted);
         let Fields::Invoice(inv) = &records[1].fields else { panic!() };
         assert_eq!(inv.status, "paid");
@@ -340,27 +343,27 @@ mod tests {
     #[test]
     fn a_bad_field_names_the_object_uuid_and_field() {
         let value = json!({"uuid":"m1","job_uuid":"j1","name":"Pipe","quantity":"two","price":"3.50"});
-        let err = line_item(&value, "AUD").unwrap_err();
+        let err = line_item(value.clone(), "AUD").unwrap_err();
         assert_eq!((err.object.as_str(), err.id.as_str(), err.field.as_str()), ("jobmaterial", "m1", "quantity"));
-        let err = contact(&json!({"uuid":"x","is_primary_contact":"maybe"})).unwrap_err();
+        let err = contact(json!({"uuid":"x","is_primary_contact":"maybe"})).unwrap_err();
         assert_eq!(err.field, "is_primary_contact");
-        let err = client(&json!({"name":"no uuid"})).unwrap_err();
+        let err = client(json!({"name":"no uuid"})).unwrap_err();
         assert_eq!(err.field, "uuid");
     }
 
     #[test]
     fn line_item_totals_fall_back_to_quantity_times_price() {
         let value = json!({"uuid":"m1","job_uuid":"j1","name":"Pipe","quantity":"2","price":"3.505"});
-        let Fields::LineItem(li) = line_item(&value, "AUD").unwrap().fields else { panic!() };
+        let Fields::LineItem(li) = line_item(value.clone(), "AUD").unwrap().fields else { panic!() };
         assert_eq!(li.total, Some(Decimal::new(701, 2)));
         assert_eq!(li.invoice_id.as_deref(), Some("j1"));
     }
 
     #[test]
     fn a_site_belongs_to_its_head_office_scope() {
-        let rec = client(&json!({"uuid":"site","name":"Depot","parent_company_uuid":"hq"})).unwrap();
+        let rec = client(json!({"uuid":"site","name":"Depot","parent_company_uuid":"hq"})).unwrap();
         assert_eq!(rec.owner, Owner::Company("hq".into()));
-        let rec = client(&json!({"uuid":"hq","name":"HQ","parent_company_uuid":""})).unwrap();
+        let rec = client(json!({"uuid":"hq","name":"HQ","parent_company_uuid":""})).unwrap();
         assert_eq!(rec.owner, Owner::Company("hq".into()));
     }
 }

@@ -147,7 +147,7 @@ impl ServiceM8 {
         }
     }
 
-    fn map(&self, stream: Stream, value: &Value) -> Result<Vec<Record>, RecordError> {
+    fn map(&self, stream: Stream, value: Value) -> Result<Vec<Record>, RecordError> {
         let currency = &self.config.currency;
         match stream.name {
             "company" => mapping::client(value).map(|r| vec![r]),
@@ -330,7 +330,7 @@ impl Provider for ServiceM8 {
         // The n8n node also stops when the cursor repeats: a server that echoes it would loop.
         let next_page = next.filter(|n| !n.is_empty() && Some(n.as_str()) != page && !items.is_empty());
         let mut out = Page { next_page, ..Page::default() };
-        for item in &items {
+        for item in items {
             if let Some(id) = item.get("uuid").and_then(Value::as_str) {
                 out.seen_ids.push(id.to_owned());
             }
@@ -358,7 +358,7 @@ impl Provider for ServiceM8 {
             match self.send(token, Method::GET, self.url(&path), None).await {
                 Ok(response) => {
                     let items = Self::json_records(response).await?;
-                    let Some(item) = items.first() else { return Ok(None) };
+                    let Some(item) = items.into_iter().next() else { return Ok(None) };
                     return self.map(stream, item).map(Some).map_err(|e| ProviderError::Malformed(e.to_string()));
                 }
                 Err(ProviderError::NotFound) => continue,
