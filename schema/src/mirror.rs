@@ -219,7 +219,7 @@ pub async fn apply(
     records: &[Staged],
     expect: &mut Expectation,
 ) -> Result<ApplyStats, sqlx::Error> {
-    let prepared = prepare(conn, connection, records, 1, &mut JobOwners::default()).await?;
+    let prepared = prepare(conn, connection, records, 1, &mut Known::default()).await?;
     let mut stats = apply_batches(conn, connection, &prepared.lanes[0].batches, expect).await?;
     stats.unowned += prepared.unowned;
     Ok(stats)
@@ -261,30 +261,31 @@ impl Prepared<'_> {
     }
 }
 
-/// Where a connection's jobs live, remembered by a sync from page to page, so records owned
-/// through jobs (line items, payments, attachments) need no lookup of a job it has seen: a
-/// million-record first sync otherwise spends seconds finding again the jobs it has just
-/// written. Valid while the connection's count of job moves is unchanged; [`prepare`] forgets
-/// everything when it has changed.
+/// What a sync remembers from page to page about where records belong, so a page's records
+/// need no lookup of a company or job it has seen: a million-record first sync otherwise
+/// spends seconds finding again the companies and jobs it has just written. A company's id
+/// never changes. Where jobs live is valid while the connection's count of job moves is
+/// unchanged; [`prepare`] forgets it when the count has changed.
 #[derive(Debug, Default)]
-pub struct JobOwners {
+pub struct Known {
+    companies: HashMap<String, CompanyId>,
     moves: Option<i64>,
-    owners: HashMap<String, CompanyId>,
+    job_owners: HashMap<String, CompanyId>,
 }
 
-/// Jobs a [`JobOwners`] remembers at most (about a hundred bytes each); past it, the rest are
-/// looked up.
-const JOB_OWNERS_CAP: usize = 500_000;
+/// Companies, and jobs, a [`Known`] remembers at most (about a hundred bytes each); past it,
+/// the rest are looked up.
+const KNOWN_CAP: usize = 500_000;
 
-impl JobOwners {
-    fn remember(&mut self, job: &str, company: CompanyId) {
-        if let Some(known) = self.owners.get_mut(job) {
-            *known = company;
-        } else if self.owners.len() < JOB_OWNERS_CAP {
-            self.owners.insert(job.to_owned(), company);
-        }
+fn remember(map: &mut HashMap<String, CompanyId>, key: &str, company: CompanyId) {
+    if let Some(known) = map.get_mut(key) {
+        *known = company;
+    } else if map.len() < KNOWN_CAP {
+        map.insert(key.to_owned(), company);
     }
+}
 
+impl Known {
     /// Once every lane of `prepared` has committed: its jobs are where it put them. (Not the
     /// tombstones of jobs the mirror never had: their records have no company to find.)
     pub fn learn(&mut self, prepared: &Prepared<'_>) {
@@ -294,7 +295,7 @@ impl JobOwners {
         for lane in &prepared.lanes {
             for (staged, company) in lane.batches.get(&Resource::Job).into_iter().flatten() {
                 if !staged.record.deleted {
-                    self.remember(&staged.record.external_id, *company);
+                    remember(&mut self.job_owners, &staged.record.external_id, *company);
                 }
             }
         }
@@ -309,21 +310,29 @@ pub async fn prepare<'a>(
     connection: ConnectionId,
     records: &'a [Staged],
     lanes: usize,
-    known: &mut JobOwners,
+    known: &mut Known,
 ) -> Result<Prepared<'a>, sqlx::Error> {
     // Read before the owners: a move committed after this read is seen by the lanes' check.
     let job_moves = job_moves(conn, connection).await?;
     if known.moves != Some(job_moves) {
-        known.owners.clear();
+        known.job_owners.clear();
         known.moves = Some(job_moves);
     }
-    let companies = company_ids(conn, connection, &distinct_refs(records, Owner::company_ref)).await?;
-    let unknown: Vec<String> =
-        distinct_refs(records, Owner::job_ref).into_iter().filter(|job| !known.owners.contains_key(job)).collect();
-    for (job, company) in current_owners(conn, connection, Resource::Job, &unknown).await? {
-        known.remember(&job, company);
+    let new_companies: Vec<String> = distinct_refs(records, Owner::company_ref)
+        .into_iter()
+        .filter(|company| !known.companies.contains_key(company))
+        .collect();
+    for (company, id) in company_ids(conn, connection, &new_companies).await? {
+        remember(&mut known.companies, &company, id);
     }
-    let job_owners = &known.owners;
+    let unknown_jobs: Vec<String> =
+        distinct_refs(records, Owner::job_ref).into_iter().filter(|job| !known.job_owners.contains_key(job)).collect();
+    if !unknown_jobs.is_empty() {
+        for (job, company) in current_owners(conn, connection, Resource::Job, &unknown_jobs).await? {
+            remember(&mut known.job_owners, &job, company);
+        }
+    }
+    let (companies, job_owners) = (&known.companies, &known.job_owners);
     record_company_names(conn, connection, records).await?;
 
     // A page can hold a record twice (overlapping windows): the last copy wins.

@@ -86,7 +86,7 @@ pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 /// What a run carries from stream to stream.
 struct Run {
     summary: RunSummary,
-    job_owners: mirror::JobOwners,
+    known: mirror::Known,
 }
 
 /// A provider page; its records, taken out of it, staged for the mirror.
@@ -204,7 +204,7 @@ impl SyncEngine {
             };
         let span = tracing::info_span!("sync_run", connection_id = %id, run_id, full);
         let _entered = span.enter();
-        let mut run = Run { summary: RunSummary { run_id, ..RunSummary::default() }, job_owners: Default::default() };
+        let mut run = Run { summary: RunSummary { run_id, ..RunSummary::default() }, known: Default::default() };
         let mut result = Ok(());
         for stream in provider.streams() {
             // A scan interrupted earlier (a crash, a kill) resumes from its last committed page;
@@ -290,7 +290,7 @@ impl SyncEngine {
                 }))
             });
             let started = std::time::Instant::now();
-            let stats = self.commit_page(id, stream, &page, &mut expect, &mut run.job_owners).await?;
+            let stats = self.commit_page(id, stream, &page, &mut expect, &mut run.known).await?;
             let committed = started.elapsed();
             let next = match prefetch {
                 Some(handle) => Some(match handle.await {
@@ -374,13 +374,12 @@ impl SyncEngine {
         stream: Stream,
         fetched: &Fetched,
         expect: &mut [mirror::Expectation],
-        job_owners: &mut mirror::JobOwners,
+        known: &mut mirror::Known,
     ) -> Result<ApplyStats, SyncError> {
         let (page, records) = (&fetched.page, &fetched.records);
         let mut deals = 0;
         let stats = loop {
-            let prepared =
-                mirror::prepare(&mut *self.db.acquire().await?, id, records, self.writers, job_owners).await?;
+            let prepared = mirror::prepare(&mut *self.db.acquire().await?, id, records, self.writers, known).await?;
             let lanes = expect
                 .iter_mut()
                 .enumerate()
@@ -391,7 +390,7 @@ impl SyncEngine {
             if let Some(written) = written.into_iter().collect::<Option<Vec<ApplyStats>>>() {
                 let mut stats = ApplyStats { unowned: prepared.unowned(), ..ApplyStats::default() };
                 written.into_iter().for_each(|s| stats += s);
-                job_owners.learn(&prepared);
+                known.learn(&prepared);
                 break stats;
             }
             deals += 1;

@@ -578,7 +578,7 @@ async fn a_page_split_across_lanes_is_dealt_again_when_a_job_moves_under_it() {
     };
     // A page of every line item, over three companies, is dealt into two lanes; the jobs it
     // looked up are remembered.
-    let mut known = mirror::JobOwners::default();
+    let mut known = mirror::Known::default();
     let staged = page("first");
     let mut conn = app.db.acquire().await.unwrap();
     let prepared = mirror::prepare(&mut conn, id, &staged, 2, &mut known).await.unwrap();
