@@ -1,5 +1,7 @@
-//! Writing the mirror: a page of unified records applied in one transaction (the caller's),
-//! in batches (one statement per table, never one per row). An upsert writes nothing, and does
+//! Writing the mirror: a page of unified records resolved to companies, dealt into lanes by
+//! company ([`prepare`]), and each lane applied in one transaction ([`apply_lane`]), in batches
+//! (one statement per table, never one per row); a write's read-back applies its records in
+//! its own transaction ([`apply`]). An upsert writes nothing, and does
 //! not bump `change_seq`, when the record has not changed. A record whose company changed (a job
 //! reassigned to another client) leaves its old company's partition in the same transaction,
 //! and a moved job takes its line items, payments and attachments with it.
@@ -210,9 +212,8 @@ impl Expectation {
     }
 }
 
-/// Applies a batch of records of one connection in one transaction: the caller's, which also
-/// advances the sync cursor (so the two commit together or not at all) and holds
-/// [`lock_connection`].
+/// Applies a batch of records of one connection in the caller's transaction, which holds
+/// [`lock_connection`]: a write's read-back. (A sync deals its pages into lanes instead.)
 pub async fn apply(
     conn: &mut PgConnection,
     connection: ConnectionId,

@@ -393,6 +393,8 @@ impl SyncEngine {
                 known.learn(&prepared);
                 break stats;
             }
+            // Lanes that committed are dealt again with the rest and write nothing twice (their
+            // records then count as unchanged).
             deals += 1;
             if deals == MAX_DEALS {
                 return Err(SyncError::Contended);
