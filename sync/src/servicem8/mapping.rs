@@ -148,8 +148,8 @@ fn record(raw: &Raw<'_>, owner: Owner, fields: Fields) -> Result<Record, RecordE
     })
 }
 
-/// The provider's object becomes the record's raw payload: moved, not copied (a copy of every
-/// object was a tenth of a sync's parsing and mapping time).
+/// The provider's object becomes the record's raw payload: moved, not copied (copying every
+/// object's map was about 5% of the sync process's CPU in a profile of the 1M-record ingest).
 fn with_raw(record: Record, value: Value) -> Record {
     Record { remote_data: value, ..record }
 }
