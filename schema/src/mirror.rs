@@ -220,7 +220,8 @@ pub async fn apply(
     records: &[Staged],
     expect: &mut Expectation,
 ) -> Result<ApplyStats, sqlx::Error> {
-    let prepared = prepare(conn, connection, records, 1, &mut Known::default()).await?;
+    // The caller holds every lane's lock, so no job can move under it: no count to check.
+    let prepared = deal(conn, connection, records, 1, &mut Known::default(), 0).await?;
     let mut stats = apply_batches(conn, connection, &prepared.lanes[0].batches, expect).await?;
     stats.unowned += prepared.unowned;
     Ok(stats)
@@ -319,6 +320,18 @@ pub async fn prepare<'a>(
         known.job_owners.clear();
         known.moves = Some(job_moves);
     }
+    deal(conn, connection, records, lanes, known, job_moves).await
+}
+
+/// [`prepare`], the count of job moves read.
+async fn deal<'a>(
+    conn: &mut PgConnection,
+    connection: ConnectionId,
+    records: &'a [Staged],
+    lanes: usize,
+    known: &mut Known,
+    job_moves: i64,
+) -> Result<Prepared<'a>, sqlx::Error> {
     let new_companies: Vec<String> = distinct_refs(records, Owner::company_ref)
         .into_iter()
         .filter(|company| !known.companies.contains_key(company))
