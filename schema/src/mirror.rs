@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
 use crate::model::{Fields, Owner, Record, Resource};
@@ -68,19 +67,124 @@ impl std::ops::AddAssign for ApplyStats {
     }
 }
 
-fn fields_json(fields: &Fields) -> Map<String, Value> {
-    let value = match fields {
-        Fields::Client(f) => serde_json::to_value(f),
-        Fields::Contact(f) => serde_json::to_value(f),
-        Fields::Job(f) => serde_json::to_value(f),
-        Fields::Invoice(f) => serde_json::to_value(f),
-        Fields::LineItem(f) => serde_json::to_value(f),
-        Fields::Payment(f) => serde_json::to_value(f),
-        Fields::Attachment(f) => serde_json::to_value(f),
+/// The typed columns of a COPY line, in [`columns`] order, each followed by a tab.
+fn copy_fields(out: &mut Vec<u8>, fields: &Fields) {
+    use CopyValue as V;
+    let values: &[V<'_>] = match fields {
+        Fields::Client(f) => &[
+            V::Text(Some(&f.name)),
+            V::Bool(f.is_individual),
+            V::Text(f.address.as_deref()),
+            V::Text(f.billing_address.as_deref()),
+            V::Text(f.website.as_deref()),
+            V::Text(f.parent_id.as_deref()),
+        ],
+        Fields::Contact(f) => &[
+            V::Text(f.client_id.as_deref()),
+            V::Text(f.first_name.as_deref()),
+            V::Text(f.last_name.as_deref()),
+            V::Text(f.email.as_deref()),
+            V::Text(f.phone.as_deref()),
+            V::Text(f.mobile.as_deref()),
+            V::Text(f.kind.as_deref()),
+            V::Bool(f.is_primary),
+        ],
+        Fields::Job(f) => &[
+            V::Text(f.client_id.as_deref()),
+            V::Int(f.number),
+            V::Text(Some(&f.status)),
+            V::Text(f.description.as_deref()),
+            V::Text(f.address.as_deref()),
+            V::Text(f.purchase_order.as_deref()),
+            V::Date(f.scheduled_on),
+            V::Time(f.completed_at),
+            V::Decimal(f.total),
+            V::Text(Some(&f.currency)),
+        ],
+        Fields::Invoice(f) => &[
+            V::Text(f.client_id.as_deref()),
+            V::Text(f.job_id.as_deref()),
+            V::Int(f.number),
+            V::Text(Some(&f.status)),
+            V::Time(f.issued_at),
+            V::Time(f.paid_at),
+            V::Decimal(f.total),
+            V::Text(Some(&f.currency)),
+        ],
+        Fields::LineItem(f) => &[
+            V::Text(f.job_id.as_deref()),
+            V::Text(f.invoice_id.as_deref()),
+            V::Text(Some(&f.name)),
+            V::Decimal(Some(f.quantity)),
+            V::Decimal(f.unit_price),
+            V::Decimal(f.total),
+            V::Text(Some(&f.currency)),
+        ],
+        Fields::Payment(f) => &[
+            V::Text(f.job_id.as_deref()),
+            V::Text(f.invoice_id.as_deref()),
+            V::Decimal(Some(f.amount)),
+            V::Text(f.method.as_deref()),
+            V::Time(f.paid_at),
+            V::Text(f.note.as_deref()),
+            V::Bool(f.is_deposit),
+            V::Text(Some(&f.currency)),
+        ],
+        Fields::Attachment(f) => &[
+            V::Text(f.job_id.as_deref()),
+            V::Text(f.related_object.as_deref()),
+            V::Text(f.related_object_id.as_deref()),
+            V::Text(Some(&f.name)),
+            V::Text(f.file_type.as_deref()),
+            V::Text(f.source.as_deref()),
+        ],
     };
-    match value {
-        Ok(Value::Object(map)) => map,
-        _ => Map::new(),
+    debug_assert_eq!(values.len(), columns(fields.resource()).len());
+    for value in values {
+        value.write(out);
+        out.push(b'\t');
+    }
+}
+
+/// One typed column's value, as [`copy_fields`] writes it.
+enum CopyValue<'a> {
+    Text(Option<&'a str>),
+    Bool(bool),
+    Int(Option<i64>),
+    Decimal(Option<rust_decimal::Decimal>),
+    Date(Option<chrono::NaiveDate>),
+    Time(Option<chrono::DateTime<chrono::Utc>>),
+}
+
+impl CopyValue<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // Writing into a Vec cannot fail.
+        let _ = match self {
+            CopyValue::Text(Some(text)) => {
+                copy_str(out, text);
+                Ok(())
+            }
+            CopyValue::Bool(b) => {
+                out.push(if *b { b't' } else { b'f' });
+                Ok(())
+            }
+            CopyValue::Int(Some(n)) => write!(out, "{n}"),
+            CopyValue::Decimal(Some(d)) => write!(out, "{d}"),
+            CopyValue::Date(Some(d)) => write!(out, "{d}"),
+            CopyValue::Time(Some(t)) => {
+                copy_str(out, &t.to_rfc3339());
+                Ok(())
+            }
+            CopyValue::Text(None)
+            | CopyValue::Int(None)
+            | CopyValue::Decimal(None)
+            | CopyValue::Date(None)
+            | CopyValue::Time(None) => {
+                out.extend_from_slice(b"\\N");
+                Ok(())
+            }
+        };
     }
 }
 
@@ -117,11 +221,7 @@ fn copy_line(record: &Record) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     copy_str(&mut out, &record.external_id);
     out.push(b'\t');
-    let fields = fields_json(&record.fields);
-    for column in columns(record.resource()) {
-        copy_text(&mut out, fields.get(*column).unwrap_or(&Value::Null));
-        out.push(b'\t');
-    }
+    copy_fields(&mut out, &record.fields);
     // An unknown time sorts first: -infinity (the read path shows it as null).
     for time in [record.created_at, record.remote_updated_at] {
         match time {
@@ -130,7 +230,9 @@ fn copy_line(record: &Record) -> Vec<u8> {
         }
         out.push(b'\t');
     }
-    copy_text(&mut out, &record.remote_data);
+    // JSON text holds no raw tab or newline inside its strings, so only the backslashes of its
+    // escapes and any whitespace between its tokens need escaping.
+    copy_str(&mut out, record.remote_data.get());
     out.push(b'\t');
     if record.deleted {
         copy_str(&mut out, &chrono::Utc::now().to_rfc3339());
@@ -716,22 +818,6 @@ async fn copy_in(conn: &mut PgConnection, target: &str, buffer: Vec<u8>) -> Resu
     Ok(())
 }
 
-/// One value in COPY text format: `\\N` for null, backslash escapes for the separators.
-fn copy_text(out: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::Null => out.extend_from_slice(b"\\N"),
-        Value::Bool(true) => out.push(b't'),
-        Value::Bool(false) => out.push(b'f'),
-        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
-        Value::String(s) => copy_str(out, s),
-        // Arrays and objects (a record's raw payload) are written as JSON straight into the
-        // line, escaped on the way: no intermediate string.
-        other => {
-            let _ = serde_json::to_writer(CopyEscaped(out), other);
-        }
-    }
-}
-
 /// Text in COPY format: backslash escapes for the separators, the runs between them copied whole.
 fn copy_str(out: &mut Vec<u8>, text: &str) {
     copy_bytes(out, text.as_bytes());
@@ -752,21 +838,6 @@ fn copy_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
-}
-
-/// A writer that appends COPY-escaped bytes (the separators never fall inside a UTF-8 sequence,
-/// so escaping chunk by chunk is escaping the whole).
-struct CopyEscaped<'a>(&'a mut Vec<u8>);
-
-impl std::io::Write for CopyEscaped<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        copy_bytes(self.0, buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A job changed company: its line items, payments and attachments go with it.
@@ -839,7 +910,7 @@ pub async fn tombstone_missing(
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::Value;
 
     use super::*;
 
@@ -861,21 +932,152 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    /// Every resource's fields, once with every value set (text with separators in it) and
+    /// once with every optional value missing.
+    fn sample_fields() -> Vec<Fields> {
+        use chrono::{NaiveDate, TimeZone, Utc};
+        use rust_decimal::Decimal;
+
+        use crate::model::*;
+        // Every value differs from every other, so a column written in another's place shows.
+        let n = std::cell::Cell::new(0);
+        let next = || {
+            n.set(n.get() + 1);
+            n.get()
+        };
+        let text = || Some(format!("tab\there\nnew line\r\\back\\slash, ünïcode {}", next()));
+        let time = || Some(Utc.with_ymd_and_hms(2026, 3, 1, 12, 30, next()).unwrap());
+        let money = || Some(Decimal::new(-22050 - next() as i64, 2));
+        let full = vec![
+            Fields::Client(ClientFields {
+                name: "N\t1".into(),
+                is_individual: true,
+                address: text(),
+                billing_address: text(),
+                website: text(),
+                parent_id: text(),
+            }),
+            Fields::Contact(ContactFields {
+                client_id: text(),
+                first_name: text(),
+                last_name: text(),
+                email: text(),
+                phone: text(),
+                mobile: text(),
+                kind: text(),
+                is_primary: true,
+            }),
+            Fields::Job(JobFields {
+                client_id: text(),
+                number: Some(-1042),
+                status: "Work\\Order".into(),
+                description: text(),
+                address: text(),
+                purchase_order: text(),
+                scheduled_on: NaiveDate::from_ymd_opt(2026, 2, 27),
+                completed_at: time(),
+                total: money(),
+                currency: "AUD".into(),
+            }),
+            Fields::Invoice(InvoiceFields {
+                client_id: text(),
+                job_id: text(),
+                number: Some(7),
+                status: "paid".into(),
+                issued_at: time(),
+                paid_at: time(),
+                total: money(),
+                currency: "AUD".into(),
+            }),
+            Fields::LineItem(LineItemFields {
+                job_id: text(),
+                invoice_id: text(),
+                name: "Pipe\n".into(),
+                quantity: Decimal::new(15, 1),
+                unit_price: money(),
+                total: money(),
+                currency: "AUD".into(),
+            }),
+            Fields::Payment(PaymentFields {
+                job_id: text(),
+                invoice_id: text(),
+                amount: Decimal::new(1, 4),
+                method: text(),
+                paid_at: time(),
+                note: text(),
+                is_deposit: true,
+                currency: "AUD".into(),
+            }),
+            Fields::Attachment(AttachmentFields {
+                job_id: text(),
+                related_object: text(),
+                related_object_id: text(),
+                name: "a.pdf".into(),
+                file_type: text(),
+                source: text(),
+            }),
+        ];
+        let empty = vec![
+            Fields::Client(ClientFields::default()),
+            Fields::Contact(ContactFields::default()),
+            Fields::Job(JobFields::default()),
+            Fields::Invoice(InvoiceFields::default()),
+            Fields::LineItem(LineItemFields::default()),
+            Fields::Payment(PaymentFields::default()),
+            Fields::Attachment(AttachmentFields::default()),
+        ];
+        full.into_iter().chain(empty).collect()
+    }
+
+    /// A COPY line carries every column of the record, in the order [`copy_columns`] names
+    /// them, escaped so that it reads back exactly: checked against the fields' own serde form.
     #[test]
-    fn copy_text_escapes_separators_and_writes_json_that_reads_back_exactly() {
-        let text = "tab\there\nnew line\r\\back\\slash, ünïcode";
-        for value in [json!(text), json!({"note": text, "nested": [1, "a\tb", {"x": "\\"}]}), json!(["\n"])] {
-            let mut out = Vec::new();
-            copy_text(&mut out, &value);
-            assert!(!out.iter().any(|b| matches!(b, b'\t' | b'\n' | b'\r')), "a raw separator in {out:?}");
-            let read = unescape(&out);
-            match &value {
-                Value::String(s) => assert_eq!(&read, s),
-                other => assert_eq!(serde_json::from_str::<Value>(&read).unwrap(), *other),
+    fn copy_lines_hold_every_column_in_order_and_read_back_exactly() {
+        use chrono::{DateTime, Utc};
+        let payload = "{\n\t\"note\": \"a\\tb \\\\ c\\n\",\r\n \"nested\": [1, {\"x\": \"\\u00fc\"}]\n}";
+        let remote_data: crate::model::RawJson = serde_json::from_str(payload).unwrap();
+        for fields in sample_fields() {
+            let resource = fields.resource();
+            let record = Record {
+                external_id: "id\t1".into(),
+                owner: Owner::Unowned,
+                created_at: None,
+                remote_updated_at: Some(Utc::now()),
+                deleted: false,
+                fields: fields.clone(),
+                remote_data: remote_data.clone(),
+            };
+            let mut line = copy_line(&record);
+            line.extend_from_slice(b"42");
+            assert!(!line.iter().any(|b| matches!(b, b'\n' | b'\r')), "a raw line break in {resource}'s line");
+            // `\N` (null) stays as it is; every other field is unescaped.
+            let read: Vec<String> = line
+                .split(|b| *b == b'\t')
+                .map(|field| if field == b"\\N" { "\\N".to_owned() } else { unescape(field) })
+                .collect();
+            let names: Vec<String> = copy_columns(resource).split(", ").map(str::to_owned).collect();
+            assert_eq!(read.len(), names.len(), "{resource}: one value per column");
+            let column = |name: &str| &read[names.iter().position(|n| n == name).unwrap()];
+
+            assert_eq!(column("external_id"), "id\t1");
+            assert_eq!(column("remote_data"), payload, "{resource}: the payload as sent");
+            assert_eq!(column("created_at"), "-infinity");
+            assert_eq!(column("deleted_at"), "\\N");
+            assert_eq!(column("company_id"), "42");
+            let Value::Object(expected) = serde_json::to_value(&fields).unwrap() else { panic!() };
+            for name in columns(resource) {
+                let got = column(name);
+                match &expected[*name] {
+                    Value::Null => assert_eq!(got, "\\N", "{resource}.{name}"),
+                    Value::Bool(b) => assert_eq!(got, if *b { "t" } else { "f" }, "{resource}.{name}"),
+                    Value::Number(n) => assert_eq!(*got, n.to_string(), "{resource}.{name}"),
+                    Value::String(s) => match (DateTime::parse_from_rfc3339(s), DateTime::parse_from_rfc3339(got)) {
+                        (Ok(want), Ok(have)) => assert_eq!(want, have, "{resource}.{name}"),
+                        _ => assert_eq!(got, s, "{resource}.{name}"),
+                    },
+                    other => panic!("{resource}.{name}: unexpected {other}"),
+                }
             }
         }
-        let mut out = Vec::new();
-        copy_text(&mut out, &Value::Null);
-        assert_eq!(out, b"\\N");
     }
 }

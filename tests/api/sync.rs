@@ -36,6 +36,17 @@ fn engine(app: &TestApp, sim: &Running) -> SyncEngine {
     SyncEngine::new(app.db.clone(), app.state.tokens.clone(), providers, Default::default())
 }
 
+/// Maps a provider object as the adapter does, from its JSON text; `None` for a non-object.
+fn mapped<T>(value: &Value, map: impl FnOnce(&mapping::Object<'_>) -> T) -> Option<T> {
+    let text = serde_json::value::to_raw_value(value).unwrap();
+    Some(map(&mapping::Object::parse(&text).ok()?))
+}
+
+/// The job record of a provider job object.
+fn job_record(value: &Value) -> clientapi_schema::model::Record {
+    mapped(value, |o| mapping::job(o, "AUD")).unwrap().unwrap().swap_remove(0)
+}
+
 /// What the mirror must hold for `resource`: (id, company external id, raw record) of every
 /// live record, derived from the simulator's data with the adapter's own mapping.
 fn expected(sim: &Running, resource: Resource) -> BTreeSet<(String, String, String)> {
@@ -54,12 +65,12 @@ fn expected(sim: &Running, resource: Resource) -> BTreeSet<(String, String, Stri
         .iter()
         .filter_map(|raw| {
             let records = match object {
-                "company" => vec![mapping::client(raw.clone()).ok()?],
-                "companycontact" => vec![mapping::contact(raw.clone()).ok()?],
-                "job" => mapping::job(raw.clone(), "AUD").ok()?,
-                "jobmaterial" => vec![mapping::line_item(raw.clone(), "AUD").ok()?],
-                "jobpayment" => vec![mapping::payment(raw.clone(), "AUD").ok()?],
-                _ => vec![mapping::attachment(raw.clone()).ok()?],
+                "company" => vec![mapped(raw, mapping::client)?.ok()?],
+                "companycontact" => vec![mapped(raw, mapping::contact)?.ok()?],
+                "job" => mapped(raw, |o| mapping::job(o, "AUD"))?.ok()?,
+                "jobmaterial" => vec![mapped(raw, |o| mapping::line_item(o, "AUD"))?.ok()?],
+                "jobpayment" => vec![mapped(raw, |o| mapping::payment(o, "AUD"))?.ok()?],
+                _ => vec![mapped(raw, mapping::attachment)?.ok()?],
             };
             let record = records.into_iter().nth(resources)?;
             if record.deleted {
@@ -493,7 +504,7 @@ async fn apply_page(
 async fn a_batch_expected_to_be_new_that_holds_known_records_is_applied_the_careful_way() {
     let (sim, app, id) = connected(SimConfig { companies: 3, jobs_per_company: 3, ..SimConfig::default() }).await;
     let s = &sim.sim;
-    let job = |n: usize| mapping::job(s.records("job")[n].clone(), "AUD").unwrap().swap_remove(0);
+    let job = |n: usize| job_record(&s.records("job")[n]);
     let other_company = |record: &clientapi_schema::model::Record| {
         s.records("company")
             .iter()
@@ -525,10 +536,11 @@ async fn a_batch_expected_to_be_new_that_holds_known_records_is_applied_the_care
 
     // The next holds a known job, moved to another company and changed, beside a new one: the
     // optimistic registration meets the known key, is undone, and the batch is looked up.
-    let mut moved = job(0);
+    let mut changed = s.records("job")[0].clone();
+    changed["job_description"] = json!("moved and changed");
+    let mut moved = job_record(&changed);
     let company = other_company(&moved);
     moved.owner = Owner::Company(company.clone());
-    moved.remote_data["job_description"] = json!("moved and changed");
     let stats = apply_page(&app, id, vec![moved.clone(), job(2)], &mut expect).await;
     assert_eq!((stats.inserted, stats.updated, stats.unchanged), (1, 1, 0), "{stats:?}");
     assert!(!expect.expects_new(Resource::Job));
@@ -565,16 +577,17 @@ async fn a_page_split_across_lanes_is_dealt_again_when_a_job_moves_under_it() {
     let s = &sim.sim;
     let items: Vec<Value> = s.records("jobmaterial");
     let job_id = items[0]["job_uuid"].as_str().unwrap().to_owned();
-    let mut job = mapping::job(s.record("job", &job_id).unwrap(), "AUD").unwrap().swap_remove(0);
-    let old = match &job.owner {
+    let mut job_value = s.record("job", &job_id).unwrap();
+    let old = match &job_record(&job_value).owner {
         Owner::Company(c) => c.clone(),
         other => panic!("a job owned by {other:?}"),
     };
     let new = s.records("company").iter().map(|c| c["uuid"].as_str().unwrap().to_owned()).find(|c| *c != old).unwrap();
     let page = |name: &str| {
-        let mut records: Vec<_> = items.iter().map(|raw| mapping::line_item(raw.clone(), "AUD").unwrap()).collect();
-        records[0].remote_data["name"] = json!(name);
-        mirror::stage(records)
+        let mut items = items.clone();
+        items[0]["name"] = json!(name);
+        let records = items.iter().map(|raw| mapped(raw, |o| mapping::line_item(o, "AUD")).unwrap().unwrap());
+        mirror::stage(records.collect())
     };
     // A page of every line item, over three companies, is dealt into two lanes; the jobs it
     // looked up are remembered.
@@ -586,8 +599,9 @@ async fn a_page_split_across_lanes_is_dealt_again_when_a_job_moves_under_it() {
     assert!(!prepared.is_empty(0) && !prepared.is_empty(1));
 
     // A write moves the job to another company before the lanes write ...
-    job.owner = Owner::Company(new.clone());
-    job.remote_data["company_uuid"] = json!(new);
+    job_value["company_uuid"] = json!(new);
+    let job = job_record(&job_value);
+    assert_eq!(job.owner, Owner::Company(new.clone()));
     apply_page(&app, id, vec![job], &mut mirror::Expectation::default()).await;
 
     // ... so neither lane writes what was dealt to the job's old company.

@@ -22,6 +22,7 @@ use oauth2::{
 };
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use url::Url;
 
 use crate::provider::*;
@@ -147,15 +148,37 @@ impl ServiceM8 {
         }
     }
 
-    fn map(&self, stream: Stream, value: Value) -> Result<Vec<Record>, RecordError> {
+    /// Reads a body of provider objects (an array of them, or one), borrowing from the body:
+    /// each object is read field by field where the mapping needs it, never built as a tree.
+    fn raw_objects(bytes: &[u8]) -> Result<Vec<&RawValue>, ProviderError> {
+        let parsed = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => serde_json::from_slice::<&RawValue>(bytes).map(|object| vec![object]),
+            Some(b'[') => serde_json::from_slice::<Vec<&RawValue>>(bytes),
+            _ => return Err(ProviderError::Malformed(format!("expected a JSON array ({} bytes)", bytes.len()))),
+        };
+        // A truncated body is transient: the engine retries the same page.
+        parsed.map_err(|e| ProviderError::Malformed(format!("invalid JSON ({} bytes): {e}", bytes.len())))
+    }
+
+    fn map(&self, stream: Stream, object: &RawValue) -> Result<Vec<Record>, RecordError> {
+        let object = mapping::Object::parse(object).map_err(|kind| RecordError {
+            object: stream.name.into(),
+            id: "?".into(),
+            field: "(record)".into(),
+            message: format!("expected a JSON object, got {kind}"),
+        })?;
+        self.map_object(stream, &object)
+    }
+
+    fn map_object(&self, stream: Stream, object: &mapping::Object<'_>) -> Result<Vec<Record>, RecordError> {
         let currency = &self.config.currency;
         match stream.name {
-            "company" => mapping::client(value).map(|r| vec![r]),
-            "companycontact" => mapping::contact(value).map(|r| vec![r]),
-            "job" => mapping::job(value, currency),
-            "jobmaterial" => mapping::line_item(value, currency).map(|r| vec![r]),
-            "jobpayment" => mapping::payment(value, currency).map(|r| vec![r]),
-            "attachment" => mapping::attachment(value).map(|r| vec![r]),
+            "company" => mapping::client(object).map(|r| vec![r]),
+            "companycontact" => mapping::contact(object).map(|r| vec![r]),
+            "job" => mapping::job(object, currency),
+            "jobmaterial" => mapping::line_item(object, currency).map(|r| vec![r]),
+            "jobpayment" => mapping::payment(object, currency).map(|r| vec![r]),
+            "attachment" => mapping::attachment(object).map(|r| vec![r]),
             other => Err(RecordError {
                 object: other.into(),
                 id: "?".into(),
@@ -326,21 +349,30 @@ impl Provider for ServiceM8 {
         }
         let response = self.send(token, Method::GET, url, None).await?;
         let next = response.headers().get("x-next-cursor").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let items = Self::json_records(response).await?;
+        let bytes = response.bytes().await.map_err(ProviderError::from_reqwest)?;
+        let items = Self::raw_objects(&bytes)?;
         // The n8n node also stops when the cursor repeats: a server that echoes it would loop.
         let next_page = next.filter(|n| !n.is_empty() && Some(n.as_str()) != page && !items.is_empty());
         let mut out = Page { next_page, ..Page::default() };
+        out.records.reserve(items.len());
         for item in items {
-            if let Some(id) = item.get("uuid").and_then(Value::as_str) {
-                out.seen_ids.push(id.to_owned());
+            let object = match mapping::Object::parse(item) {
+                Ok(object) => object,
+                Err(_) => {
+                    out.bad_records.extend(self.map(stream, item).err());
+                    continue;
+                }
+            };
+            if let Some(id) = object.str("uuid") {
+                out.seen_ids.push(id.into_owned());
             }
-            if let Some(edited) = item.get("edit_date").and_then(Value::as_str)
-                && NaiveDateTime::parse_from_str(edited, mapping::DATETIME_FORMAT).is_ok()
-                && out.max_updated.as_deref().is_none_or(|m| edited > m)
+            if let Some(edited) = object.str("edit_date")
+                && NaiveDateTime::parse_from_str(&edited, mapping::DATETIME_FORMAT).is_ok()
+                && out.max_updated.as_deref().is_none_or(|m| *edited > *m)
             {
-                out.max_updated = Some(edited.to_owned());
+                out.max_updated = Some(edited.into_owned());
             }
-            match self.map(stream, item) {
+            match self.map_object(stream, &object) {
                 Ok(records) => out.records.extend(records),
                 Err(e) => out.bad_records.push(e),
             }
@@ -357,8 +389,8 @@ impl Provider for ServiceM8 {
         for path in Self::record_paths(stream, id) {
             match self.send(token, Method::GET, self.url(&path), None).await {
                 Ok(response) => {
-                    let items = Self::json_records(response).await?;
-                    let Some(item) = items.into_iter().next() else { return Ok(None) };
+                    let bytes = response.bytes().await.map_err(ProviderError::from_reqwest)?;
+                    let Some(item) = Self::raw_objects(&bytes)?.into_iter().next() else { return Ok(None) };
                     return self.map(stream, item).map(Some).map_err(|e| ProviderError::Malformed(e.to_string()));
                 }
                 Err(ProviderError::NotFound) => continue,
