@@ -198,13 +198,31 @@ pub fn parse_datetime(text: &str) -> Result<Option<DateTime<Utc>>, BadDatetime> 
     if text.is_empty() || text.starts_with("0000-00-00") {
         return Ok(None);
     }
-    if let Ok(dt) = NaiveDateTime::parse_from_str(text, DATETIME_FORMAT) {
+    if let Some(dt) = datetime_value(text) {
         return Ok(Some(dt.and_utc()));
     }
     if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(Some(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()));
     }
     Err(BadDatetime)
+}
+
+/// `YYYY-MM-DD HH:MM:SS`, read by hand when it is exactly that (the library's format-driven
+/// parser was a tenth of the sync's own CPU at a million records), by the library else.
+pub fn datetime_value(text: &str) -> Option<NaiveDateTime> {
+    let b = text.as_bytes();
+    let fixed = b.len() == 19 && b[4] == b'-' && b[7] == b'-' && b[10] == b' ' && b[13] == b':' && b[16] == b':';
+    let digits = |at: usize, len: usize| {
+        b[at..at + len].iter().try_fold(0u32, |n, &d| d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0')))
+    };
+    let quick = || {
+        NaiveDate::from_ymd_opt(digits(0, 4)? as i32, digits(5, 2)?, digits(8, 2)?)?.and_hms_opt(
+            digits(11, 2)?,
+            digits(14, 2)?,
+            digits(17, 2)?,
+        )
+    };
+    fixed.then(quick).flatten().or_else(|| NaiveDateTime::parse_from_str(text, DATETIME_FORMAT).ok())
 }
 
 /// A ServiceM8 datetime in neither of its two formats.
@@ -457,6 +475,27 @@ mod tests {
         assert_eq!(rec.owner, Owner::Company("hq".into()));
         let rec = from_json(json!({"uuid":"hq","name":"HQ","parent_company_uuid":""}), client).unwrap();
         assert_eq!(rec.owner, Owner::Company("hq".into()));
+    }
+
+    #[test]
+    fn datetimes_read_by_hand_read_as_the_library_reads_them() {
+        for text in [
+            "2026-03-01 12:00:00",
+            "1999-12-31 23:59:59",
+            "2024-02-29 00:00:00",
+            "2023-02-29 00:00:00",
+            "2026-13-01 00:00:00",
+            "2026-03-01 24:00:00",
+            "2026-03-01 12:00:60",
+            "2026-03-01T12:00:00",
+            "2026-03-01 12:00",
+            "2026-3-01 12:00:00",
+            "+026-03-01 12:00:00",
+            "2026-03-01 12:00:0x",
+            "0000-00-00 00:00:00",
+        ] {
+            assert_eq!(datetime_value(text), NaiveDateTime::parse_from_str(text, DATETIME_FORMAT).ok(), "{text}");
+        }
     }
 
     #[test]

@@ -367,7 +367,7 @@ impl Provider for ServiceM8 {
                 out.seen_ids.push(id.into_owned());
             }
             if let Some(edited) = object.str("edit_date")
-                && NaiveDateTime::parse_from_str(&edited, mapping::DATETIME_FORMAT).is_ok()
+                && mapping::datetime_value(&edited).is_some()
                 && out.max_updated.as_deref().is_none_or(|m| *edited > *m)
             {
                 out.max_updated = Some(edited.into_owned());
