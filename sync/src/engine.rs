@@ -331,7 +331,11 @@ impl SyncEngine {
                 report(Progress { stream: stream.name, pages, fetched });
             }
             match next {
-                Some(next) => page = next?,
+                Some(next) => {
+                    // Freeing a page's records runs beside the next page's commit, not before it.
+                    let done = std::mem::replace(&mut page, next?);
+                    tokio::task::spawn_blocking(move || drop(done));
+                }
                 None => break,
             }
         }
@@ -379,18 +383,29 @@ impl SyncEngine {
         let (page, records) = (&fetched.page, &fetched.records);
         let mut deals = 0;
         let stats = loop {
+            let started = std::time::Instant::now();
             let prepared = mirror::prepare(&mut *self.db.acquire().await?, id, records, self.writers, known).await?;
-            let lanes = expect
-                .iter_mut()
-                .enumerate()
-                .take(prepared.lanes())
-                .filter(|(lane, _)| !prepared.is_empty(*lane))
-                .map(|(lane, expect)| self.commit_lane(id, &prepared, lane, expect));
-            let written = futures::future::try_join_all(lanes).await?;
+            let (prepared, lanes_started) = (&prepared, std::time::Instant::now());
+            let lanes =
+                expect.iter_mut().enumerate().take(prepared.lanes()).filter(|(lane, _)| !prepared.is_empty(*lane)).map(
+                    |(lane, expect)| async move {
+                        let written = self.commit_lane(id, prepared, lane, expect).await?;
+                        Ok::<_, SyncError>((written, lanes_started.elapsed().as_millis() as u64))
+                    },
+                );
+            let (written, lane_ms): (Vec<_>, Vec<_>) = futures::future::try_join_all(lanes).await?.into_iter().unzip();
+            // How long dealing took, and when each lane finished: lanes that finish far apart
+            // leave a writer idle (see CLIENTAPI_SYNC_WRITERS).
+            tracing::debug!(
+                stream = stream.name,
+                prepare_ms = (lanes_started - started).as_millis() as u64,
+                ?lane_ms,
+                "page dealt and written"
+            );
             if let Some(written) = written.into_iter().collect::<Option<Vec<ApplyStats>>>() {
                 let mut stats = ApplyStats { unowned: prepared.unowned(), ..ApplyStats::default() };
                 written.into_iter().for_each(|s| stats += s);
-                known.learn(&prepared);
+                known.learn(prepared);
                 break stats;
             }
             // Lanes that committed are dealt again with the rest and write nothing twice (their
