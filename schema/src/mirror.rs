@@ -349,6 +349,9 @@ struct Lane<'a> {
     /// Each resource's records with their companies, deduplicated, in key order.
     batches: BTreeMap<Resource, Vec<(&'a Staged, CompanyId)>>,
     records: usize,
+    /// What the lane will write, as the deal weighs it: a tombstone of a record the mirror
+    /// never had (a job's never-invoiced invoice) writes nothing.
+    weight: usize,
     /// Whether any record's company came from its job's (see [`apply_lane`]).
     owned_through_jobs: bool,
 }
@@ -479,11 +482,15 @@ async fn deal<'a>(
         && records.iter().any(|r| matches!(r.record.owner, Owner::Job(_)));
     let count = if moves_and_children { 1 } else { lanes.clamp(1, MAX_LANES).min(by_company.len().max(1)) };
     let mut dealt: Vec<Lane> = (0..count).map(|_| Lane::default()).collect();
-    let mut companies: Vec<(CompanyId, Vec<&Staged>)> = by_company.into_iter().collect();
-    companies.sort_unstable_by(|(a, ra), (b, rb)| rb.len().cmp(&ra.len()).then(a.cmp(b)));
-    for (company, staged) in companies {
-        let lane = dealt.iter_mut().min_by_key(|l| l.records).expect("at least one lane");
+    let mut companies: Vec<(usize, CompanyId, Vec<&Staged>)> = by_company
+        .into_iter()
+        .map(|(company, staged)| (staged.iter().filter(|s| !s.record.deleted).count(), company, staged))
+        .collect();
+    companies.sort_unstable_by(|(wa, a, _), (wb, b, _)| wb.cmp(wa).then(a.cmp(b)));
+    for (weight, company, staged) in companies {
+        let lane = dealt.iter_mut().min_by_key(|l| l.weight).expect("at least one lane");
         lane.records += staged.len();
+        lane.weight += weight;
         for s in staged {
             lane.owned_through_jobs |= matches!(s.record.owner, Owner::Job(_));
             lane.batches.entry(s.record.resource()).or_default().push((s, company));
