@@ -104,6 +104,11 @@ fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     serde_json::from_str::<String>(text).ok().map(Cow::Owned)
 }
 
+/// Whether JSON text escapes a NUL character (`\u0000`, not an escaped backslash before `u0000`).
+fn holds_nul(json: &str) -> bool {
+    json.match_indices("\\u0000").any(|(at, _)| json[..at].bytes().rev().take_while(|b| *b == b'\\').count() % 2 == 0)
+}
+
 /// Reads typed values out of one raw ServiceM8 object, naming the field on failure.
 pub struct Raw<'a, 'o> {
     object: &'static str,
@@ -124,6 +129,16 @@ impl<'a, 'o> Raw<'a, 'o> {
                 });
             }
         };
+        // Postgres stores a NUL character neither in text nor in jsonb: such a record could
+        // never be written, and would hold its whole page back.
+        if holds_nul(map.text.get()) {
+            return Err(RecordError {
+                object: object.into(),
+                id: uuid,
+                field: "(record)".into(),
+                message: "holds a \\u0000 (NUL) character, which Postgres cannot store".into(),
+            });
+        }
         Ok(Self { object, uuid, map })
     }
 
@@ -475,6 +490,17 @@ mod tests {
         assert_eq!(rec.owner, Owner::Company("hq".into()));
         let rec = from_json(json!({"uuid":"hq","name":"HQ","parent_company_uuid":""}), client).unwrap();
         assert_eq!(rec.owner, Owner::Company("hq".into()));
+    }
+
+    #[test]
+    fn a_record_holding_a_nul_is_reported_not_written() {
+        let err = from_text(r#"{"uuid":"n1","job_uuid":"j1","name":"a\u0000b"}"#, |o| line_item(o, "AUD")).unwrap_err();
+        assert_eq!((err.id.as_str(), err.field.as_str()), ("n1", "(record)"));
+        // An escaped backslash before "u0000" is no NUL.
+        let ok = from_text(r#"{"uuid":"n2","job_uuid":"j1","name":"a\\u0000b"}"#, |o| line_item(o, "AUD")).unwrap();
+        let Fields::LineItem(li) = ok.fields else { panic!() };
+        assert_eq!(li.name, "a\\u0000b");
+        assert!(holds_nul(r#""\\\u0000""#) && !holds_nul(r#""\\\\u0000""#));
     }
 
     #[test]
