@@ -329,7 +329,7 @@ pub async fn apply(
 ) -> Result<ApplyStats, sqlx::Error> {
     // The caller holds every lane's lock, so no job can move under it: no count to check.
     let prepared = deal(conn, connection, records, 1, &mut Known::default(), 0).await?;
-    let mut stats = apply_batches(conn, connection, records, &prepared.lanes[0].batches, expect).await?;
+    let mut stats = apply_batches(conn, connection, &prepared.lanes[0].batches, expect).await?;
     stats.unowned += prepared.unowned;
     Ok(stats)
 }
@@ -337,22 +337,17 @@ pub async fn apply(
 /// A page's records resolved to their companies and dealt into lanes: every record of a
 /// company in one lane, so each lane can be written by its own transaction, beside the others,
 /// and still draw each company's `change_seq` values in commit order (see [`lock_lane`]).
-/// It names the page's records by position, so a page can be dealt while it is being moved
-/// from the task that fetched it (the engine deals the next page while this one is written).
-pub struct Prepared {
-    lanes: Vec<Lane>,
-    /// How many records the page had: a check that it is applied to the page it was dealt from.
-    records: usize,
+pub struct Prepared<'a> {
+    lanes: Vec<Lane<'a>>,
     unowned: u64,
     /// The connection's count of job moves, read before the job owners were.
     job_moves: i64,
 }
 
 #[derive(Default)]
-struct Lane {
-    /// Each resource's records (their positions in the page) with their companies,
-    /// deduplicated, in key order.
-    batches: BTreeMap<Resource, Vec<(usize, CompanyId)>>,
+struct Lane<'a> {
+    /// Each resource's records with their companies, deduplicated, in key order.
+    batches: BTreeMap<Resource, Vec<(&'a Staged, CompanyId)>>,
     records: usize,
     /// What the lane will write, as the deal weighs it: a tombstone of a record the mirror
     /// never had (a job's never-invoiced invoice) writes nothing.
@@ -361,7 +356,7 @@ struct Lane {
     owned_through_jobs: bool,
 }
 
-impl Prepared {
+impl Prepared<'_> {
     /// How many lanes the page was dealt into (some may be empty).
     pub fn lanes(&self) -> usize {
         self.lanes.len()
@@ -405,15 +400,14 @@ fn remember(map: &mut IdMap<String, CompanyId>, key: &str, company: CompanyId) {
 impl Known {
     /// Once every lane of `prepared` has committed: its jobs are where it put them. (Not the
     /// tombstones of jobs the mirror never had: their records have no company to find.)
-    pub fn learn(&mut self, records: &[Staged], prepared: &Prepared) {
+    pub fn learn(&mut self, prepared: &Prepared<'_>) {
         if self.moves != Some(prepared.job_moves) {
             return;
         }
         for lane in &prepared.lanes {
-            for (at, company) in lane.batches.get(&Resource::Job).into_iter().flatten() {
-                let record = &records[*at].record;
-                if !record.deleted {
-                    remember(&mut self.job_owners, &record.external_id, *company);
+            for (staged, company) in lane.batches.get(&Resource::Job).into_iter().flatten() {
+                if !staged.record.deleted {
+                    remember(&mut self.job_owners, &staged.record.external_id, *company);
                 }
             }
         }
@@ -423,13 +417,13 @@ impl Known {
 /// Resolves every record's company (allocating companies on first sight) and deals the
 /// companies into at most `lanes` lanes, the largest first into the lightest lane. Needs no
 /// lock: the lanes check what they rely on (see [`apply_lane`]).
-pub async fn prepare(
+pub async fn prepare<'a>(
     conn: &mut PgConnection,
     connection: ConnectionId,
-    records: &[Staged],
+    records: &'a [Staged],
     lanes: usize,
     known: &mut Known,
-) -> Result<Prepared, sqlx::Error> {
+) -> Result<Prepared<'a>, sqlx::Error> {
     // Read before the owners: a move committed after this read is seen by the lanes' check.
     let job_moves = job_moves(conn, connection).await?;
     if known.moves != Some(job_moves) {
@@ -440,14 +434,14 @@ pub async fn prepare(
 }
 
 /// [`prepare`], the count of job moves read.
-async fn deal(
+async fn deal<'a>(
     conn: &mut PgConnection,
     connection: ConnectionId,
-    records: &[Staged],
+    records: &'a [Staged],
     lanes: usize,
     known: &mut Known,
     job_moves: i64,
-) -> Result<Prepared, sqlx::Error> {
+) -> Result<Prepared<'a>, sqlx::Error> {
     let new_companies = unknown_refs(records, Owner::company_ref, &known.companies);
     for (company, id) in company_ids(conn, connection, &new_companies).await? {
         remember(&mut known.companies, &company, id);
@@ -464,8 +458,8 @@ async fn deal(
     // A page can hold a record twice (overlapping windows): the last copy wins.
     let mut unowned = 0;
     let mut seen = IdSet::default();
-    let mut by_company: IdMap<CompanyId, Vec<usize>> = IdMap::default();
-    for (at, staged) in records.iter().enumerate().rev() {
+    let mut by_company: IdMap<CompanyId, Vec<&Staged>> = IdMap::default();
+    for staged in records.iter().rev() {
         let record = &staged.record;
         let company = match &record.owner {
             Owner::Company(c) => companies.get(c).copied(),
@@ -475,7 +469,7 @@ async fn deal(
         match company {
             Some(company) => {
                 if seen.insert((record.resource(), record.external_id.as_str())) {
-                    by_company.entry(company).or_default().push(at);
+                    by_company.entry(company).or_default().push(staged);
                 }
             }
             None => unowned += 1,
@@ -488,19 +482,18 @@ async fn deal(
         && records.iter().any(|r| matches!(r.record.owner, Owner::Job(_)));
     let count = if moves_and_children { 1 } else { lanes.clamp(1, MAX_LANES).min(by_company.len().max(1)) };
     let mut dealt: Vec<Lane> = (0..count).map(|_| Lane::default()).collect();
-    let mut companies: Vec<(usize, CompanyId, Vec<usize>)> = by_company
+    let mut companies: Vec<(usize, CompanyId, Vec<&Staged>)> = by_company
         .into_iter()
-        .map(|(company, at)| (at.iter().filter(|at| !records[**at].record.deleted).count(), company, at))
+        .map(|(company, staged)| (staged.iter().filter(|s| !s.record.deleted).count(), company, staged))
         .collect();
     companies.sort_unstable_by(|(wa, a, _), (wb, b, _)| wb.cmp(wa).then(a.cmp(b)));
-    for (weight, company, positions) in companies {
+    for (weight, company, staged) in companies {
         let lane = dealt.iter_mut().min_by_key(|l| l.weight).expect("at least one lane");
-        lane.records += positions.len();
+        lane.records += staged.len();
         lane.weight += weight;
-        for at in positions {
-            let record = &records[at].record;
-            lane.owned_through_jobs |= matches!(record.owner, Owner::Job(_));
-            lane.batches.entry(record.resource()).or_default().push((at, company));
+        for s in staged {
+            lane.owned_through_jobs |= matches!(s.record.owner, Owner::Job(_));
+            lane.batches.entry(s.record.resource()).or_default().push((s, company));
         }
     }
     for lane in &mut dealt {
@@ -508,11 +501,10 @@ async fn deal(
             // In key order: every index of a mirror table leads with the company, so rows
             // grouped by company land on neighbouring index pages one after another (a quarter
             // faster than a provider page's order, measured at a million rows).
-            let id = |at: &usize| &records[*at].record.external_id;
-            batch.sort_unstable_by(|(a, ca), (b, cb)| (ca, id(a)).cmp(&(cb, id(b))));
+            batch.sort_unstable_by(|(a, ca), (b, cb)| (ca, &a.record.external_id).cmp(&(cb, &b.record.external_id)));
         }
     }
-    Ok(Prepared { lanes: dealt, records: records.len(), unowned, job_moves })
+    Ok(Prepared { lanes: dealt, unowned, job_moves })
 }
 
 /// Writes one lane of a prepared page, in the caller's transaction, after taking the lane's
@@ -521,12 +513,10 @@ async fn deal(
 pub async fn apply_lane(
     conn: &mut PgConnection,
     connection: ConnectionId,
-    records: &[Staged],
-    prepared: &Prepared,
+    prepared: &Prepared<'_>,
     lane: usize,
     expect: &mut Expectation,
 ) -> Result<Option<ApplyStats>, sqlx::Error> {
-    assert_eq!(records.len(), prepared.records, "a page applied with another page's deal");
     lock_lane(conn, connection, lane).await?;
     let dealt = &prepared.lanes[lane];
     // Under the lane's lock a move either committed (and bumped the count) or waits for this
@@ -534,7 +524,7 @@ pub async fn apply_lane(
     if dealt.owned_through_jobs && job_moves(conn, connection).await? != prepared.job_moves {
         return Ok(None);
     }
-    apply_batches(conn, connection, records, &dealt.batches, expect).await.map(Some)
+    apply_batches(conn, connection, &dealt.batches, expect).await.map(Some)
 }
 
 async fn job_moves(conn: &mut PgConnection, connection: ConnectionId) -> Result<i64, sqlx::Error> {
@@ -548,14 +538,12 @@ async fn job_moves(conn: &mut PgConnection, connection: ConnectionId) -> Result<
 async fn apply_batches(
     conn: &mut PgConnection,
     connection: ConnectionId,
-    records: &[Staged],
-    batches: &BTreeMap<Resource, Vec<(usize, CompanyId)>>,
+    batches: &BTreeMap<Resource, Vec<(&Staged, CompanyId)>>,
     expect: &mut Expectation,
 ) -> Result<ApplyStats, sqlx::Error> {
     let mut stats = ApplyStats::default();
     for (resource, batch) in batches {
-        let batch: Vec<(&Staged, CompanyId)> = batch.iter().map(|(at, company)| (&records[*at], *company)).collect();
-        stats += apply_resource(conn, connection, *resource, &batch, expect).await?;
+        stats += apply_resource(conn, connection, *resource, batch, expect).await?;
     }
     Ok(stats)
 }

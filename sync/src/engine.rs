@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clientapi_schema::ConnectionId;
 use clientapi_schema::mirror::{self, ApplyStats};
-use clientapi_schema::model::{Owner, Resource};
+use clientapi_schema::model::Resource;
 use clientapi_schema::secret::Secret;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
@@ -86,25 +86,13 @@ pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 /// What a run carries from stream to stream.
 struct Run {
     summary: RunSummary,
-    /// Locked by whichever is dealing a page: the page being written, or the next one, dealt
-    /// ahead (see [`deal_ahead`]).
-    known: tokio::sync::Mutex<mirror::Known>,
+    known: mirror::Known,
 }
 
 /// A provider page; its records, taken out of it, staged for the mirror.
 struct Fetched {
     page: Page,
     records: Vec<mirror::Staged>,
-}
-
-/// Whether the next page can be dealt while the page before it is still being written.
-/// Dealing finds each record's company; a record owned through a job finds it from the job's
-/// mirror row, and when the stream carries jobs too, that job may be on the page still being
-/// written. Such a page is dealt after it. (A job moved by a write under a page dealt ahead is
-/// caught by the lanes' check, as for any page.)
-fn deal_ahead(stream: Stream, next: &Fetched) -> bool {
-    !stream.resources.contains(&Resource::Job)
-        || !next.records.iter().any(|staged| matches!(staged.record.owner, Owner::Job(_)))
 }
 
 /// Runs syncs. Cheap to clone; one per process.
@@ -286,8 +274,6 @@ impl SyncEngine {
         let mut pages = 0;
         let mut fetched = 0;
         let mut page = self.fetch(id, provider.as_ref(), stream, since.as_deref(), page_cursor.as_deref()).await?;
-        // The page's deal, when it was made while the page before it was written.
-        let mut dealt: Option<mirror::Prepared> = None;
         loop {
             if self.shutdown.is_cancelled() {
                 return Err(SyncError::Cancelled);
@@ -303,29 +289,17 @@ impl SyncEngine {
                     engine.fetch(id, provider.as_ref(), stream, since.as_deref(), Some(&cursor)).await
                 }))
             });
-            // Once the next page is here, it is dealt while this one is still being written
-            // (when it cannot depend on this one: see `deal_ahead`). A failed fetch is reported
-            // after this page has committed; a failed commit drops the fetch.
-            let known = &run.known;
-            let next = async {
-                let next = match prefetch?.await {
+            let started = std::time::Instant::now();
+            let stats = self.commit_page(id, stream, &page, &mut expect, &mut run.known).await?;
+            let committed = started.elapsed();
+            let next = match prefetch {
+                Some(handle) => Some(match handle.await {
                     Ok(fetched) => fetched,
                     Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                     Err(_) => Err(SyncError::Cancelled),
-                };
-                Some(match next {
-                    Ok(next) if deal_ahead(stream, &next) => {
-                        self.deal(id, &next.records, known).await.map(|dealt| (next, Some(dealt)))
-                    }
-                    other => other.map(|next| (next, None)),
-                })
+                }),
+                None => None,
             };
-            let started = std::time::Instant::now();
-            let commit = async {
-                let stats = self.commit_page(id, stream, &page, dealt.take(), &mut expect, known).await?;
-                Ok::<_, SyncError>((stats, started.elapsed()))
-            };
-            let ((stats, committed), next) = tokio::try_join!(commit, async { Ok(next.await) })?;
             tracing::debug!(
                 stream = stream.name,
                 records = page.records.len(),
@@ -358,10 +332,8 @@ impl SyncEngine {
             }
             match next {
                 Some(next) => {
-                    let (next, next_dealt) = next?;
-                    dealt = next_dealt;
                     // Freeing a page's records runs beside the next page's commit, not before it.
-                    let done = std::mem::replace(&mut page, next);
+                    let done = std::mem::replace(&mut page, next?);
                     tokio::task::spawn_blocking(move || drop(done));
                 }
                 None => break,
@@ -405,23 +377,19 @@ impl SyncEngine {
         id: ConnectionId,
         stream: Stream,
         fetched: &Fetched,
-        mut dealt: Option<mirror::Prepared>,
         expect: &mut [mirror::Expectation],
-        known: &tokio::sync::Mutex<mirror::Known>,
+        known: &mut mirror::Known,
     ) -> Result<ApplyStats, SyncError> {
         let (page, records) = (&fetched.page, &fetched.records);
         let mut deals = 0;
         let stats = loop {
             let started = std::time::Instant::now();
-            let prepared = match dealt.take() {
-                Some(dealt) => dealt,
-                None => self.deal(id, records, known).await?,
-            };
+            let prepared = mirror::prepare(&mut *self.db.acquire().await?, id, records, self.writers, known).await?;
             let (prepared, lanes_started) = (&prepared, std::time::Instant::now());
             let lanes =
                 expect.iter_mut().enumerate().take(prepared.lanes()).filter(|(lane, _)| !prepared.is_empty(*lane)).map(
                     |(lane, expect)| async move {
-                        let written = self.commit_lane(id, records, prepared, lane, expect).await?;
+                        let written = self.commit_lane(id, prepared, lane, expect).await?;
                         Ok::<_, SyncError>((written, lanes_started.elapsed().as_millis() as u64))
                     },
                 );
@@ -437,7 +405,7 @@ impl SyncEngine {
             if let Some(written) = written.into_iter().collect::<Option<Vec<ApplyStats>>>() {
                 let mut stats = ApplyStats { unowned: prepared.unowned(), ..ApplyStats::default() };
                 written.into_iter().for_each(|s| stats += s);
-                known.lock().await.learn(records, prepared);
+                known.learn(prepared);
                 break stats;
             }
             // Lanes that committed are dealt again with the rest and write nothing twice (their
@@ -472,23 +440,11 @@ impl SyncEngine {
         Ok(stats)
     }
 
-    /// Resolves a page's companies and deals it into lanes (see [`mirror::prepare`]).
-    async fn deal(
-        &self,
-        id: ConnectionId,
-        records: &[mirror::Staged],
-        known: &tokio::sync::Mutex<mirror::Known>,
-    ) -> Result<mirror::Prepared, SyncError> {
-        let mut known = known.lock().await;
-        Ok(mirror::prepare(&mut *self.db.acquire().await?, id, records, self.writers, &mut known).await?)
-    }
-
     /// One lane of a page in its own transaction (`None`: jobs moved under it, nothing written).
     async fn commit_lane(
         &self,
         id: ConnectionId,
-        records: &[mirror::Staged],
-        prepared: &mirror::Prepared,
+        prepared: &mirror::Prepared<'_>,
         lane: usize,
         expect: &mut mirror::Expectation,
     ) -> Result<Option<ApplyStats>, SyncError> {
@@ -498,7 +454,7 @@ impl SyncEngine {
         // one: a lane's lost commit takes the later scan position with it.
         sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
         // The lane's lock: page commits and writes' read-backs of one connection take turns.
-        let written = mirror::apply_lane(&mut tx, id, records, prepared, lane, expect).await?;
+        let written = mirror::apply_lane(&mut tx, id, prepared, lane, expect).await?;
         if written.is_some() {
             tx.commit().await?;
         }
@@ -569,30 +525,6 @@ pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_page_is_dealt_ahead_unless_it_may_need_a_job_on_the_page_before_it() {
-        use clientapi_schema::model::{Fields, JobFields, LineItemFields, Record};
-        let record = |owner: Owner, fields: Fields| Record {
-            external_id: "x".into(),
-            owner,
-            created_at: None,
-            remote_updated_at: None,
-            deleted: false,
-            fields,
-            remote_data: serde_json::from_str("{}").unwrap(),
-        };
-        let job = || record(Owner::Company("c".into()), Fields::Job(JobFields::default()));
-        let item = || record(Owner::Job("j".into()), Fields::LineItem(LineItemFields::default()));
-        let page = |records: Vec<Record>| Fetched { page: Page::default(), records: mirror::stage(records) };
-        let jobs = Stream { name: "jobs", resources: &[Resource::Job, Resource::LineItem] };
-        let items = Stream { name: "items", resources: &[Resource::LineItem] };
-
-        assert!(deal_ahead(items, &page(vec![item(), item()])), "its jobs were all written before the stream began");
-        assert!(deal_ahead(jobs, &page(vec![job()])), "jobs find their companies by themselves");
-        assert!(!deal_ahead(jobs, &page(vec![job(), item()])), "its job may be on the page still being written");
-        assert!(!deal_ahead(jobs, &page(vec![item()])));
-    }
 
     #[test]
     fn backoff_is_jittered_under_the_cap_and_honours_retry_after() {

@@ -605,14 +605,14 @@ async fn a_page_split_across_lanes_is_dealt_again_when_a_job_moves_under_it() {
     apply_page(&app, id, vec![job], &mut mirror::Expectation::default()).await;
 
     // ... so neither lane writes what was dealt to the job's old company.
-    let written = apply_lanes(&app, id, &staged, &prepared).await;
+    let written = apply_lanes(&app, id, &prepared).await;
     assert_eq!(written.len(), 2);
     assert!(written.iter().all(Option::is_none), "{written:?}");
 
     // Dealt again, the remembered owners are forgotten: the line item goes where its job is now.
     let staged = page("second");
     let prepared = mirror::prepare(&mut conn, id, &staged, 2, &mut known).await.unwrap();
-    let written = apply_lanes(&app, id, &staged, &prepared).await;
+    let written = apply_lanes(&app, id, &prepared).await;
     assert!(written.iter().all(Option::is_some), "{written:?}");
     let rows: Vec<(String, String)> = sqlx::query_as(
         "select c.external_id, l.remote_data->>'name' from line_items l join companies c on c.id = l.company_id
@@ -635,15 +635,12 @@ async fn a_page_split_across_lanes_is_dealt_again_when_a_job_moves_under_it() {
 async fn apply_lanes(
     app: &TestApp,
     id: ConnectionId,
-    records: &[mirror::Staged],
-    prepared: &mirror::Prepared,
+    prepared: &mirror::Prepared<'_>,
 ) -> Vec<Option<mirror::ApplyStats>> {
     let mut written = Vec::new();
     for lane in (0..prepared.lanes()).filter(|lane| !prepared.is_empty(*lane)) {
         let mut tx = app.db.begin().await.unwrap();
-        let stats = mirror::apply_lane(&mut tx, id, records, prepared, lane, &mut mirror::Expectation::default())
-            .await
-            .unwrap();
+        let stats = mirror::apply_lane(&mut tx, id, prepared, lane, &mut mirror::Expectation::default()).await.unwrap();
         tx.commit().await.unwrap();
         written.push(stats);
     }
