@@ -136,20 +136,8 @@ impl ServiceM8 {
         check_status(response).await
     }
 
-    /// Parses a list body: a bare JSON array (a single object is tolerated).
-    async fn json_records(response: reqwest::Response) -> Result<Vec<Value>, ProviderError> {
-        let bytes = response.bytes().await.map_err(ProviderError::from_reqwest)?;
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Array(items)) => Ok(items),
-            Ok(obj @ Value::Object(_)) => Ok(vec![obj]),
-            Ok(other) => Err(ProviderError::Malformed(format!("expected a JSON array, got {other}"))),
-            // A truncated body is transient: the engine retries the same page.
-            Err(e) => Err(ProviderError::Malformed(format!("invalid JSON ({} bytes): {e}", bytes.len()))),
-        }
-    }
-
-    /// Reads a body of provider objects (an array of them, or one), borrowing from the body:
-    /// each object is read field by field where the mapping needs it, never built as a tree.
+    /// Reads a list body (a bare JSON array; a single object is tolerated), borrowing from the
+    /// body: each object is read field by field where the mapping needs it, never built as a tree.
     fn raw_objects(bytes: &[u8]) -> Result<Vec<&RawValue>, ProviderError> {
         let parsed = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
             Some(b'{') => serde_json::from_slice::<&RawValue>(bytes).map(|object| vec![object]),
@@ -160,14 +148,14 @@ impl ServiceM8 {
         parsed.map_err(|e| ProviderError::Malformed(format!("invalid JSON ({} bytes): {e}", bytes.len())))
     }
 
-    fn map(&self, stream: Stream, object: &RawValue) -> Result<Vec<Record>, RecordError> {
-        let object = mapping::Object::parse(object).map_err(|kind| RecordError {
+    /// One item of a list body, which must be an object.
+    fn object(stream: Stream, item: &RawValue) -> Result<mapping::Object<'_>, RecordError> {
+        mapping::Object::parse(item).map_err(|kind| RecordError {
             object: stream.name.into(),
             id: "?".into(),
             field: "(record)".into(),
             message: format!("expected a JSON object, got {kind}"),
-        })?;
-        self.map_object(stream, &object)
+        })
     }
 
     fn map_object(&self, stream: Stream, object: &mapping::Object<'_>) -> Result<Vec<Record>, RecordError> {
@@ -356,10 +344,10 @@ impl Provider for ServiceM8 {
         let mut out = Page { next_page, ..Page::default() };
         out.records.reserve(items.len());
         for item in items {
-            let object = match mapping::Object::parse(item) {
+            let object = match Self::object(stream, item) {
                 Ok(object) => object,
-                Err(_) => {
-                    out.bad_records.extend(self.map(stream, item).err());
+                Err(e) => {
+                    out.bad_records.push(e);
                     continue;
                 }
             };
@@ -391,7 +379,10 @@ impl Provider for ServiceM8 {
                 Ok(response) => {
                     let bytes = response.bytes().await.map_err(ProviderError::from_reqwest)?;
                     let Some(item) = Self::raw_objects(&bytes)?.into_iter().next() else { return Ok(None) };
-                    return self.map(stream, item).map(Some).map_err(|e| ProviderError::Malformed(e.to_string()));
+                    return Self::object(stream, item)
+                        .and_then(|object| self.map_object(stream, &object))
+                        .map(Some)
+                        .map_err(|e| ProviderError::Malformed(e.to_string()));
                 }
                 Err(ProviderError::NotFound) => continue,
                 Err(e) => return Err(e),
@@ -528,14 +519,14 @@ impl Provider for ServiceM8 {
 
     async fn account(&self, token: &Secret<String>) -> Result<(String, String), ProviderError> {
         let response = self.send(token, Method::GET, self.url("vendor.json"), None).await?;
-        let items = Self::json_records(response).await?;
+        let bytes = response.bytes().await.map_err(ProviderError::from_reqwest)?;
+        let items = Self::raw_objects(&bytes)?;
         let vendor = items.first().ok_or_else(|| ProviderError::Malformed("vendor.json is empty".into()))?;
-        let id = vendor
-            .get("uuid")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ProviderError::Malformed("vendor has no uuid".into()))?;
-        let name = vendor.get("name").and_then(Value::as_str).unwrap_or("ServiceM8 account");
-        Ok((id.to_owned(), name.to_owned()))
+        let vendor = mapping::Object::parse(vendor)
+            .map_err(|kind| ProviderError::Malformed(format!("expected the vendor object, got {kind}")))?;
+        let id = vendor.str("uuid").ok_or_else(|| ProviderError::Malformed("vendor has no uuid".into()))?;
+        let name = vendor.str("name").unwrap_or("ServiceM8 account".into());
+        Ok((id.into_owned(), name.into_owned()))
     }
 }
 
