@@ -105,9 +105,13 @@ pub enum EndpointCommand {
         /// Allow writes (through to the provider).
         #[arg(long)]
         read_write: bool,
-        /// A `sk_test_` key for a sandbox connection.
-        #[arg(long)]
+        /// A test endpoint (`sk_test_` key); only a sandbox connection takes one. Without
+        /// `--test` or `--live` the endpoint follows its connection.
+        #[arg(long, conflicts_with = "live")]
         test: bool,
+        /// A live endpoint (`sk_live_` key); only a live connection takes one.
+        #[arg(long)]
+        live: bool,
         #[arg(long)]
         rate_limit: Option<i32>,
     },
@@ -429,7 +433,7 @@ fn api_error(e: crate::error::ApiError) -> anyhow::Error {
 async fn endpoint_command(state: &crate::startup::AppState, command: EndpointCommand) -> anyhow::Result<()> {
     use crate::endpoints;
     match command {
-        EndpointCommand::Create { connection, company, name, read_write, test, rate_limit } => {
+        EndpointCommand::Create { connection, company, name, read_write, test, live, rate_limit } => {
             let account = owning_account(
                 state,
                 "select account_id from connections where id = $1::text::bigint",
@@ -440,8 +444,10 @@ async fn endpoint_command(state: &crate::startup::AppState, command: EndpointCom
             let mut body = serde_json::json!({
                 "connection_id": connection, "company_external_id": company, "name": name,
                 "access": if read_write { "read_write" } else { "read_only" },
-                "environment": if test { "test" } else { "live" },
             });
+            if test || live {
+                body["environment"] = if test { "test" } else { "live" }.into();
+            }
             if let Some(limit) = rate_limit {
                 body["rate_limit_per_minute"] = limit.into();
             }

@@ -77,15 +77,23 @@ async fn set_up(
     let db = &state.db;
     let existing: Option<AccountId> =
         sqlx::query_scalar("select account_id from users where email = $1").bind(DEMO_EMAIL).fetch_optional(db).await?;
+    // The dashboard's sign-in: a fresh password each run (only its hash is stored, so an
+    // earlier run's cannot be shown again).
+    let password = rand::distr::SampleString::sample_string(&rand::distr::Alphanumeric, &mut rand::rng(), 20);
     let account = match existing {
         Some(account) => {
-            eprintln!("• Reusing the demo data from an earlier run (admin {DEMO_EMAIL})");
+            let hash = crate::accounts::hash_password(password.clone()).await?;
+            sqlx::query("update users set password_hash = $2 where email = $1")
+                .bind(DEMO_EMAIL)
+                .bind(hash)
+                .execute(db)
+                .await?;
+            eprintln!("• Reusing the demo data from an earlier run (admin {DEMO_EMAIL}, new password)");
             account
         }
         None => {
-            let password = rand::distr::SampleString::sample_string(&rand::distr::Alphanumeric, &mut rand::rng(), 20);
             let (account, _) = crate::accounts::create_user(db, DEMO_EMAIL, password.clone(), DEMO_ACCOUNT).await?;
-            eprintln!("• Created admin {DEMO_EMAIL} with password {password} (shown once)");
+            eprintln!("• Created admin {DEMO_EMAIL}");
             account
         }
     };
@@ -100,9 +108,11 @@ async fn set_up(
 
     // The real OAuth flow, over HTTP, against the simulator.
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    // The simulator is a sandbox: its endpoints get test keys, which touch only its data.
     let authorize: Value = http
         .post(format!("{base}/api/admin/connections/servicem8/authorize"))
         .bearer_auth(&admin)
+        .json(&json!({ "environment": "sandbox" }))
         .send()
         .await?
         .error_for_status()?
@@ -121,7 +131,7 @@ async fn set_up(
     let connection: Value = response.json().await?;
     let connection_id = ConnectionId(connection["id"].as_i64().context("no connection id")?);
     eprintln!(
-        "• Connected ServiceM8 account \"{}\" through OAuth (connection {connection_id})",
+        "• Connected ServiceM8 sandbox account \"{}\" through OAuth (connection {connection_id})",
         connection["name"].as_str().unwrap_or("")
     );
 
@@ -173,6 +183,7 @@ async fn set_up(
     println!();
     println!("Client API demo is running. Keys are shown once (a later run issues new ones).");
     println!();
+    println!("  Dashboard      {base}/   (sign in as {DEMO_EMAIL} with password {password})");
     println!("  Admin API      {base}/api/admin   (token: {admin})");
     println!("  API docs       {base}/api/public/docs");
     println!("  Read-only key  {ro_key}");

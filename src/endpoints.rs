@@ -46,6 +46,9 @@ pub struct Endpoint {
     pub access: String,
     pub scopes: Vec<String>,
     pub environment: String,
+    /// The connection's environment (`live` or `sandbox`).
+    pub connection_environment: String,
+    pub company_name: Option<String>,
     pub status: String,
     pub ip_allowlist: Vec<String>,
     pub rate_limit_per_minute: i32,
@@ -57,8 +60,15 @@ pub struct Endpoint {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Endpoint {
+    /// The public id, as pages write it.
+    pub fn id(&self) -> &str {
+        &self.public_id
+    }
+}
+
 const SELECT: &str = "select e.public_id, e.name, e.connection_id, c.external_id as company_external_id, n.provider,
-        e.access, e.scopes, e.environment, e.status, e.ip_allowlist::text[] as ip_allowlist, e.rate_limit_per_minute,
+        e.access, e.scopes, e.environment, n.environment as connection_environment, c.name as company_name, e.status, e.ip_allowlist::text[] as ip_allowlist, e.rate_limit_per_minute,
         e.expires_at, e.last_used_at, host(e.last_used_ip) as last_used_ip,
         (select k.hint from endpoint_keys k where k.endpoint_id = e.id and k.revoked_at is null
          order by k.id desc limit 1) as key_hint,
@@ -222,9 +232,10 @@ pub async fn create(db: &PgPool, account: AccountId, body: &Value) -> Result<Cre
         errors.push(FieldError::new("name", "required"));
     }
     let mut company_id = None;
+    let mut environment = settings.environment.clone();
     if let (Some(connection), Some(company)) = (connection, &company) {
-        let found: Option<(bool, Option<CompanyId>)> = sqlx::query_as(
-            "select true, (select id from companies where connection_id = n.id and external_id = $3)
+        let found: Option<(String, Option<CompanyId>)> = sqlx::query_as(
+            "select n.environment, (select id from companies where connection_id = n.id and external_id = $3)
              from connections n where n.id = $1 and n.account_id = $2",
         )
         .bind(connection)
@@ -234,9 +245,23 @@ pub async fn create(db: &PgPool, account: AccountId, body: &Value) -> Result<Cre
         .await?;
         match found {
             None => errors.push(FieldError::new("connection_id", "no such connection in your account")),
-            Some((_, None)) => errors
-                .push(FieldError::new("company_external_id", "no such company in this connection (has it synced?)")),
-            Some((_, Some(id))) => company_id = Some(id),
+            Some((connection_environment, company)) => {
+                match company {
+                    None => errors.push(FieldError::new(
+                        "company_external_id",
+                        "no such company in this connection (has it synced?)",
+                    )),
+                    Some(id) => company_id = Some(id),
+                }
+                let expected = endpoint_environment_for(&connection_environment);
+                match &environment {
+                    None => environment = Some(expected.to_owned()),
+                    Some(asked) if asked != expected => {
+                        errors.push(environment_mismatch(asked, &connection_environment))
+                    }
+                    Some(_) => {}
+                }
+            }
         }
     }
     if !errors.is_empty() {
@@ -250,7 +275,7 @@ pub async fn create(db: &PgPool, account: AccountId, body: &Value) -> Result<Cre
         // A read-only endpoint holds no write scope, whatever was asked.
         scopes.retain(|s| s.ends_with(":read"));
     }
-    let environment = settings.environment.unwrap_or_else(|| "live".into());
+    let environment = environment.expect("checked");
     let key = endpoint_key::generate(environment == "test");
     let hash = hash_off_runtime(key.clone()).await?;
     let public_id = format!("ep_{}", Alphanumeric.sample_string(&mut rand::rng(), 16).to_lowercase());
@@ -280,6 +305,22 @@ pub async fn create(db: &PgPool, account: AccountId, body: &Value) -> Result<Cre
     Ok(Created { endpoint, key })
 }
 
+/// The endpoint environment a connection's environment allows: test keys touch only test data.
+pub fn endpoint_environment_for(connection_environment: &str) -> &'static str {
+    if connection_environment == "sandbox" { "test" } else { "live" }
+}
+
+/// The 422 for an endpoint environment its connection does not allow.
+fn environment_mismatch(asked: &str, connection_environment: &str) -> FieldError {
+    FieldError::new(
+        "environment",
+        format!(
+            "a {asked} endpoint cannot be on a {connection_environment} connection: test endpoints exist only on \
+             sandbox connections and live endpoints only on live connections"
+        ),
+    )
+}
+
 /// Records a key's hash and hint (never the key) for an endpoint.
 async fn store_key(conn: &mut sqlx::PgConnection, endpoint_id: i64, hash: &str, key: &str) -> Result<(), sqlx::Error> {
     sqlx::query("insert into endpoint_keys (endpoint_id, key_hash, hint) values ($1, $2, $3)")
@@ -306,6 +347,12 @@ pub async fn update(db: &PgPool, account: AccountId, public_id: &str, body: &Val
         return Err(ApiError::Invalid(errors));
     }
     let current = get(db, account, public_id).await?.ok_or(ApiError::NotFound)?;
+    if let Some(asked) = &s.environment
+        && *asked != current.environment
+    {
+        // The key's prefix and the data it may touch both follow the connection.
+        return Err(ApiError::Invalid(vec![environment_mismatch(asked, &current.connection_environment)]));
+    }
     let access = s.access.unwrap_or(current.access);
     let mut scopes = s.scopes.unwrap_or(current.scopes);
     if access == "read_only" {

@@ -145,7 +145,18 @@ async fn write(db: &PgPool, rows: &mut Vec<LogRow>) {
     .execute(db)
     .await;
     match result {
-        Ok(_) => metrics::counter!("request_log_rows_total").increment(batch.len() as u64),
+        Ok(_) => {
+            metrics::counter!("request_log_rows_total").increment(batch.len() as u64);
+            // Live tails on every process learn which endpoints have new rows.
+            let mut endpoints: Vec<i64> = batch.iter().filter_map(|r| r.endpoint_id).collect();
+            endpoints.sort_unstable();
+            endpoints.dedup();
+            if !endpoints.is_empty()
+                && let Err(e) = crate::events::notify_requests(db, &endpoints).await
+            {
+                tracing::debug!(error = %e, "request log event not sent");
+            }
+        }
         Err(e) => tracing::error!(error = %e, rows = batch.len(), "writing request logs failed"),
     }
 }

@@ -59,6 +59,12 @@ pub struct Shared {
     pub rate_limits: Arc<EndpointRateLimits>,
     pub write_queue: Arc<crate::writes::WriteQueue>,
     pub request_log: RequestLog,
+    /// Admin events from every process, for the dashboard's event streams.
+    pub events: crate::events::AdminEvents,
+    /// Cancelled when the server starts draining: open event streams end so it can.
+    pub streams_closing: CancellationToken,
+    /// Sign-in attempts per client address and per email.
+    pub login_limits: crate::http::admin::auth::LoginLimits,
     /// Background tasks (request log writer, key invalidation), awaited after `shutdown`.
     pub tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     pub shutdown: CancellationToken,
@@ -74,6 +80,8 @@ impl AppState {
         let verifier = Arc::new(KeyVerifier::new(std::time::Duration::from_millis(config.failed_auth_delay_ms)));
         let (request_log, writer) = request_log::spawn(db.clone(), config.request_log_retention_days, shutdown.clone());
         let listener = tokio::spawn(verifier.clone().run(db.clone(), shutdown.clone()));
+        let events = crate::events::AdminEvents::default();
+        let events_listener = tokio::spawn(events.clone().run(db.clone(), shutdown.clone()));
         Self(Arc::new(Shared {
             db,
             reader,
@@ -87,7 +95,10 @@ impl AppState {
             rate_limits: Arc::default(),
             write_queue: Arc::new(crate::writes::WriteQueue::new()),
             request_log,
-            tasks: Arc::new(std::sync::Mutex::new(vec![writer, listener])),
+            events,
+            streams_closing: shutdown.child_token(),
+            login_limits: Default::default(),
+            tasks: Arc::new(std::sync::Mutex::new(vec![writer, listener, events_listener])),
             config: Arc::new(config),
             master_key: Arc::new(master_key),
             shutdown,
@@ -210,9 +221,13 @@ impl Application {
             ))
         });
         tracing::info!(addr = %listener.local_addr()?, "serving");
-        let signal = shutdown.clone();
+        let (signal, streams) = (shutdown.clone(), state.streams_closing.clone());
         axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { signal.cancelled().await })
+            .with_graceful_shutdown(async move {
+                signal.cancelled().await;
+                // Event streams never finish on their own; graceful shutdown waits for them.
+                streams.cancel();
+            })
             .await
             .context("HTTP server")?;
         state.stop_background().await;

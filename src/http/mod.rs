@@ -1,6 +1,7 @@
 //! The HTTP surface: one router per area, merged here, under the request-context middleware.
 
 pub mod admin;
+pub mod dashboard;
 pub mod extract;
 pub mod health;
 pub mod public;
@@ -17,6 +18,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(admin::router())
+        .merge(dashboard::router(&state))
         .merge(public::router(state.clone()))
         .merge(public::openapi::router())
         .merge(public::graphql::schema_router())

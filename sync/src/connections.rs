@@ -32,12 +32,17 @@ pub struct Connection {
     pub sync_schedule: String,
     pub reconcile_schedule: String,
     pub last_error: Option<String>,
+    /// `live` (a real provider account) or `sandbox` (a simulator or a provider's sandbox
+    /// account): test endpoints exist only on sandboxes, live ones only on live connections.
+    pub environment: String,
+    /// Scheduled syncs are paused (manual ones still run).
+    pub sync_paused: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 const COLUMNS: &str = "id, account_id, provider, external_account_id, name, status, token_expires_at, scopes, \
-                       sync_schedule, reconcile_schedule, last_error, created_at, updated_at";
+                       sync_schedule, reconcile_schedule, last_error, environment, sync_paused, created_at, updated_at";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -55,7 +60,10 @@ pub enum TokenError {
     Decrypt(#[from] crate::crypto::DecryptError),
 }
 
-/// Creates the connection for a provider account (or reconnects it) with fresh tokens.
+/// Creates the connection for a provider account (or reconnects it) with fresh tokens. A
+/// reconnected account keeps the environment it was first connected as: its endpoints' keys
+/// were issued for it.
+#[allow(clippy::too_many_arguments)]
 pub async fn save_authorized(
     db: &PgPool,
     cipher: &Cipher,
@@ -63,11 +71,13 @@ pub async fn save_authorized(
     provider: &str,
     external_account_id: &str,
     name: &str,
+    environment: &str,
     tokens: &TokenSet,
 ) -> Result<Connection, sqlx::Error> {
     let mut tx = db.begin().await?;
     let id: ConnectionId = sqlx::query_scalar(
-        "insert into connections (account_id, provider, external_account_id, name) values ($1, $2, $3, $4)
+        "insert into connections (account_id, provider, external_account_id, name, environment)
+         values ($1, $2, $3, $4, $5)
          on conflict (account_id, provider, external_account_id)
          do update set name = excluded.name, updated_at = now()
          returning id",
@@ -76,6 +86,7 @@ pub async fn save_authorized(
     .bind(provider)
     .bind(external_account_id)
     .bind(name)
+    .bind(environment)
     .fetch_one(&mut *tx)
     .await?;
     let access = cipher.encrypt(tokens.access_token.expose(), &token_aad(id.0, "access"));

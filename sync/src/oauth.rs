@@ -37,7 +37,8 @@ fn verifier_aad(hash: &[u8]) -> String {
     format!("clientapi:oauth_state:{}", URL_SAFE_NO_PAD.encode(hash))
 }
 
-/// Starts the flow: returns the provider URL to send the admin to.
+/// Starts the flow: returns the provider URL to send the admin to. `environment` (`live` or
+/// `sandbox`) is what the new connection will be.
 pub async fn begin(
     db: &PgPool,
     cipher: &Cipher,
@@ -45,6 +46,7 @@ pub async fn begin(
     account: AccountId,
     user: UserId,
     redirect_uri: &Url,
+    environment: &str,
 ) -> Result<Url, OAuthError> {
     let state = Alphanumeric.sample_string(&mut rand::rng(), 43);
     // RFC 7636: 43–128 characters from the unreserved set.
@@ -55,8 +57,8 @@ pub async fn begin(
     // Expired states are useless: sweep them as new ones are made.
     sqlx::query("delete from oauth_states where expires_at < now()").execute(db).await?;
     sqlx::query(
-        "insert into oauth_states (state_hash, account_id, user_id, provider, pkce_verifier_enc, expires_at)
-         values ($1, $2, $3, $4, $5, now() + make_interval(mins => $6))",
+        "insert into oauth_states (state_hash, account_id, user_id, provider, pkce_verifier_enc, expires_at, environment)
+         values ($1, $2, $3, $4, $5, now() + make_interval(mins => $6), $7)",
     )
     .bind(&hash)
     .bind(account)
@@ -64,6 +66,7 @@ pub async fn begin(
     .bind(provider.kind().as_str())
     .bind(cipher.encrypt(&verifier, &verifier_aad(&hash)))
     .bind(STATE_TTL_MINUTES)
+    .bind(environment)
     .execute(db)
     .await?;
     Ok(url)
@@ -82,25 +85,33 @@ pub async fn complete(
 ) -> Result<Connection, OAuthError> {
     let hash = state_hash(state);
     // Deleting is what makes it single-use; only the admin who started it can consume it.
-    let row: Option<(AccountId, Vec<u8>, bool)> = sqlx::query_as(
+    let row: Option<(AccountId, Vec<u8>, bool, String)> = sqlx::query_as(
         "delete from oauth_states where state_hash = $1 and user_id = $2 and provider = $3
-         returning account_id, pkce_verifier_enc, expires_at > now()",
+         returning account_id, pkce_verifier_enc, expires_at > now(), environment",
     )
     .bind(&hash)
     .bind(user)
     .bind(provider.kind().as_str())
     .fetch_optional(db)
     .await?;
-    let Some((account, sealed, live)) = row else { return Err(OAuthError::InvalidState) };
+    let Some((account, sealed, live, environment)) = row else { return Err(OAuthError::InvalidState) };
     if !live {
         return Err(OAuthError::InvalidState);
     }
     let verifier = cipher.decrypt(&sealed, &verifier_aad(&hash)).map_err(|_| OAuthError::InvalidState)?;
     let tokens = provider.exchange_code(code, verifier.expose(), redirect_uri).await?;
     let (external_id, name) = provider.account(&tokens.access_token).await?;
-    let connection =
-        connections::save_authorized(db, cipher, account, provider.kind().as_str(), &external_id, &name, &tokens)
-            .await?;
+    let connection = connections::save_authorized(
+        db,
+        cipher,
+        account,
+        provider.kind().as_str(),
+        &external_id,
+        &name,
+        &environment,
+        &tokens,
+    )
+    .await?;
     tracing::info!(connection_id = %connection.id, provider = provider.kind().as_str(), "provider connected");
     Ok(connection)
 }

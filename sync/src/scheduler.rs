@@ -2,7 +2,8 @@
 //! its `sync_schedule` (default every 5 minutes) and a full reconciliation on its
 //! `reconcile_schedule` (default nightly), both six-field cron expressions in UTC. The set of
 //! jobs follows the connections table, re-read every `REFRESH`. Runs overlapping a running
-//! sync (here or in another process) are skipped by the lease.
+//! sync (here or in another process) are skipped by the lease. A paused connection
+//! (`sync_paused`) has no scheduled jobs; manual syncs still run.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -57,10 +58,11 @@ async fn reconcile_jobs(
     db: &PgPool,
     registered: &mut Registered,
 ) -> Result<(), SchedulerError> {
-    let rows: Vec<(ConnectionId, String, String)> =
-        sqlx::query_as("select id, sync_schedule, reconcile_schedule from connections where status = 'active'")
-            .fetch_all(db)
-            .await?;
+    let rows: Vec<(ConnectionId, String, String)> = sqlx::query_as(
+        "select id, sync_schedule, reconcile_schedule from connections where status = 'active' and not sync_paused",
+    )
+    .fetch_all(db)
+    .await?;
     let mut wanted: HashMap<(ConnectionId, bool), String> = HashMap::new();
     for (id, incremental, full) in rows {
         wanted.insert((id, false), incremental);

@@ -61,6 +61,25 @@ fn paste_every_command(lines: &[String]) -> usize {
     commands.len()
 }
 
+/// The printed dashboard sign-in opens a session; a wrong password does not.
+fn assert_dashboard_sign_in_works(lines: &[String], port: u16) {
+    let line = lines.iter().find(|l| l.contains("Dashboard")).expect("the demo prints the dashboard");
+    assert!(line.contains(&format!("http://127.0.0.1:{port}/")), "{line}");
+    let password = line.split("with password ").nth(1).and_then(|p| p.split(')').next()).expect("a password");
+    let sign_in = |password: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--data-urlencode", "email=demo@clientapi.local"])
+            .arg("--data-urlencode")
+            .arg(format!("password={password}"))
+            .arg(format!("http://127.0.0.1:{port}/login"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(sign_in(password), "303", "the printed password signs in");
+    assert_eq!(sign_in("wrong"), "401");
+}
+
 #[test]
 fn the_demo_works_start_to_finish_and_a_second_run_reuses_its_data() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,9 +91,11 @@ fn the_demo_works_start_to_finish_and_a_second_run_reuses_its_data() {
     assert!(stderr.contains("Created admin demo@clientapi.local"), "{stderr}");
     assert!(stderr.contains("through OAuth") && stderr.contains("Synced"), "{stderr}");
     let keys: Vec<&String> =
-        lines.iter().filter(|l| l.contains("key  sk_live_") || l.contains("key sk_live_")).collect();
-    assert_eq!(keys.len(), 2, "a read-only and a read-write key: {lines:?}");
+        lines.iter().filter(|l| l.contains("key  sk_test_") || l.contains("key sk_test_")).collect();
+    assert_eq!(keys.len(), 2, "a read-only and a read-write test key, for the sandbox: {lines:?}");
+    assert!(stderr.contains("sandbox"), "{stderr}");
     assert!(paste_every_command(&lines) >= 8);
+    assert_dashboard_sign_in_works(&lines, port);
     kill(Pid::from_raw(demo.id() as i32), Signal::SIGINT).unwrap();
     assert!(demo.wait().unwrap().success(), "Ctrl-C stops the demo cleanly");
     assert!(!data.join("pg/postmaster.pid").exists(), "and its Postgres");
@@ -82,6 +103,7 @@ fn the_demo_works_start_to_finish_and_a_second_run_reuses_its_data() {
     let (mut again, lines, stderr) = start_demo(&data, port);
     assert!(stderr.contains("Reusing the demo data"), "{stderr}");
     assert!(paste_every_command(&lines) >= 8, "the new keys work");
+    assert_dashboard_sign_in_works(&lines, port);
     kill(Pid::from_raw(again.id() as i32), Signal::SIGTERM).unwrap();
     assert!(again.wait().unwrap().success());
 }

@@ -385,7 +385,7 @@ async fn every_public_request_leaves_exactly_one_log_row_whatever_its_status() {
     assert_eq!(logs.as_array().unwrap().len(), 2, "{logs}");
     let usage: Value = app
         .client
-        .get(app.url(&format!("/api/admin/endpoints/{ep}/usage?bucket=day")))
+        .get(app.url(&format!("/api/admin/endpoints/{ep}/usage?range=24h")))
         .bearer_auth(&token)
         .send()
         .await
@@ -393,8 +393,12 @@ async fn every_public_request_leaves_exactly_one_log_row_whatever_its_status() {
         .json()
         .await
         .unwrap();
-    assert_eq!(usage[0]["requests"], 4);
-    assert_eq!(usage[0]["errors"], 2);
+    assert_eq!(usage["totals"]["requests"], 4, "{usage}");
+    assert_eq!(usage["totals"]["errors"], 2);
+    assert_eq!(usage["totals"]["client_errors"], 2);
+    let buckets = usage["endpoints"][0]["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 24, "hourly buckets over a day");
+    assert_eq!(buckets.iter().map(|b| b["requests"].as_i64().unwrap()).sum::<i64>(), 4);
     let stranger = admin_token(&app, "eve@example.org", "other").await;
     for path in [
         format!("/api/admin/endpoints/{ep}/logs"),

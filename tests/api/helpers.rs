@@ -109,6 +109,8 @@ pub struct TestApp {
     pub state: clientapi::startup::AppState,
     pub client: reqwest::Client,
     pub db: PgPool,
+    /// The test's own database, for running the CLI against it.
+    pub database_url: String,
     pub shutdown: CancellationToken,
     _data_dir: tempfile::TempDir,
 }
@@ -172,6 +174,7 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
         state,
         client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
         db,
+        database_url,
         shutdown,
         _data_dir: data_dir,
     }

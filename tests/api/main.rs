@@ -1,6 +1,7 @@
 //! Tests of the whole service over HTTP against a real Postgres.
 
 mod cli;
+mod dashboard;
 mod demo;
 mod endpoints;
 mod graphql;

@@ -43,7 +43,14 @@ impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+        Self::authenticate(state, &parts.method, &parts.headers).await
+    }
+}
+
+impl AdminAuth {
+    /// An admin token, or a session cookie (with the CSRF header on anything but a read).
+    pub async fn authenticate(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<Self, ApiError> {
+        if let Some(value) = headers.get(header::AUTHORIZATION) {
             let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
             let Some(token) = token.filter(|t| t.starts_with("ak_") && t.len() < 100) else {
                 return Err(ApiError::Unauthorized);
@@ -57,17 +64,9 @@ impl FromRequestParts<AppState> for AdminAuth {
             let (user_id, account_id) = row.ok_or(ApiError::Unauthorized)?;
             return Ok(Self { user_id, account_id });
         }
-        let Some(cookie) = session_cookie(&parts.headers) else { return Err(ApiError::Unauthorized) };
-        let row: Option<(UserId, AccountId, String)> = sqlx::query_as(
-            "select u.id, u.account_id, s.csrf_token from sessions s join users u on u.id = s.user_id
-             where s.token_hash = $1 and s.expires_at > now()",
-        )
-        .bind(token_digest(&cookie))
-        .fetch_optional(&state.db)
-        .await?;
-        let (user_id, account_id, csrf) = row.ok_or(ApiError::Unauthorized)?;
-        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-        let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+        let (admin, csrf) = session(state, headers).await?.ok_or(ApiError::Unauthorized)?;
+        let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
         if !safe && sent != Some(csrf.as_str()) {
             return Err(ApiError::Forbidden {
                 code: "csrf_token_invalid",
@@ -76,7 +75,7 @@ impl FromRequestParts<AppState> for AdminAuth {
                 ),
             });
         }
-        Ok(Self { user_id, account_id })
+        Ok(admin)
     }
 }
 
@@ -84,20 +83,62 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/admin/login", post(login)).route("/api/admin/logout", post(logout))
 }
 
-#[derive(Deserialize)]
-struct LoginBody {
-    email: String,
-    password: String,
+/// Sign-in attempts allowed per client address and per email (sustained per minute, burst):
+/// each costs an argon2 verify, and guessing is what they would be used for.
+const LOGIN_PER_MINUTE: (u32, u32) = (10, 10);
+
+/// Budgets for sign-in attempts, per client address and per email.
+pub struct LoginLimits {
+    by_ip: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    by_email: governor::DefaultKeyedRateLimiter<String>,
 }
 
-async fn login(State(state): State<AppState>, ApiJson(body): ApiJson<LoginBody>) -> Result<Response, ApiError> {
-    let email = normalize_email(&body.email).unwrap_or_default();
+impl Default for LoginLimits {
+    fn default() -> Self {
+        let quota = governor::Quota::per_minute(std::num::NonZeroU32::new(LOGIN_PER_MINUTE.0).expect("non-zero"))
+            .allow_burst(std::num::NonZeroU32::new(LOGIN_PER_MINUTE.1).expect("non-zero"));
+        Self { by_ip: governor::RateLimiter::keyed(quota), by_email: governor::RateLimiter::keyed(quota) }
+    }
+}
+
+impl LoginLimits {
+    /// Spends one attempt for this address and email, or says how long to wait.
+    fn check(&self, ip: Option<std::net::IpAddr>, email: &str) -> Result<(), ApiError> {
+        let clock = governor::clock::DefaultClock::default();
+        let waits = [ip.map(|ip| self.by_ip.check_key(&ip)), Some(self.by_email.check_key(&email.to_owned()))];
+        for wait in waits.into_iter().flatten() {
+            if let Err(not_until) = wait {
+                let secs = governor::clock::Clock::now(&clock);
+                let retry = not_until.wait_time_from(secs).as_secs().max(1);
+                return Err(ApiError::RateLimited { retry_after_secs: retry });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A new session: the cookie's value (sent once, stored hashed) and its CSRF token.
+pub struct NewSession {
+    pub token: String,
+    pub csrf: String,
+    pub email: String,
+}
+
+/// Verifies a password (rate-limited per address and email) and opens a session.
+pub async fn start_session(
+    state: &AppState,
+    email: &str,
+    password: String,
+    ip: Option<std::net::IpAddr>,
+) -> Result<NewSession, ApiError> {
+    let email = normalize_email(email).unwrap_or_default();
+    state.login_limits.check(ip, &email)?;
     let user: Option<(UserId, String)> = sqlx::query_as("select id, password_hash from users where email = $1")
         .bind(&email)
         .fetch_optional(&state.db)
         .await?;
     let hash = user.as_ref().map_or(DUMMY_HASH.to_owned(), |(_, h)| h.clone());
-    let verified = verify_password(body.password, hash).await;
+    let verified = verify_password(password, hash).await;
     let Some((user_id, _)) = user.filter(|_| verified) else { return Err(ApiError::Unauthorized) };
 
     let token = Alphanumeric.sample_string(&mut rand::rng(), 43);
@@ -111,27 +152,65 @@ async fn login(State(state): State<AppState>, ApiJson(body): ApiJson<LoginBody>)
     .bind(SESSION_HOURS)
     .execute(&state.db)
     .await?;
+    Ok(NewSession { token, csrf, email })
+}
+
+/// The `Set-Cookie` value carrying a session (HttpOnly, SameSite=Strict, Secure over https).
+pub fn session_set_cookie(state: &AppState, token: &str) -> Result<HeaderValue, ApiError> {
     let secure = if state.config.public_url.scheme() == "https" { "; Secure" } else { "" };
     let cookie = format!(
         "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
         SESSION_HOURS * 3600
     );
-    let mut response = Json(json!({ "csrf_token": csrf, "email": email })).into_response();
-    response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(anyhow::Error::from)?);
-    Ok(response)
+    HeaderValue::from_str(&cookie).map_err(|e| ApiError::Internal(e.into()))
 }
 
-async fn logout(State(state): State<AppState>, _admin: AdminAuth, headers: HeaderMap) -> Result<Response, ApiError> {
-    if let Some(cookie) = session_cookie(&headers) {
+/// Ends the session the request's cookie names, on the server.
+pub async fn end_session(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if let Some(cookie) = session_cookie(headers) {
         sqlx::query("delete from sessions where token_hash = $1")
             .bind(token_digest(&cookie))
             .execute(&state.db)
             .await?;
     }
+    Ok(())
+}
+
+pub const CLEAR_SESSION_COOKIE: &str = "clientapi_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0";
+
+/// The signed-in session a dashboard page is served for, with its CSRF token for forms.
+pub async fn session(state: &AppState, headers: &HeaderMap) -> Result<Option<(AdminAuth, String)>, ApiError> {
+    let Some(cookie) = session_cookie(headers) else { return Ok(None) };
+    let row: Option<(UserId, AccountId, String)> = sqlx::query_as(
+        "select u.id, u.account_id, s.csrf_token from sessions s join users u on u.id = s.user_id
+         where s.token_hash = $1 and s.expires_at > now()",
+    )
+    .bind(token_digest(&cookie))
+    .fetch_optional(&state.db)
+    .await?;
+    Ok(row.map(|(user_id, account_id, csrf)| (AdminAuth { user_id, account_id }, csrf)))
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    email: String,
+    password: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    client_ip: crate::http::extract::ClientIp,
+    ApiJson(body): ApiJson<LoginBody>,
+) -> Result<Response, ApiError> {
+    let session = start_session(&state, &body.email, body.password, client_ip.0).await?;
+    let mut response = Json(json!({ "csrf_token": session.csrf, "email": session.email })).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, session_set_cookie(&state, &session.token)?);
+    Ok(response)
+}
+
+async fn logout(State(state): State<AppState>, _admin: AdminAuth, headers: HeaderMap) -> Result<Response, ApiError> {
+    end_session(&state, &headers).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("clientapi_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-    );
+    response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_static(CLEAR_SESSION_COOKIE));
     Ok(response)
 }

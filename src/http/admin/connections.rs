@@ -3,8 +3,8 @@
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clientapi_schema::ConnectionId;
 use clientapi_sync::connections::{self, Connection};
@@ -18,7 +18,8 @@ use url::Url;
 use super::auth::AdminAuth;
 use crate::error::ApiError;
 use crate::error::FieldError;
-use crate::http::extract::{ApiQuery, parse_id};
+use crate::http::extract::{ApiJson, ApiQuery, parse_id};
+use crate::schedule;
 use crate::startup::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -28,6 +29,10 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/connections", get(list_connections))
         .route("/api/admin/connections/{id}", get(get_connection).delete(delete_connection))
         .route("/api/admin/connections/{id}/sync", post(sync_connection))
+        .route("/api/admin/connections/{id}/companies", get(list_companies))
+        .route("/api/admin/connections/{id}/schedule", get(get_schedule).patch(update_schedule))
+        .route("/api/admin/connections/{id}/pause", post(pause_connection))
+        .route("/api/admin/connections/{id}/resume", post(resume_connection))
         .route("/api/admin/sync-runs", get(list_sync_runs))
 }
 
@@ -52,31 +57,75 @@ pub fn provider_error(e: ProviderError) -> ApiError {
     }
 }
 
-async fn authorize_connection(
-    State(state): State<AppState>,
-    admin: AdminAuth,
-    Path(provider): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    let kind = provider_kind(&provider)?;
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AuthorizeBody {
+    /// `live` (default) or `sandbox`.
+    environment: Option<String>,
+}
+
+/// Parses an optional JSON body: none (or whitespace) means the defaults.
+pub fn optional_body<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::Invalid(vec![FieldError::new("body", e.to_string())]))
+}
+
+/// A connection environment as asked for: `live` unless `sandbox` is named.
+pub fn connection_environment(raw: Option<&str>) -> Result<&'static str, ApiError> {
+    match raw {
+        None | Some("live") => Ok("live"),
+        Some("sandbox") => Ok("sandbox"),
+        Some(_) => Err(ApiError::Invalid(vec![FieldError::new("environment", "must be live or sandbox")])),
+    }
+}
+
+/// The provider's authorize URL for a new connection of `admin`'s account.
+pub async fn begin_connection(
+    state: &AppState,
+    admin: &AdminAuth,
+    kind: ProviderKind,
+    environment: &str,
+) -> Result<Url, ApiError> {
     let adapter = state.providers.get(kind);
-    let url = oauth::begin(
+    oauth::begin(
         &state.db,
         state.tokens.cipher(),
         adapter.as_ref(),
         admin.account_id,
         admin.user_id,
-        &redirect_uri(&state, kind),
+        &redirect_uri(state, kind),
+        environment,
     )
     .await
-    .map_err(oauth_error)?;
-    Ok(Json(json!({ "authorize_url": url.as_str(), "expires_in": oauth::STATE_TTL_MINUTES * 60 })))
+    .map_err(oauth_error)
+}
+
+async fn authorize_connection(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    Path(provider): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let kind = provider_kind(&provider)?;
+    let body: AuthorizeBody = optional_body(&body)?;
+    let environment = connection_environment(body.environment.as_deref())?;
+    let url = begin_connection(&state, &admin, kind, environment).await?;
+    Ok(Json(json!({
+        "authorize_url": url.as_str(),
+        "expires_in": oauth::STATE_TTL_MINUTES * 60,
+        "environment": environment,
+    })))
 }
 
 #[derive(Deserialize)]
-struct CallbackParams {
+pub struct CallbackParams {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
+    /// Set by the dashboard's page that follows the callback again from this site.
+    pub bounced: Option<String>,
 }
 
 fn oauth_error(e: OAuthError) -> ApiError {
@@ -90,13 +139,39 @@ fn oauth_error(e: OAuthError) -> ApiError {
     }
 }
 
+/// Whether a request is a browser's navigation (it prefers HTML).
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// The provider sends the admin back here. Automation (a bearer token, or no HTML wanted) gets
+/// the connection as JSON; a browser gets the dashboard's pages.
 async fn oauth_callback(
     State(state): State<AppState>,
-    admin: AdminAuth,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
     Path(provider): Path<String>,
     ApiQuery(params): ApiQuery<CallbackParams>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let kind = provider_kind(&provider)?;
+    if !headers.contains_key(header::AUTHORIZATION) && wants_html(&headers) {
+        return Ok(match crate::http::dashboard::oauth_callback_page(&state, &headers, kind, &uri, params).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        });
+    }
+    let admin = AdminAuth::authenticate(&state, &Method::GET, &headers).await?;
+    let connection = finish_connection(&state, &admin, kind, params).await?;
+    Ok((StatusCode::CREATED, Json(connection)).into_response())
+}
+
+/// Exchanges the callback's code and stores the connection for `admin`'s account.
+pub async fn finish_connection(
+    state: &AppState,
+    admin: &AdminAuth,
+    kind: ProviderKind,
+    params: CallbackParams,
+) -> Result<Connection, ApiError> {
     if let Some(error) = params.error {
         return Err(oauth_error(OAuthError::Denied(error.chars().take(100).collect())));
     }
@@ -104,18 +179,17 @@ async fn oauth_callback(
         return Err(oauth_error(OAuthError::InvalidState));
     };
     let adapter = state.providers.get(kind);
-    let connection = oauth::complete(
+    oauth::complete(
         &state.db,
         state.tokens.cipher(),
         adapter.as_ref(),
         admin.user_id,
         &oauth_state,
         &code,
-        &redirect_uri(&state, kind),
+        &redirect_uri(state, kind),
     )
     .await
-    .map_err(oauth_error)?;
-    Ok((StatusCode::CREATED, Json(connection)))
+    .map_err(oauth_error)
 }
 
 async fn list_connections(State(state): State<AppState>, admin: AdminAuth) -> Result<Json<Vec<Connection>>, ApiError> {
@@ -150,12 +224,18 @@ async fn sync_connection(
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     // The body is optional: none means an incremental sync.
-    let body: SyncBody = if body.iter().all(u8::is_ascii_whitespace) {
-        SyncBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::Invalid(vec![FieldError::new("body", e.to_string())]))?
-    };
+    let body: SyncBody = optional_body(&body)?;
     let id = ConnectionId(parse_id(&id)?);
+    start_sync(&state, &admin, id, body.full).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "status": "started", "full": body.full, "watch": format!("/api/admin/connections/{id}") })),
+    ))
+}
+
+/// Starts a sync of one of `admin`'s connections in the background; 409 if one is running or
+/// the connection is not active.
+pub async fn start_sync(state: &AppState, admin: &AdminAuth, id: ConnectionId, full: bool) -> Result<(), ApiError> {
     let connection = connections::get(&state.db, admin.account_id, id).await?.ok_or(ApiError::NotFound)?;
     if connection.status != "active" {
         return Err(ApiError::Conflict {
@@ -174,7 +254,6 @@ async fn sync_connection(
             detail: "A sync of this connection is already running.".into(),
         });
     }
-    let full = body.full;
     let engine = state.engine.clone();
     tokio::spawn(async move {
         match engine.sync_connection(id, full, None).await {
@@ -182,10 +261,70 @@ async fn sync_connection(
             Err(e) => tracing::warn!(connection_id = %id, error = %e, "manual sync failed"),
         }
     });
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "status": "started", "full": full, "watch": format!("/api/admin/connections/{id}") })),
-    ))
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompanyQuery {
+    /// Part of the company's name.
+    q: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_companies(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<CompanyQuery>,
+) -> Result<Json<crate::companies::CompanyPage>, ApiError> {
+    let id = ConnectionId(parse_id(&id)?);
+    let page = crate::companies::list(
+        &state.db,
+        admin.account_id,
+        id,
+        query.q.as_deref(),
+        query.cursor.as_deref(),
+        query.limit,
+    )
+    .await?;
+    Ok(Json(page))
+}
+
+async fn get_schedule(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<schedule::Schedule>, ApiError> {
+    Ok(Json(schedule::get(&state.db, admin.account_id, ConnectionId(parse_id(&id)?)).await?))
+}
+
+async fn update_schedule(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    Path(id): Path<String>,
+    ApiJson(change): ApiJson<schedule::ScheduleChange>,
+) -> Result<Json<schedule::Schedule>, ApiError> {
+    Ok(Json(schedule::update(&state.db, admin.account_id, ConnectionId(parse_id(&id)?), &change).await?))
+}
+
+async fn pause_connection(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<schedule::Schedule>, ApiError> {
+    let change = schedule::ScheduleChange { paused: Some(true), ..Default::default() };
+    Ok(Json(schedule::update(&state.db, admin.account_id, ConnectionId(parse_id(&id)?), &change).await?))
+}
+
+async fn resume_connection(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<schedule::Schedule>, ApiError> {
+    let change = schedule::ScheduleChange { paused: Some(false), ..Default::default() };
+    Ok(Json(schedule::update(&state.db, admin.account_id, ConnectionId(parse_id(&id)?), &change).await?))
 }
 
 async fn list_sync_runs(

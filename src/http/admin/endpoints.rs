@@ -2,8 +2,8 @@
 //! twice in its life: on create and on reissue.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -12,9 +12,10 @@ use serde_json::{Value, json};
 
 use super::auth::AdminAuth;
 use crate::endpoints::{self, Created, Endpoint};
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::startup::AppState;
+use crate::usage::{self, LogFilter, Range, Usage};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -25,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/endpoints/{id}/activate", post(activate_endpoint))
         .route("/api/admin/endpoints/{id}/logs", get(list_logs))
         .route("/api/admin/endpoints/{id}/usage", get(get_usage))
+        .route("/api/admin/usage", get(get_account_usage))
 }
 
 /// The customer-facing base URL of an endpoint.
@@ -94,11 +96,7 @@ async fn reissue_key(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let body: ReissueBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ReissueBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::Invalid(vec![FieldError::new("body", e.to_string())]))?
-    };
+    let body: ReissueBody = super::connections::optional_body(&body)?;
     let created = endpoints::reissue(&state.db, admin.account_id, &id, body.grace_seconds).await?;
     Ok(with_key(&state, created))
 }
@@ -120,7 +118,7 @@ async fn activate_endpoint(
 }
 
 /// The internal id of one of the caller's endpoints.
-async fn owned_endpoint(state: &AppState, admin: &AdminAuth, public_id: &str) -> Result<i64, ApiError> {
+pub async fn owned_endpoint(state: &AppState, admin: &AdminAuth, public_id: &str) -> Result<i64, ApiError> {
     sqlx::query_scalar("select id from endpoints where account_id = $1 and public_id = $2")
         .bind(admin.account_id)
         .bind(public_id)
@@ -131,121 +129,66 @@ async fn owned_endpoint(state: &AppState, admin: &AdminAuth, public_id: &str) ->
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LogFilter {
+struct LogQuery {
     /// An exact status (`404`) or a class (`4xx`).
     status: Option<String>,
+    resource: Option<String>,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
+    /// The `X-Next-Cursor` of the page before.
+    before: Option<String>,
     limit: Option<i64>,
 }
 
-#[derive(serde::Serialize, sqlx::FromRow)]
-struct LogEntry {
-    created_at: DateTime<Utc>,
-    request_id: String,
-    method: String,
-    path: String,
-    resource: Option<String>,
-    status: i16,
-    item_count: Option<i32>,
-    duration_ms: f32,
-    query: Option<Value>,
-    error_code: Option<String>,
-    client_ip: Option<String>,
-    user_agent: Option<String>,
-    operation: Option<String>,
-}
-
+/// The endpoint's request log, newest first; `X-Next-Cursor` (pass as `before`) while more.
 async fn list_logs(
     State(state): State<AppState>,
     admin: AdminAuth,
     Path(id): Path<String>,
-    ApiQuery(filter): ApiQuery<LogFilter>,
-) -> Result<Json<Vec<LogEntry>>, ApiError> {
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> Result<Response, ApiError> {
     let endpoint = owned_endpoint(&state, &admin, &id).await?;
-    let (low, high) = match filter.status.as_deref() {
-        None => (0, 999),
-        Some(class) if class.len() == 3 && class.ends_with("xx") => match class[..1].parse::<i16>() {
-            Ok(d) if (1..=5).contains(&d) => (d * 100, d * 100 + 99),
-            _ => {
-                return Err(ApiError::Invalid(vec![FieldError::new(
-                    "status",
-                    "a status like 404 or a class like 4xx",
-                )]));
-            }
-        },
-        Some(exact) => match exact.parse::<i16>() {
-            Ok(s) if (100..=599).contains(&s) => (s, s),
-            _ => {
-                return Err(ApiError::Invalid(vec![FieldError::new(
-                    "status",
-                    "a status like 404 or a class like 4xx",
-                )]));
-            }
-        },
+    let filter = LogFilter {
+        status: q.status,
+        resource: q.resource,
+        since: q.since,
+        until: q.until,
+        before: q.before,
+        limit: q.limit,
     };
-    let limit = filter.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::Invalid(vec![FieldError::new("limit", "from 1 to 1000")]));
+    let (rows, next) = usage::logs(&state.db, endpoint, &filter).await?;
+    let mut response = Json(rows).into_response();
+    if let Some(next) = next.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        response.headers_mut().insert("x-next-cursor", next);
     }
-    let rows = sqlx::query_as(
-        "select created_at, request_id, method, path, resource, status, item_count, duration_ms, query, error_code,
-                host(client_ip) as client_ip, user_agent, operation
-         from request_logs where endpoint_id = $1 and status between $2 and $3
-           and ($4::timestamptz is null or created_at >= $4) and ($5::timestamptz is null or created_at < $5)
-         order by created_at desc limit $6",
-    )
-    .bind(endpoint)
-    .bind(low)
-    .bind(high)
-    .bind(filter.since)
-    .bind(filter.until)
-    .bind(limit)
-    .fetch_all(&state.db)
-    .await?;
-    Ok(Json(rows))
+    Ok(response)
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UsageQuery {
-    /// `hour` (default) or `day`.
-    bucket: Option<String>,
-    since: Option<DateTime<Utc>>,
+    /// `1h`, `24h` (default), `7d` or `30d`.
+    range: Option<String>,
 }
 
-#[derive(serde::Serialize, sqlx::FromRow)]
-struct UsageBucket {
-    bucket: DateTime<Utc>,
-    requests: i64,
-    errors: i64,
-    p50_ms: Option<f64>,
-    p95_ms: Option<f64>,
-}
-
+/// One endpoint's usage over a range, bucket by bucket.
 async fn get_usage(
     State(state): State<AppState>,
     admin: AdminAuth,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<UsageQuery>,
-) -> Result<Json<Vec<UsageBucket>>, ApiError> {
-    let endpoint = owned_endpoint(&state, &admin, &id).await?;
-    let bucket = match query.bucket.as_deref().unwrap_or("hour") {
-        b @ ("hour" | "day") => b,
-        _ => return Err(ApiError::Invalid(vec![FieldError::new("bucket", "hour or day")])),
-    };
-    let since = query.since.unwrap_or_else(|| Utc::now() - chrono::Duration::days(7));
-    let rows = sqlx::query_as(
-        "select date_trunc($2, created_at) as bucket, count(*) as requests, count(*) filter (where status >= 400) as errors,
-                percentile_cont(0.5) within group (order by duration_ms) as p50_ms,
-                percentile_cont(0.95) within group (order by duration_ms) as p95_ms
-         from request_logs where endpoint_id = $1 and created_at >= $3
-         group by 1 order by 1",
-    )
-    .bind(endpoint)
-    .bind(bucket)
-    .bind(since)
-    .fetch_all(&state.db)
-    .await?;
-    Ok(Json(rows))
+) -> Result<Json<Usage>, ApiError> {
+    owned_endpoint(&state, &admin, &id).await?;
+    let range = Range::from_param(query.range.as_deref())?;
+    Ok(Json(usage::usage(&state.db, admin.account_id, range, Some(&id)).await?))
+}
+
+/// The account's usage over a range: every endpoint and the totals, bucket by bucket.
+async fn get_account_usage(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    ApiQuery(query): ApiQuery<UsageQuery>,
+) -> Result<Json<Usage>, ApiError> {
+    let range = Range::from_param(query.range.as_deref())?;
+    Ok(Json(usage::usage(&state.db, admin.account_id, range, None).await?))
 }

@@ -3,11 +3,12 @@
 pub mod auth;
 pub mod connections;
 pub mod endpoints;
+pub mod events;
 
 use axum::Router;
 
 use crate::startup::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().merge(auth::router()).merge(connections::router()).merge(endpoints::router())
+    Router::new().merge(auth::router()).merge(connections::router()).merge(endpoints::router()).merge(events::router())
 }
