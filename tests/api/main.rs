@@ -1,5 +1,6 @@
 //! Tests of the whole service over HTTP against a real Postgres.
 
+mod browser;
 mod cli;
 mod dashboard;
 mod demo;

@@ -43,13 +43,13 @@ fn bucket_title(start: DateTime<Utc>) -> String {
 }
 
 /// Requests per bucket, stacked by status class (2xx/3xx, 4xx, 5xx). `link(bucket)` is where a
-/// click on a bar goes.
+/// click on a bar goes (so the chart is a group of links, not an image).
 pub fn requests(buckets: &[Bucket], label: &str, link: impl Fn(&Bucket) -> String) -> String {
     let max = nice_max(buckets.iter().map(|b| b.requests).max().unwrap_or(0) as f64);
     let slot = (WIDTH - LEFT) / buckets.len().max(1) as f64;
     let bar = (slot * 0.72).max(1.0);
     let mut svg = format!(
-        r#"<svg class="chart" viewBox="0 0 {WIDTH} {h}" role="img" aria-label="{label}" preserveAspectRatio="none">"#,
+        r#"<svg class="chart" viewBox="0 0 {WIDTH} {h}" role="group" aria-label="{label}" preserveAspectRatio="none">"#,
         h = HEIGHT + 4.0,
         label = escape(label)
     );

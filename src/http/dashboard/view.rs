@@ -62,7 +62,10 @@ pub fn time(at: Option<DateTime<Utc>>) -> String {
 pub fn ago(at: Option<DateTime<Utc>>) -> String {
     match at {
         None => "never".to_owned(),
-        Some(at) => format!("{} ago", span((Utc::now() - at).num_seconds().max(0) as f64)),
+        Some(at) => match (Utc::now() - at).num_seconds() {
+            s if s < 1 => "just now".to_owned(),
+            s => format!("{} ago", span(s as f64)),
+        },
     }
 }
 

@@ -1,0 +1,85 @@
+//! The dashboard in a real browser: `tests/browser/dashboard.mjs` drives Debian's Chromium
+//! (playwright-core, axe-core; installed by `.ci/run` with `npm ci`, never committed) against
+//! this app, the test's Postgres and the ServiceM8 simulator. Screenshots of every page land in
+//! `target/browser-screenshots/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use clientapi_sync::simulator::servicem8::{FaultKnobs, SimConfig};
+
+use crate::helpers::{spawn_app_for, spawn_sim};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn suite_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// What the suite needs, or a message naming what is missing and how to get it.
+fn require_tools() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| CHROMIUM.to_owned());
+    assert!(
+        Path::new(&chromium).exists(),
+        "the browser suite needs Chromium at {chromium}: `apt-get install chromium` (.ci/run installs it)"
+    );
+    assert!(
+        Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "the browser suite needs Node.js (`node`) on PATH"
+    );
+    for package in ["playwright-core", "axe-core"] {
+        assert!(
+            suite_dir().join("node_modules").join(package).exists(),
+            "the browser suite needs the npm package {package}: `npm ci --prefix tests/browser` (.ci/run runs it)"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_connects_issues_a_key_watches_its_traffic_reissues_deactivates_and_signs_out_in_chromium() {
+    require_tools();
+    // Small pages with a little latency, so the first sync's progress is there to watch.
+    let sim = spawn_sim(SimConfig {
+        companies: 24,
+        jobs_per_company: 4,
+        page_size: 25,
+        faults: FaultKnobs { latency: Duration::from_millis(120), ..FaultKnobs::default() },
+        ..SimConfig::default()
+    })
+    .await;
+    let app = spawn_app_for(&sim).await;
+    let (email, password) = ("ops@example.com", "a long enough password");
+    clientapi::accounts::create_user(&app.db, email, password.into(), "Acme Field Services").await.unwrap();
+    let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-screenshots");
+    let _ = std::fs::remove_dir_all(&screenshots);
+
+    let base = app.url("");
+    let dir = suite_dir();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("dashboard.mjs")
+            .current_dir(dir)
+            .env("BASE_URL", base)
+            .env("EMAIL", email)
+            .env("PASSWORD", password)
+            .env("SCREENSHOTS", &screenshots)
+            .output()
+            .expect("running node")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the browser suite failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("browser suite passed"), "{stdout}");
+    // What the suite did, it did for real: the endpoint it made was deactivated, its keys kept.
+    let (status, keys): (String, i64) = sqlx::query_as(
+        "select e.status, (select count(*) from endpoint_keys k where k.endpoint_id = e.id)
+         from endpoints e where e.name = 'Acme reporting (browser)'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), keys), ("inactive", 2));
+}
