@@ -266,6 +266,12 @@ pub fn status_range(status: Option<&str>) -> Result<(i16, i16), FieldError> {
     }
 }
 
+/// A log row's columns, for [`LogEntry`].
+const LOG_SELECT: &str =
+    "select created_at, request_id, method, path, resource, status, item_count, duration_ms, query,
+        error_code, host(client_ip) as client_ip, user_agent, operation
+    from request_logs where endpoint_id = $1";
+
 fn parse_before(raw: &str) -> Option<(DateTime<Utc>, String)> {
     let (micros, request_id) = raw.split_once('_')?;
     Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, request_id.to_owned()))
@@ -297,26 +303,25 @@ pub async fn logs(
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    let mut rows: Vec<LogEntry> = sqlx::query_as(
-        "select created_at, request_id, method, path, resource, status, item_count, duration_ms, query, error_code,
-                host(client_ip) as client_ip, user_agent, operation
-         from request_logs where endpoint_id = $1 and status between $2 and $3
+    let sql = format!(
+        "{LOG_SELECT} and status between $2 and $3
            and ($4::timestamptz is null or created_at >= $4) and ($5::timestamptz is null or created_at < $5)
            and ($6::text is null or resource = $6)
            and ($7::timestamptz is null or (created_at, request_id) < ($7, $8))
-         order by created_at desc, request_id desc limit $9",
-    )
-    .bind(endpoint_id)
-    .bind(low)
-    .bind(high)
-    .bind(filter.since)
-    .bind(filter.until)
-    .bind(filter.resource.as_deref().filter(|r| !r.is_empty()))
-    .bind(before.as_ref().map(|b| b.0))
-    .bind(before.as_ref().map_or(String::new(), |b| b.1.clone()))
-    .bind(limit + 1)
-    .fetch_all(db)
-    .await?;
+         order by created_at desc, request_id desc limit $9"
+    );
+    let mut rows: Vec<LogEntry> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(endpoint_id)
+        .bind(low)
+        .bind(high)
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(filter.resource.as_deref().filter(|r| !r.is_empty()))
+        .bind(before.as_ref().map(|b| b.0))
+        .bind(before.as_ref().map_or(String::new(), |b| b.1.clone()))
+        .bind(limit + 1)
+        .fetch_all(db)
+        .await?;
     let next = (rows.len() as i64 > limit).then(|| {
         rows.truncate(limit as usize);
         rows.last().map(LogEntry::cursor)
@@ -324,22 +329,25 @@ pub async fn logs(
     Ok((rows, next.flatten()))
 }
 
-/// Rows newer than `after` (a cursor), oldest first: the live tail.
+/// The most rows a live tail sends at once; past it, the newest.
+pub const TAIL_ROWS: i64 = 50;
+
+/// Rows newer than `after` (a cursor): the newest [`TAIL_ROWS`] of them, oldest first. The
+/// live tail.
 pub async fn logs_after(db: &PgPool, endpoint_id: i64, after: Option<&str>) -> Result<Vec<LogEntry>, sqlx::Error> {
     let after = after.and_then(parse_before);
-    sqlx::query_as(
-        "select created_at, request_id, method, path, resource, status, item_count, duration_ms, query, error_code,
-                host(client_ip) as client_ip, user_agent, operation
-         from request_logs where endpoint_id = $1
+    let sql = format!(
+        "select * from ({LOG_SELECT}
            and created_at >= coalesce($2, now() - interval '1 minute')
            and ($2::timestamptz is null or (created_at, request_id) > ($2, $3))
-         order by created_at, request_id limit 200",
-    )
-    .bind(endpoint_id)
-    .bind(after.as_ref().map(|a| a.0))
-    .bind(after.as_ref().map_or(String::new(), |a| a.1.clone()))
-    .fetch_all(db)
-    .await
+         order by created_at desc, request_id desc limit {TAIL_ROWS}) newest order by created_at, request_id"
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(endpoint_id)
+        .bind(after.as_ref().map(|a| a.0))
+        .bind(after.as_ref().map_or(String::new(), |a| a.1.clone()))
+        .fetch_all(db)
+        .await
 }
 
 #[cfg(test)]

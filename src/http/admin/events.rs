@@ -1,6 +1,7 @@
 //! `GET /api/admin/events`: the live event stream (server-sent events) of the caller's account:
 //! sync progress per run and stream, runs finished, connection status, endpoint changes, and,
-//! with `?endpoint=<id>` naming one of the caller's endpoints, its new request-log rows. Each
+//! with `?endpoint=<id>` naming one of the caller's endpoints, its new request-log rows (read at
+//! most every 2 seconds, the newest 50 of them, so a busy endpoint's tail stays cheap). Each
 //! event's `event:` is its type (`sync_run`, `connection`, `endpoint`, `request`, `reload`)
 //! and its data is JSON. Nothing of another account is ever sent: events carry their account
 //! and are kept only when it is the caller's; request rows are read for the watched endpoint
@@ -30,6 +31,9 @@ use crate::startup::AppState;
 use crate::usage;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// A stream reads its endpoint's new log rows at most this often: a busy endpoint logs four
+/// batches a second, and a person reads a live tail a glance at a time.
+const TAIL_EVERY: Duration = Duration::from_secs(2);
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/admin/events", get(stream_events))
@@ -49,6 +53,9 @@ struct Tail {
     account: AccountId,
     /// The watched endpoint's internal id and the newest row sent.
     watched: Option<(i64, Option<String>)>,
+    /// New rows were announced but not read yet (the last read was under [`TAIL_EVERY`] ago).
+    rows_pending: bool,
+    next_read: tokio::time::Instant,
     queue: VecDeque<Event>,
     closing: CancellationToken,
 }
@@ -88,6 +95,8 @@ pub async fn event_stream(
         db: state.db.clone(),
         account: admin.account_id,
         watched,
+        rows_pending: false,
+        next_read: tokio::time::Instant::now(),
         queue: VecDeque::from([ready]),
         closing: state.streams_closing.clone(),
     };
@@ -98,6 +107,10 @@ pub async fn event_stream(
             }
             let received = tokio::select! {
                 received = tail.rx.recv() => received,
+                _ = tokio::time::sleep_until(tail.next_read), if tail.rows_pending => {
+                    tail.read_rows().await;
+                    continue;
+                }
                 _ = tail.closing.cancelled() => return None,
             };
             match received {
@@ -111,25 +124,38 @@ pub async fn event_stream(
 }
 
 impl Tail {
+    /// Queues the watched endpoint's rows logged since the last one sent (the newest
+    /// [`usage::TAIL_ROWS`] of them, oldest first).
+    async fn read_rows(&mut self) {
+        self.rows_pending = false;
+        self.next_read = tokio::time::Instant::now() + TAIL_EVERY;
+        let Some((id, last)) = &mut self.watched else { return };
+        match usage::logs_after(&self.db, *id, last.as_deref()).await {
+            Ok(rows) => {
+                for row in rows {
+                    *last = Some(row.cursor());
+                    if let Ok(json) = serde_json::to_string(&row) {
+                        self.queue.push_back(Event::default().event("request").data(json));
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "live tail read failed"),
+        }
+    }
+
     /// Queues what of `event` this stream may see.
     async fn take(&mut self, event: &AdminEvent) {
         match event.kind.as_str() {
             "reload" => self.queue.push_back(Event::default().event("reload").data("{}")),
             "requests" => {
-                let Some((id, last)) = &mut self.watched else { return };
+                let Some((id, _)) = &self.watched else { return };
                 if event.endpoint_ids.as_ref().is_some_and(|ids| !ids.contains(id)) {
                     return;
                 }
-                match usage::logs_after(&self.db, *id, last.as_deref()).await {
-                    Ok(rows) => {
-                        for row in rows {
-                            *last = Some(row.cursor());
-                            if let Ok(json) = serde_json::to_string(&row) {
-                                self.queue.push_back(Event::default().event("request").data(json));
-                            }
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "live tail read failed"),
+                if tokio::time::Instant::now() >= self.next_read {
+                    self.read_rows().await;
+                } else {
+                    self.rows_pending = true;
                 }
             }
             kind if event.account_id == Some(self.account) => {

@@ -450,23 +450,28 @@ async fn reissue_key(
     Ok(key_page(&state, &session, created, true, grace))
 }
 
+/// The confirmation page before `action` on an endpoint.
+fn confirm(session: &Session, e: &Endpoint, action: &str, heading: String, body: &str, button: &str) -> Response {
+    render(&ConfirmPage {
+        chrome: Chrome::page(session, "endpoints", heading.clone()),
+        heading,
+        body: body.to_owned(),
+        action: format!("/endpoints/{}/{action}", e.public_id),
+        button: button.to_owned(),
+        cancel: format!("/endpoints/{}", e.public_id),
+        danger: true,
+    })
+}
+
 async fn confirm_deactivate(
     State(state): State<AppState>,
     session: Session,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let e = owned(&state, &session, &id).await?;
-    Ok(render(&ConfirmPage {
-        chrome: Chrome::page(&session, "endpoints", format!("Deactivate {}", e.name)),
-        heading: format!("Deactivate {}?", e.name),
-        body: "Every request with its key is refused with 403 at once, on every process. The key is kept: \
-               activating the endpoint again restores it."
-            .into(),
-        action: format!("/endpoints/{}/deactivate", e.public_id),
-        button: "Deactivate".into(),
-        cancel: format!("/endpoints/{}", e.public_id),
-        danger: true,
-    }))
+    let body = "Every request with its key is refused with 403 at once, on every process. The key is kept: \
+                activating the endpoint again restores it.";
+    Ok(confirm(&session, &e, "deactivate", format!("Deactivate {}?", e.name), body, "Deactivate"))
 }
 
 async fn deactivate(
@@ -493,17 +498,9 @@ async fn confirm_delete(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let e = owned(&state, &session, &id).await?;
-    Ok(render(&ConfirmPage {
-        chrome: Chrome::page(&session, "endpoints", format!("Delete {}", e.name)),
-        heading: format!("Delete {} for good?", e.name),
-        body: "The endpoint and its keys are deleted; its URL answers 404 from now on. Its request log is kept \
-               until it ages out. This cannot be undone."
-            .into(),
-        action: format!("/endpoints/{}/delete", e.public_id),
-        button: "Delete endpoint".into(),
-        cancel: format!("/endpoints/{}", e.public_id),
-        danger: true,
-    }))
+    let body = "The endpoint and its keys are deleted; its URL answers 404 from now on. Its request log is kept \
+                until it ages out. This cannot be undone.";
+    Ok(confirm(&session, &e, "delete", format!("Delete {} for good?", e.name), body, "Delete endpoint"))
 }
 
 async fn delete(

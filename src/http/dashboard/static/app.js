@@ -72,10 +72,13 @@
       });
   }
 
-  var pending = null;
+  // Events come in bursts (a sync commits a page every few hundred milliseconds, a busy
+  // endpoint logs many requests a second): refresh at most once a second.
+  var pending = null, last = 0;
   function soon() {
     if (pending) { return; }
-    pending = setTimeout(function () { pending = null; refresh(); }, 300);
+    var wait = Math.max(300, 1000 - (Date.now() - last));
+    pending = setTimeout(function () { pending = null; last = Date.now(); refresh(); }, wait);
   }
 
   function follow(url) {
