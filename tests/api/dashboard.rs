@@ -700,3 +700,53 @@ async fn creating_an_endpoint_on_the_dashboard_shows_its_key_once_and_never_agai
         assert!(!html.contains(&key) && !html.contains(&key[8..]), "the key appears on {path}");
     }
 }
+
+#[tokio::test]
+async fn a_browser_back_from_the_provider_finishes_the_connection_or_reads_the_providers_words() {
+    let sim = spawn_sim(SimConfig { companies: 2, jobs_per_company: 1, ..SimConfig::default() }).await;
+    let app = spawn_app_for(&sim).await;
+    admin_token(&app, "ops@example.com", "acme").await;
+    let owner = sign_in(&app, "ops@example.com").await;
+    let browse = |url: String, cookie: Option<&str>| {
+        let mut request = app.client.get(url).header(header::ACCEPT, "text/html,application/xhtml+xml");
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        request.send()
+    };
+
+    // Refused at the provider: the page says so in the provider's words, and nothing is stored.
+    let denied =
+        browse(app.url("/api/admin/oauth/servicem8/callback?error=access_denied&state=x"), Some(&owner.cookie))
+            .await
+            .unwrap();
+    assert_eq!(denied.status(), 400);
+    let html = denied.text().await.unwrap();
+    assert!(html.contains("The connection failed") && html.contains("Access was denied: access_denied"), "{html}");
+
+    // Approved: the Connect form goes to the provider, which sends the browser back. Coming from
+    // another site, a SameSite=Strict cookie is not sent: the first visit answers a page that
+    // follows the same URL from here, and that visit (with the cookie) stores the connection.
+    let connect =
+        post_form(&app, &owner, "/connections/connect", &[("provider", "servicem8"), ("environment", "sandbox")]).await;
+    assert_eq!(connect.status(), 303);
+    let authorize = connect.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    let approval = app.client.get(&authorize).send().await.unwrap();
+    let callback = approval.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    let bounce = browse(callback.clone(), None).await.unwrap();
+    assert_eq!(bounce.status(), 200);
+    let html = bounce.text().await.unwrap();
+    assert!(html.contains("http-equiv=\"refresh\"") && html.contains("bounced=1"), "{html}");
+    let again = format!("{callback}&bounced=1");
+    let done = browse(again.clone(), Some(&owner.cookie)).await.unwrap();
+    assert_eq!(done.status(), 303);
+    let location = done.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/connections/") && location.ends_with("?done=connected"), "{location}");
+    let environment: String =
+        sqlx::query_scalar("select environment from connections").fetch_one(&app.db).await.unwrap();
+    assert_eq!(environment, "sandbox");
+    // A signed-out browser that comes back is sent to sign in, and then here again.
+    let signed_out = browse(format!("{callback}&bounced=1"), None).await.unwrap();
+    assert_eq!(signed_out.status(), 303);
+    assert!(signed_out.headers()[header::LOCATION].to_str().unwrap().starts_with("/login?next="));
+}
