@@ -128,6 +128,21 @@ pub struct CallbackParams {
     pub bounced: Option<String>,
 }
 
+impl CallbackParams {
+    /// This callback's URL (path and query) rebuilt from what it carried, marked as followed
+    /// again from this site: never the raw request line, so nothing else rides along.
+    pub fn bounced_path(&self, kind: ProviderKind) -> String {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (name, value) in [("code", &self.code), ("state", &self.state), ("error", &self.error)] {
+            if let Some(value) = value {
+                query.append_pair(name, value);
+            }
+        }
+        query.append_pair("bounced", "1");
+        format!("/api/admin/oauth/{}/callback?{}", kind.as_str(), query.finish())
+    }
+}
+
 fn oauth_error(e: OAuthError) -> ApiError {
     match e {
         OAuthError::InvalidState => ApiError::BadRequest { code: "invalid_state", detail: e.to_string() },
@@ -149,13 +164,12 @@ fn wants_html(headers: &HeaderMap) -> bool {
 async fn oauth_callback(
     State(state): State<AppState>,
     headers: HeaderMap,
-    uri: axum::http::Uri,
     Path(provider): Path<String>,
     ApiQuery(params): ApiQuery<CallbackParams>,
 ) -> Result<Response, ApiError> {
     let kind = provider_kind(&provider)?;
     if !headers.contains_key(header::AUTHORIZATION) && wants_html(&headers) {
-        return Ok(match crate::http::dashboard::oauth_callback_page(&state, &headers, kind, &uri, params).await {
+        return Ok(match crate::http::dashboard::oauth_callback_page(&state, &headers, kind, params).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
         });

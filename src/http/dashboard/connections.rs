@@ -459,15 +459,14 @@ pub async fn oauth_callback_page(
     state: &AppState,
     headers: &HeaderMap,
     kind: ProviderKind,
-    uri: &axum::http::Uri,
     params: api::CallbackParams,
 ) -> Result<Response, PageError> {
     let Some((admin, _)) = auth::session(state, headers).await? else {
+        let again = params.bounced_path(kind);
         if params.bounced.is_none() {
-            let again = format!("{}&bounced=1", uri);
             return Ok(render(&BouncePage { chrome: Chrome::bare("Finishing the connection"), again }));
         }
-        let next = url::form_urlencoded::byte_serialize(uri.to_string().as_bytes()).collect::<String>();
+        let next = url::form_urlencoded::byte_serialize(again.as_bytes()).collect::<String>();
         return Ok(see_other(&format!("/login?next={next}")));
     };
     match api::finish_connection(state, &admin, kind, params).await {
