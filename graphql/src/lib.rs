@@ -114,9 +114,21 @@ pub(crate) struct RequestScope {
     pub items: AtomicUsize,
 }
 
+/// What async-graphql's introspection says of the schema itself.
+const SCHEMA_DESCRIPTION: &str = "A GraphQL Schema defines the capabilities of a GraphQL server. It exposes all available \
+    types and directives on the server, as well as the entry points for query, mutation, and subscription operations.";
+
+/// Deepest nesting of an introspection-only operation: the standard introspection queries
+/// (graphql-js, graphql-core, GraphiQL, codegen, Postman) nest their type references 13 deep.
+pub const INTROSPECTION_MAX_DEPTH: usize = 20;
+
 /// The executable schema, built once.
 pub struct GraphqlApi {
     schema: async_graphql::dynamic::Schema,
+    /// The same schema with the depth limit sized for introspection, for operations that ask
+    /// for nothing but `__schema`, `__type` and `__typename` (they run no resolver of ours, so
+    /// no SQL); the field-count limit is the same.
+    introspection: async_graphql::dynamic::Schema,
     /// Parsed documents by query text.
     documents: moka::sync::Cache<String, Arc<async_graphql::parser::types::ExecutableDocument>>,
     /// Query texts (with the operation run) the executor has answered without an error: only
@@ -141,16 +153,34 @@ impl GraphqlApi {
             .limit_directives(10)
             .finish()
             .expect("the generated schema is valid");
+        let introspection = schema::build()
+            .limit_depth(INTROSPECTION_MAX_DEPTH)
+            .limit_complexity(MAX_COMPLEXITY)
+            .limit_directives(10)
+            .finish()
+            .expect("the generated schema is valid");
         Self {
             schema,
+            introspection,
             documents: moka::sync::Cache::builder().max_capacity(1_000).build(),
             validated: moka::sync::Cache::builder().max_capacity(1_000).build(),
         }
     }
 
-    /// The schema in SDL, as served and committed.
+    /// The schema in SDL, as served and committed: exactly what a client builds from
+    /// introspection (graphql-js `buildClientSchema` and `printSchema` give the same text).
     pub fn sdl(&self) -> String {
-        self.schema.sdl()
+        // async-graphql's SDL leaves out `@specifiedBy`, which its introspection answers.
+        let sdl = self.schema.sdl().replace(
+            "scalar DateTime\n",
+            &format!("scalar DateTime @specifiedBy(url: \"{}\")\n", schema::DATETIME_SPEC),
+        );
+        // Its introspection answers this description for every schema (`__schema {
+        // description }`), where its SDL prints none: say the same in both.
+        match sdl.rfind("\nschema {") {
+            Some(at) => format!("{}\n\"\"\"\n{SCHEMA_DESCRIPTION}\n\"\"\"{}", &sdl[..at], &sdl[at..]),
+            None => sdl,
+        }
     }
 
     /// Runs one operation in `scope`. Queries over the alias, page-size or record limits are
@@ -170,7 +200,9 @@ impl GraphqlApi {
                 doc
             }),
         };
+        let mut introspecting = false;
         if let Some(doc) = parsed {
+            introspecting = introspection_only(&doc, request.operation_name.as_deref());
             // Without an operation name, a document's only operation runs: log its name.
             if operation.is_none() && doc.operations.iter().count() == 1 {
                 operation = doc.operations.iter().next().and_then(|(name, _)| name.map(|n| n.to_string()));
@@ -213,7 +245,8 @@ impl GraphqlApi {
             Arc::new(RequestScope { scope, loader, prefetched: Default::default(), items: AtomicUsize::new(0) });
         let text =
             (request.query.len() <= MAX_CACHED_QUERY).then(|| (request.query.clone(), request.operation_name.clone()));
-        let mut response = self.schema.execute(request.data(state.clone())).await;
+        let schema = if introspecting { &self.introspection } else { &self.schema };
+        let mut response = schema.execute(request.data(state.clone())).await;
         metrics::counter!("graphql_operations_total", "path" => "executor").increment(1);
         if response.errors.is_empty()
             && let Some(text) = text
@@ -230,6 +263,30 @@ impl GraphqlApi {
         let items = state.items.load(Ordering::Relaxed);
         Outcome { response: Answer::Executed(response), operation, items, retry_after: None }
     }
+}
+
+/// Whether the operation that will run asks only for introspection fields.
+fn introspection_only(doc: &async_graphql::parser::types::ExecutableDocument, operation: Option<&str>) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, Selection, SelectionSet};
+    fn only_meta(set: &SelectionSet, doc: &async_graphql::parser::types::ExecutableDocument, hops: usize) -> bool {
+        hops < 8
+            && !set.items.is_empty()
+            && set.items.iter().all(|item| match &item.node {
+                Selection::Field(f) => f.node.name.node.starts_with("__"),
+                Selection::InlineFragment(f) => only_meta(&f.node.selection_set.node, doc, hops + 1),
+                Selection::FragmentSpread(spread) => doc
+                    .fragments
+                    .get(&spread.node.fragment_name.node)
+                    .is_some_and(|f| only_meta(&f.node.selection_set.node, doc, hops + 1)),
+            })
+    }
+    let operation = match (&doc.operations, operation) {
+        (DocumentOperations::Single(op), _) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(&async_graphql::Name::new(name)),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        _ => None,
+    };
+    operation.is_some_and(|op| only_meta(&op.node.selection_set.node, doc, 0))
 }
 
 fn coded(message: String, code: &'static str) -> ServerError {

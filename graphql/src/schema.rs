@@ -23,6 +23,9 @@ use clientapi_schema::write::{WriteKind, write_fields};
 
 use crate::{RequestScope, WriteOp, camel, pascal};
 
+/// Where `DateTime` is specified (introspection's `specifiedByURL`; the SDL's `@specifiedBy`).
+pub const DATETIME_SPEC: &str = "https://datatracker.ietf.org/doc/html/rfc3339";
+
 /// A record, or any other JSON-backed object: fields read their snake_case key. Records are
 /// parsed straight from Postgres' JSON text into GraphQL values, so a field is a lookup.
 type Json = Arc<Value>;
@@ -857,7 +860,7 @@ pub(crate) fn build() -> SchemaBuilder {
         page_info().into(),
         Scalar::new("DateTime")
             .description("An RFC 3339 timestamp; as an argument, a YYYY-MM-DD date also works.")
-            .specified_by_url("https://datatracker.ietf.org/doc/html/rfc3339")
+            .specified_by_url(DATETIME_SPEC)
             .validator(|v| matches!(v, Value::String(s) if read::parse_time(s.as_str()).is_some()))
             .into(),
         Scalar::new("Date").description("A calendar date, YYYY-MM-DD.").into(),

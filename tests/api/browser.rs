@@ -3,19 +3,15 @@
 //! this app, the test's Postgres and the ServiceM8 simulator. Screenshots of every page land in
 //! `target/browser-screenshots/`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use clientapi_sync::simulator::servicem8::{FaultKnobs, SimConfig};
 
-use crate::helpers::{spawn_app_for, spawn_sim};
+use crate::helpers::{node_suite_dir, require_node_packages, spawn_app_for, spawn_sim};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn suite_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
 
 /// What the suite needs, or a message naming what is missing and how to get it.
 fn require_tools() {
@@ -24,16 +20,7 @@ fn require_tools() {
         Path::new(&chromium).exists(),
         "the browser suite needs Chromium at {chromium}: `apt-get install chromium` (.ci/run installs it)"
     );
-    assert!(
-        Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()),
-        "the browser suite needs Node.js (`node`) on PATH"
-    );
-    for package in ["playwright-core", "axe-core"] {
-        assert!(
-            suite_dir().join("node_modules").join(package).exists(),
-            "the browser suite needs the npm package {package}: `npm ci --prefix tests/browser` (.ci/run runs it)"
-        );
-    }
+    require_node_packages(&["playwright-core", "axe-core"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +42,7 @@ async fn an_admin_connects_issues_a_key_watches_its_traffic_reissues_deactivates
     let _ = std::fs::remove_dir_all(&screenshots);
 
     let base = app.url("");
-    let dir = suite_dir();
+    let dir = node_suite_dir();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg("dashboard.mjs")

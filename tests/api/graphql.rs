@@ -492,3 +492,64 @@ async fn the_direct_path_answers_exactly_what_the_executor_answers() {
     assert!(first["data"]["jobs"]["nodes"][0]["client"]["name"].is_string(), "{first}");
     assert_eq!(direct_statements(&app).await, ran);
 }
+
+#[tokio::test]
+async fn graphql_tools_load_the_schema_by_introspection_and_it_is_the_committed_sdl() {
+    crate::helpers::require_node_packages(&["graphql"]);
+    let (sim, app, token, conn) = synced(1).await;
+    let (ep, key) = create_endpoint(&app, &token, conn, &company(&sim, 0), json!({})).await;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let queries: Vec<String> = readme
+        .split("\"query\": \"")
+        .skip(1)
+        .map(|rest| rest.split("\"}").next().unwrap().replace("\\\"", "\""))
+        .collect();
+    assert!(!queries.is_empty(), "the README shows GraphQL queries");
+    let url = app.url(&format!("/api/public/{ep}/graphql"));
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg("introspection.mjs")
+            .current_dir(crate::helpers::node_suite_dir())
+            .env("URL", url)
+            .env("KEY", key)
+            .env("SDL", concat!(env!("CARGO_MANIFEST_DIR"), "/graphql/schema.graphql"))
+            .env("QUERIES", serde_json::to_string(&queries).unwrap())
+            .output()
+            .expect("running node")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("SDL equal"), "{stdout}");
+}
+
+#[tokio::test]
+async fn introspection_deeper_than_the_standard_queries_is_still_refused_before_any_sql() {
+    let (sim, app, token, conn) = synced(1).await;
+    let (ep, key) = create_endpoint(&app, &token, conn, &company(&sim, 0), json!({})).await;
+    let counter = StatementCounter::new(&app).await;
+    // 24 levels through the introspection types; and a mix of introspection and data keeps the
+    // data query's limits.
+    let deep = format!("{{ __schema {{ types {{ {} name {} }} }} }}", "fields { type { ".repeat(11), "} } ".repeat(11));
+    let mixed = format!(
+        "{{ __typename jobs {{ nodes {{ client {{ {} id {} }} }} }} }}",
+        "parent { ".repeat(12),
+        "} ".repeat(12)
+    );
+    for query in [deep, mixed] {
+        counter.reset().await;
+        let (status, answer) = graphql(&app, &ep, &key, json!({ "query": query })).await;
+        assert_eq!(status, 200);
+        assert!(answer["data"].is_null(), "{answer}");
+        let message = answer["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("nested too deep") || answer["errors"][0]["extensions"]["code"] == "query_too_deep",
+            "{answer}"
+        );
+        assert_eq!(counter.data_statements().await, 0);
+    }
+    // The standard depth is served.
+    let (_, answer) = graphql(&app, &ep, &key, json!({"query": "{ __type(name: \"Job\") { fields { type { ofType { ofType { ofType { ofType { ofType { ofType { ofType { name } } } } } } } } } } }"})).await;
+    assert!(answer["errors"].is_null(), "{answer}");
+}

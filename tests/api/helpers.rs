@@ -299,3 +299,22 @@ pub async fn connect_servicem8(app: &TestApp, token: &str) -> serde_json::Value 
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
     response.json().await.unwrap()
 }
+
+/// Where the tests that run on Node.js live, with their pinned npm packages.
+pub fn node_suite_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// Node.js and these npm packages, or a message naming what is missing and how to get it.
+pub fn require_node_packages(packages: &[&str]) {
+    assert!(
+        Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "this test needs Node.js (`node`) on PATH"
+    );
+    for package in packages {
+        assert!(
+            node_suite_dir().join("node_modules").join(package).exists(),
+            "this test needs the npm package {package}: `npm ci --prefix tests/browser` (.ci/run runs it)"
+        );
+    }
+}
