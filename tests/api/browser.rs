@@ -70,3 +70,39 @@ async fn an_admin_connects_issues_a_key_watches_its_traffic_reissues_deactivates
     .unwrap();
     assert_eq!((status.as_str(), keys), ("inactive", 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphiql_loads_offline_runs_a_query_with_the_key_in_its_headers_and_shows_the_schema() {
+    require_tools();
+    let (sim, app, token, connection) = crate::endpoints::synced(2).await;
+    let (endpoint, key) = crate::endpoints::create_endpoint(
+        &app,
+        &token,
+        connection,
+        &crate::endpoints::company(&sim, 0),
+        serde_json::json!({}),
+    )
+    .await;
+    let page = app.get(&format!("/api/public/{endpoint}/graphql")).await;
+    assert_eq!(page.status(), 200, "GraphiQL's assets are embedded (npm ci --prefix web/graphiql before building)");
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("script-src 'self'") && !page.text().await.unwrap().contains("cdn"), "{csp}");
+
+    let url = app.url(&format!("/api/public/{endpoint}/graphql"));
+    let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-screenshots");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("graphiql.mjs")
+            .current_dir(node_suite_dir())
+            .env("URL", url)
+            .env("KEY", key)
+            .env("SCREENSHOTS", &screenshots)
+            .output()
+            .expect("running node")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("graphiql ok"), "{stdout}");
+}

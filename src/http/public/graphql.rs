@@ -32,7 +32,9 @@ pub fn router() -> Router<AppState> {
 
 /// The SDL: public, like the OpenAPI document.
 pub fn schema_router() -> Router<AppState> {
-    Router::new().route("/api/public/graphql/schema.graphql", get(sdl))
+    Router::new()
+        .route("/api/public/graphql/schema.graphql", get(sdl))
+        .route("/api/public/graphiql/3.8.3/{file}", get(graphiql_asset))
 }
 
 async fn sdl(State(state): State<AppState>) -> Response {
@@ -41,18 +43,91 @@ async fn sdl(State(state): State<AppState>) -> Response {
     response
 }
 
-/// GraphiQL, posting to this endpoint; the key goes in its headers pane.
+/// GraphiQL, posting to this endpoint; the key goes in its headers pane. Everything it loads is
+/// served from this binary (React and GraphiQL embedded at build time), under a
+/// Content-Security-Policy that allows nothing else.
 async fn graphiql(
     axum::extract::Path(params): axum::extract::Path<std::collections::HashMap<String, String>>,
-) -> Html<String> {
+) -> Response {
     let endpoint = params.get("endpoint").map(String::as_str).unwrap_or_default();
     let endpoint: String = endpoint.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
-    Html(
-        async_graphql::http::GraphiQLSource::build()
-            .endpoint(&format!("/api/public/{endpoint}/graphql"))
-            .title("Client API — GraphiQL")
-            .finish(),
-    )
+    let (status, body) = match GRAPHIQL_ASSETS {
+        Some(_) => (
+            StatusCode::OK,
+            format!(
+                r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Client API — GraphiQL</title>
+<link rel="stylesheet" href="{base}/graphiql.min.css">
+<link rel="stylesheet" href="{base}/page.css">
+</head>
+<body>
+<div id="graphiql" data-endpoint="/api/public/{endpoint}/graphql">Loading GraphiQL…</div>
+<script src="{base}/react.production.min.js"></script>
+<script src="{base}/react-dom.production.min.js"></script>
+<script src="{base}/graphiql.min.js"></script>
+<script src="{base}/start.js"></script>
+</body>
+</html>"#,
+                base = GRAPHIQL_BASE
+            ),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Client API — GraphiQL</title>
+<link rel="stylesheet" href="{GRAPHIQL_BASE}/page.css"></head>
+<body><main class="missing"><h1>GraphiQL is not installed in this build</h1>
+<p>Its assets come from the npm registry and are embedded when the binary is built. Run
+<code>npm ci --prefix web/graphiql</code>, build again, and reload. The API itself works: POST your
+queries to <code>/api/public/{endpoint}/graphql</code>.</p></main></body></html>"#
+            ),
+        ),
+    };
+    let mut response = (status, Html(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(GRAPHIQL_CSP));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
+
+// GraphiQL's assets, found by build.rs (`None` when they were not installed at build time).
+include!(concat!(env!("OUT_DIR"), "/graphiql_assets.rs"));
+
+/// Where GraphiQL's files are served, under the pinned version (so they may be cached forever).
+const GRAPHIQL_BASE: &str = "/api/public/graphiql/3.8.3";
+/// Scripts and styles from this server only; GraphiQL's editors set style attributes from
+/// script, which `'unsafe-inline'` for styles allows (no inline script is allowed).
+const GRAPHIQL_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+    img-src 'self' data:; font-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
+    form-action 'none'";
+const START_JS: &str = include_str!("graphiql/start.js");
+const PAGE_CSS: &str = include_str!("graphiql/page.css");
+
+async fn graphiql_asset(axum::extract::Path(file): axum::extract::Path<String>) -> Result<Response, ApiError> {
+    // Ours may change within a GraphiQL version; the vendor's files may not.
+    let (body, content_type, cache): (&[u8], &str, &str) = match file.as_str() {
+        "start.js" => (START_JS.as_bytes(), "text/javascript; charset=utf-8", "no-cache"),
+        "page.css" => (PAGE_CSS.as_bytes(), "text/css; charset=utf-8", "no-cache"),
+        name => {
+            let (_, bytes) =
+                GRAPHIQL_ASSETS.unwrap_or_default().iter().find(|(n, _)| *n == name).ok_or(ApiError::NotFound)?;
+            let content_type =
+                if name.ends_with(".css") { "text/css; charset=utf-8" } else { "text/javascript; charset=utf-8" };
+            (*bytes, content_type, "public, max-age=31536000, immutable")
+        }
+    };
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_str(cache).map_err(|e| ApiError::Internal(e.into()))?);
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    Ok(response)
 }
 
 async fn execute(State(state): State<AppState>, auth: EndpointAuth, body: Bytes) -> Result<Response, ApiError> {

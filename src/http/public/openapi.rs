@@ -311,7 +311,9 @@ code,pre{font-family:ui-monospace,monospace;background:#f5f5f5;padding:.1rem .3r
 .op{margin:1rem 0;padding:.5rem 1rem;border-left:3px solid #3b6;background:#fafafa}
 .m{font-weight:bold;color:#3b6}table{border-collapse:collapse;font-size:13px}td{padding:.15rem .6rem;border-bottom:1px solid #eee}
 </style></head><body><h1>Client API — public API</h1><p id="desc"></p>
-<p>Machine-readable: <a href="openapi.json">openapi.json</a> (OpenAPI 3.1).</p><div id="ops">Loading…</div>
+<p>Machine-readable: <a href="openapi.json">openapi.json</a> (OpenAPI 3.1). GraphQL: the schema is
+<a href="graphql/schema.graphql">graphql/schema.graphql</a>, and GraphiQL opens at
+<code>/api/public/{endpoint}/graphql</code> in a browser (put your key in its Headers tab).</p><div id="ops">Loading…</div>
 <script>
 fetch('openapi.json').then(r=>r.json()).then(spec=>{
   document.getElementById('desc').textContent=spec.info.description;
