@@ -553,3 +553,25 @@ async fn introspection_deeper_than_the_standard_queries_is_still_refused_before_
     let (_, answer) = graphql(&app, &ep, &key, json!({"query": "{ __type(name: \"Job\") { fields { type { ofType { ofType { ofType { ofType { ofType { ofType { ofType { name } } } } } } } } } } }"})).await;
     assert!(answer["errors"].is_null(), "{answer}");
 }
+
+#[tokio::test]
+async fn the_graphql_over_http_audit_passes_every_must() {
+    crate::helpers::require_node_packages(&["graphql-http"]);
+    let (sim, app, token, conn) = synced(1).await;
+    let (ep, key) = create_endpoint(&app, &token, conn, &company(&sim, 0), json!({})).await;
+    let url = app.url(&format!("/api/public/{ep}/graphql"));
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg("audit.mjs")
+            .current_dir(crate::helpers::node_suite_dir())
+            .env("URL", url)
+            .env("KEY", key)
+            .output()
+            .expect("running node")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("0 MUST failures"), "{stdout}");
+}
