@@ -4,12 +4,11 @@
 //! `target/browser-screenshots/`.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use clientapi_sync::simulator::servicem8::{FaultKnobs, SimConfig};
 
-use crate::helpers::{node_suite_dir, require_node_packages, spawn_app_for, spawn_sim};
+use crate::helpers::{require_node_packages, run_node, spawn_app_for, spawn_sim};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -41,24 +40,16 @@ async fn an_admin_connects_issues_a_key_watches_its_traffic_reissues_deactivates
     let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-screenshots");
     let _ = std::fs::remove_dir_all(&screenshots);
 
-    let base = app.url("");
-    let dir = node_suite_dir();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg("dashboard.mjs")
-            .current_dir(dir)
-            .env("BASE_URL", base)
-            .env("EMAIL", email)
-            .env("PASSWORD", password)
-            .env("SCREENSHOTS", &screenshots)
-            .output()
-            .expect("running node")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the browser suite failed:\n{stdout}\n{stderr}");
+    let stdout = run_node(
+        "dashboard.mjs",
+        vec![
+            ("BASE_URL", app.url("")),
+            ("EMAIL", email.to_owned()),
+            ("PASSWORD", password.to_owned()),
+            ("SCREENSHOTS", screenshots.display().to_string()),
+        ],
+    )
+    .await;
     assert!(stdout.contains("browser suite passed"), "{stdout}");
     // What the suite did, it did for real: the endpoint it made was deactivated, its keys kept.
     let (status, keys): (String, i64) = sqlx::query_as(
@@ -88,21 +79,15 @@ async fn graphiql_loads_offline_runs_a_query_with_the_key_in_its_headers_and_sho
     let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
     assert!(csp.contains("script-src 'self'") && !page.text().await.unwrap().contains("cdn"), "{csp}");
 
-    let url = app.url(&format!("/api/public/{endpoint}/graphql"));
     let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-screenshots");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg("graphiql.mjs")
-            .current_dir(node_suite_dir())
-            .env("URL", url)
-            .env("KEY", key)
-            .env("SCREENSHOTS", &screenshots)
-            .output()
-            .expect("running node")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = run_node(
+        "graphiql.mjs",
+        vec![
+            ("URL", app.url(&format!("/api/public/{endpoint}/graphql"))),
+            ("KEY", key),
+            ("SCREENSHOTS", screenshots.display().to_string()),
+        ],
+    )
+    .await;
     assert!(stdout.contains("graphiql ok"), "{stdout}");
 }

@@ -505,22 +505,16 @@ async fn graphql_tools_load_the_schema_by_introspection_and_it_is_the_committed_
         .map(|rest| rest.split("\"}").next().unwrap().replace("\\\"", "\""))
         .collect();
     assert!(!queries.is_empty(), "the README shows GraphQL queries");
-    let url = app.url(&format!("/api/public/{ep}/graphql"));
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg("introspection.mjs")
-            .current_dir(crate::helpers::node_suite_dir())
-            .env("URL", url)
-            .env("KEY", key)
-            .env("SDL", concat!(env!("CARGO_MANIFEST_DIR"), "/graphql/schema.graphql"))
-            .env("QUERIES", serde_json::to_string(&queries).unwrap())
-            .output()
-            .expect("running node")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = crate::helpers::run_node(
+        "introspection.mjs",
+        vec![
+            ("URL", app.url(&format!("/api/public/{ep}/graphql"))),
+            ("KEY", key),
+            ("SDL", concat!(env!("CARGO_MANIFEST_DIR"), "/graphql/schema.graphql").to_owned()),
+            ("QUERIES", serde_json::to_string(&queries).unwrap()),
+        ],
+    )
+    .await;
     assert!(stdout.contains("SDL equal"), "{stdout}");
 }
 
@@ -559,19 +553,10 @@ async fn the_graphql_over_http_audit_passes_every_must() {
     crate::helpers::require_node_packages(&["graphql-http"]);
     let (sim, app, token, conn) = synced(1).await;
     let (ep, key) = create_endpoint(&app, &token, conn, &company(&sim, 0), json!({})).await;
-    let url = app.url(&format!("/api/public/{ep}/graphql"));
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg("audit.mjs")
-            .current_dir(crate::helpers::node_suite_dir())
-            .env("URL", url)
-            .env("KEY", key)
-            .output()
-            .expect("running node")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = crate::helpers::run_node(
+        "audit.mjs",
+        vec![("URL", app.url(&format!("/api/public/{ep}/graphql"))), ("KEY", key)],
+    )
+    .await;
     assert!(stdout.contains("0 MUST failures"), "{stdout}");
 }

@@ -318,3 +318,22 @@ pub fn require_node_packages(packages: &[&str]) {
         );
     }
 }
+
+/// Runs `script` from the Node tests' directory with `envs` (off the async runtime); panics
+/// with its output unless it succeeds, and returns what it printed.
+pub async fn run_node(script: &str, envs: Vec<(&'static str, String)>) -> String {
+    let script = script.to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut command = Command::new("node");
+        command.arg(&script).current_dir(node_suite_dir());
+        for (name, value) in envs {
+            command.env(name, value);
+        }
+        command.output().expect("running node")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(output.status.success(), "node failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
