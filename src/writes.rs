@@ -222,6 +222,20 @@ pub async fn perform(
             && let Some(Value::String(id)) = clean.get(spec.name)
         {
             own_record(state, p, to, id).await?;
+            // A site is listed among the company's clients, but what is written at a site is
+            // mirrored under the site: the endpoint would never see it again. Refused before the
+            // provider is called.
+            if to == Resource::Client && *id != p.company_external_id {
+                return Err(ApiError::Invalid(vec![FieldError::new(
+                    spec.name,
+                    format!(
+                        "must be this endpoint's company ({}): {} written at one of its sites would fall outside \
+                         this endpoint's scope",
+                        p.company_external_id,
+                        resource.plural().replace('_', " ")
+                    ),
+                )]));
+            }
         }
     }
     let stream = provider.stream_for(resource).ok_or(ApiError::MethodNotAllowed)?;
@@ -290,11 +304,22 @@ pub async fn perform(
     mirror::lock_connection(&mut tx, p.connection_id).await?;
     mirror::apply(&mut tx, p.connection_id, &mirror::stage(records), &mut mirror::Expectation::default()).await?;
     tx.commit().await?;
-    let record = read::get_one(&state.reader, p.company_id, resource, &id, false).await?.ok_or_else(|| {
-        ApiError::BadGateway {
-            detail: format!("The provider placed {} {id} outside this endpoint's company.", resource.singular()),
+    let Some(record) = read::get_one(&state.reader, p.company_id, resource, &id, false).await? else {
+        // The provider put the record where this endpoint cannot see it: undo a create, and say
+        // what happened either way.
+        let what = format!("The provider placed {} {id} outside this endpoint's company", resource.singular());
+        if !created {
+            return Err(ApiError::BadGateway { detail: format!("{what}; the change stays there.") });
         }
-    })?;
+        let target = id.as_str();
+        let undone = call.run(|token| async move { provider.delete(&token, stream, target).await }).await;
+        return Err(ApiError::BadGateway {
+            detail: match undone {
+                Ok(()) => format!("{what}, so it was deleted again; nothing was created."),
+                Err(e) => format!("{what}, and deleting it again failed ({e}): it exists at the provider."),
+            },
+        });
+    };
     Ok(Written { created, id, record })
 }
 

@@ -151,6 +151,22 @@ async fn each_writable_resource_is_created_updated_and_deleted_and_read_back_at_
     let (status, site) = f.post("/clients", json!({"name": "Site B", "address": "1 Side St"})).await;
     assert_eq!(status, 201, "{site}");
     assert_eq!(site["data"]["parent_id"], f.company.as_str());
+    // A contact or a job at that site would be mirrored under the site, out of this endpoint's
+    // sight: refused, naming the field, before the provider is called.
+    let site_id = site["data"]["id"].as_str().unwrap().to_owned();
+    let contacts_before = f.sim.sim.records("companycontact").len();
+    let jobs_before = f.sim.sim.records("job").len();
+    for (path, body) in [
+        ("/contacts", json!({"client_id": site_id, "first_name": "On", "last_name": "Site"})),
+        ("/jobs", json!({"client_id": site_id, "status": "Quote"})),
+    ] {
+        let (status, refused) = f.post(path, body).await;
+        assert_eq!(status, 422, "{path}: {refused}");
+        assert_eq!(refused["errors"][0]["field"], "client_id", "{refused}");
+        assert!(refused["errors"][0]["message"].as_str().unwrap().contains(f.company.as_str()), "{refused}");
+    }
+    assert_eq!(f.sim.sim.records("companycontact").len(), contacts_before, "nothing reached the provider");
+    assert_eq!(f.sim.sim.records("job").len(), jobs_before);
     let (status, refused) = f.delete(&format!("/clients/{}", f.company)).await;
     assert_eq!((status, refused["code"].as_str()), (403, Some("not_deletable")));
 
@@ -196,7 +212,8 @@ async fn each_writable_resource_is_created_updated_and_deleted_and_read_back_at_
     .fetch_all(&f.app.db)
     .await
     .unwrap();
-    assert_eq!(logged.len(), 15, "{logged:?}");
+    assert_eq!(logged.len(), 17, "{logged:?}");
+    assert_eq!(logged.iter().filter(|l| l.1 == 422).count(), 2, "the two writes at a site");
     assert!(logged.contains(&("DELETE".to_owned(), 403)));
 }
 
