@@ -226,7 +226,7 @@ pub fn spec() -> Value {
     }}));
     let mut query_params = vec![
         endpoint_param(),
-        json!({"name": "resource", "in": "query", "required": true, "schema": {"type": "string"}, "description": "Singular or plural resource name"}),
+        json!({"name": "resource", "in": "query", "required": true, "schema": {"type": "string", "minLength": 1}, "description": "Singular or plural resource name"}),
     ];
     query_params.extend(list_params(None));
     paths.insert("/api/public/{endpoint}/query/".into(), json!({"get": {
@@ -245,7 +245,7 @@ pub fn spec() -> Value {
     }}));
     let mut export_params = vec![
         endpoint_param(),
-        json!({"name": "resource", "in": "query", "required": true, "schema": {"type": "string"}}),
+        json!({"name": "resource", "in": "query", "required": true, "schema": {"type": "string", "minLength": 1}}),
         param(
             "format",
             "ndjson (default) or csv (with a header row)",
@@ -287,7 +287,7 @@ pub fn spec() -> Value {
         "info": {
             "title": "Client API — public API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Your company's records, mirrored from the field-service provider. Every request needs your key as `Authorization: Bearer sk_…` or `X-API-Key`. Errors are application/problem+json with a machine `code`; every response has X-Request-Id and RateLimit headers."
+            "description": "Your company's records, mirrored from the field-service provider. Every request needs your key as `Authorization: Bearer sk_…` or `X-API-Key`. Errors are application/problem+json with a machine `code`; every response has X-Request-Id and RateLimit headers. A query parameter given with an empty value (`cursor=`) is the same as leaving it out."
         },
         "security": [{"bearer": []}, {"apiKey": []}],
         "paths": paths,

@@ -110,7 +110,8 @@ pub fn parse_list_request(
         }
         params.push((k.into_owned(), v.into_owned()));
     }
-    let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    // A parameter given empty (`cursor=`, as forms and generated clients send) is left out.
+    let get = |name: &str| params.iter().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.as_str());
     let resource = match resource {
         Some(r) => Some(r),
         None => match get("resource") {
@@ -293,7 +294,9 @@ async fn list_records(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let resource = resource_from_path(params.get("resources").map(String::as_str).unwrap_or(""))?;
-    if q.as_deref().is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "resource")) {
+    if q.as_deref()
+        .is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "resource" && !v.is_empty()))
+    {
         return Err(ApiError::Invalid(vec![FieldError::new(
             "resource",
             "the resource is in the path here; use /query to pass it",
@@ -352,6 +355,8 @@ async fn list_changes(
     let (mut since, mut resources, mut limit) = (None, None, CHANGES_DEFAULT);
     for (k, v) in url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
         match k.as_ref() {
+            // Given empty, a parameter is left out.
+            "since" | "resource" | "page_size" if v.is_empty() => {}
             "since" => since = Some(v.into_owned()),
             "resource" => {
                 let mut list = Vec::new();
@@ -419,6 +424,7 @@ async fn export_records(
     let mut errors = Vec::new();
     for (k, v) in url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
         match k.as_ref() {
+            "format" | "cursor" | "page_size" | "sort" | "include" if v.is_empty() => {}
             "format" if v == "ndjson" || v == "csv" => format = v.into_owned(),
             "format" => errors.push(FieldError::new("format", "ndjson or csv")),
             "cursor" | "page_size" | "sort" | "include" => {
