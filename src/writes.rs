@@ -82,8 +82,30 @@ fn invalid(errors: Vec<Invalid>) -> ApiError {
     ApiError::Invalid(errors.into_iter().map(|i| FieldError::new(i.field, i.message)).collect())
 }
 
+/// A provider condition that is not the caller's doing, one status wherever it is met (a write,
+/// an attachment's content): its spent budget or its 429 is a 503 with `Retry-After` (the
+/// request was fine and will succeed later), a connection that needs the operator a 503 too.
+pub fn provider_unavailable(e: &ProviderError) -> Option<ApiError> {
+    match e {
+        ProviderError::RateLimited { retry_after, .. } => Some(ApiError::Unavailable {
+            detail: "The provider's request budget is spent; try again shortly.".into(),
+            retry_after_secs: Some(retry_after.map_or(30, |d| d.as_secs().max(1))),
+        }),
+        ProviderError::Unauthorized | ProviderError::InvalidGrant | ProviderError::NotConfigured(_) => {
+            Some(ApiError::Unavailable {
+                detail: "The provider connection needs attention from the operator.".into(),
+                retry_after_secs: Some(300),
+            })
+        }
+        _ => None,
+    }
+}
+
 /// How a provider's refusal reads to the customer: its own words, never a 500.
 fn provider_failure(e: ProviderError) -> ApiError {
+    if let Some(unavailable) = provider_unavailable(&e) {
+        return unavailable;
+    }
     match e {
         ProviderError::NotFound => ApiError::NotFound,
         ProviderError::Rejected { status: 409, message } => ApiError::Conflict {
@@ -92,16 +114,6 @@ fn provider_failure(e: ProviderError) -> ApiError {
         },
         ProviderError::Rejected { status, message } if (400..500).contains(&status) => {
             ApiError::Invalid(vec![FieldError::new("body", format!("the provider refused the write: {message}"))])
-        }
-        ProviderError::RateLimited { retry_after, .. } => ApiError::Unavailable {
-            detail: "The provider's request budget is spent; try again shortly.".into(),
-            retry_after_secs: Some(retry_after.map_or(30, |d| d.as_secs().max(1))),
-        },
-        ProviderError::Unauthorized | ProviderError::InvalidGrant | ProviderError::NotConfigured(_) => {
-            ApiError::Unavailable {
-                detail: "The provider connection needs attention from the operator.".into(),
-                retry_after_secs: Some(300),
-            }
         }
         other => ApiError::BadGateway { detail: format!("The provider failed: {other}") },
     }

@@ -191,6 +191,21 @@ async fn each_writable_resource_is_created_updated_and_deleted_and_read_back_at_
         .unwrap();
     assert_eq!(response.headers()["content-type"], "text/plain");
     assert_eq!(response.bytes().await.unwrap().as_ref(), text);
+    // The provider rate-limiting the download is the same 503 with Retry-After as for a write.
+    f.sim.sim.schedule_fault(
+        1,
+        clientapi_sync::simulator::servicem8::Fault::TooManyRequests { retry_after_secs: Some(7), text_body: false },
+    );
+    let limited = f
+        .app
+        .client
+        .get(f.app.url(&format!("/api/public/{}/attachments/{file}/content", f.ep)))
+        .bearer_auth(&f.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), 503);
+    assert_eq!(limited.headers()["retry-after"], "7");
     assert_eq!(
         f.patch(&format!("/attachments/{file}"), json!({"name": "notes.txt"})).await.1["data"]["name"],
         "notes.txt"

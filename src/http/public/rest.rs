@@ -530,9 +530,12 @@ async fn get_attachment_content(
             retry_after_secs: Some(60),
         }
     })?;
+    // Inside the connection's request budget, like its syncs and writes.
+    state.engine.limiter(auth.principal.connection_id, provider.as_ref()).until_ready().await;
     let download = provider.download(&token, id).await.map_err(|e| match e {
         clientapi_sync::provider::ProviderError::NotFound => ApiError::NotFound,
-        other => crate::http::admin::connections::provider_error(other),
+        other => crate::writes::provider_unavailable(&other)
+            .unwrap_or_else(|| ApiError::BadGateway { detail: format!("The provider failed: {other}") }),
     })?;
     auth.set_item_count(1);
     let mut response = Body::from_stream(download.response.bytes_stream()).into_response();
