@@ -262,10 +262,16 @@ pub fn spec() -> Value {
         "parameters": export_params,
         "responses": with_problems(json!({"description": "A stream", "content": {"application/x-ndjson": {}, "text/csv": {}}})),
     }}));
+    // The provider is called: its failure is a 502, its spent budget or 429 a 503 with Retry-After.
+    let mut content_responses =
+        with_problems(json!({"description": "The bytes", "content": {"application/octet-stream": {}}}));
+    for code in ["502", "503"] {
+        content_responses[code] = content_responses["404"].clone();
+    }
     paths.insert("/api/public/{endpoint}/attachments/{id}/content".into(), json!({"get": {
         "operationId": "get_attachment_content", "tags": ["attachments"], "summary": "The file's bytes, from the provider, after the scope check",
         "parameters": [endpoint_param(), {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
-        "responses": with_problems(json!({"description": "The bytes", "content": {"application/octet-stream": {}}})),
+        "responses": content_responses,
     }}));
     paths.insert("/api/public/{endpoint}/me".into(), json!({"get": {
         "operationId": "me", "tags": ["endpoint"], "summary": "This endpoint: company, access, scopes, rate limit, freshness per resource",
