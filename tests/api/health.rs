@@ -76,8 +76,28 @@ async fn unknown_routes_and_methods_answer_problem_json_with_the_request_id_as_i
 
     let response = app.client.post(app.url("/healthz")).send().await.unwrap();
     assert_eq!(response.status(), 405);
+    assert_eq!(
+        response.headers().get("allow").map(|v| v.to_str().unwrap()),
+        Some("GET,HEAD"),
+        "405 names what is allowed"
+    );
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["code"], "method_not_allowed");
+    for (method, path, allowed) in [
+        (reqwest::Method::DELETE, "/api/public/ep_x/me", "GET,HEAD"),
+        (reqwest::Method::PUT, "/api/public/ep_x/jobs", "GET,HEAD,POST"),
+        (reqwest::Method::PUT, "/api/public/ep_x/jobs/j1", "GET,HEAD,PATCH,DELETE"),
+        (reqwest::Method::PUT, "/api/public/ep_x/query/", "GET,HEAD"),
+        (reqwest::Method::PUT, "/api/public/ep_x/changes", "GET,HEAD"),
+        (reqwest::Method::PUT, "/api/public/ep_x/export", "GET,HEAD"),
+        (reqwest::Method::PUT, "/api/public/ep_x/graphql", "GET,HEAD,POST"),
+        (reqwest::Method::PUT, "/api/public/ep_x/attachments/a1/content", "GET,HEAD"),
+        (reqwest::Method::PUT, "/api/public/openapi.json", "GET,HEAD"),
+    ] {
+        let response = app.client.request(method, app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 405, "{path}");
+        assert_eq!(response.headers().get("allow").map(|v| v.to_str().unwrap()), Some(allowed), "{path}");
+    }
 }
 
 #[tokio::test]

@@ -191,6 +191,20 @@ async fn each_writable_resource_is_created_updated_and_deleted_and_read_back_at_
         .unwrap();
     assert_eq!(response.headers()["content-type"], "text/plain");
     assert_eq!(response.bytes().await.unwrap().as_ref(), text);
+    // Read-only resources answer writes 405, naming what is allowed.
+    for (method, path) in [(reqwest::Method::POST, "payments"), (reqwest::Method::PATCH, "invoices/x1")] {
+        let response = f
+            .app
+            .client
+            .request(method, f.app.url(&format!("/api/public/{}/{path}", f.ep)))
+            .bearer_auth(&f.key)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{path}");
+        assert_eq!(response.headers()["allow"], "GET,HEAD", "{path}");
+    }
     // The provider rate-limiting the download is the same 503 with Retry-After as for a write.
     f.sim.sim.schedule_fault(
         1,
@@ -227,8 +241,9 @@ async fn each_writable_resource_is_created_updated_and_deleted_and_read_back_at_
     .fetch_all(&f.app.db)
     .await
     .unwrap();
-    assert_eq!(logged.len(), 17, "{logged:?}");
+    assert_eq!(logged.len(), 19, "{logged:?}");
     assert_eq!(logged.iter().filter(|l| l.1 == 422).count(), 2, "the two writes at a site");
+    assert_eq!(logged.iter().filter(|l| l.1 == 405).count(), 2, "the two writes to read-only resources");
     assert!(logged.contains(&("DELETE".to_owned(), 403)));
 }
 

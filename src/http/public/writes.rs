@@ -86,7 +86,10 @@ async fn write(
     body: &[u8],
 ) -> Result<Response, ApiError> {
     if clientapi_schema::write::write_fields(resource).is_empty() {
-        return Err(ApiError::MethodNotAllowed);
+        // Read-only resources: the 405 names what is allowed, as the router's own do.
+        let mut response = ApiError::MethodNotAllowed.into_response();
+        response.headers_mut().insert(axum::http::header::ALLOW, axum::http::HeaderValue::from_static("GET,HEAD"));
+        return Ok(response);
     }
     auth.require_write(resource)?;
     let fields = json_object(body)?;
