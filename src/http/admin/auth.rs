@@ -86,6 +86,8 @@ pub fn router() -> Router<AppState> {
 /// Sign-in attempts allowed per client address and per email (sustained per minute, burst):
 /// each costs an argon2 verify, and guessing is what they would be used for.
 const LOGIN_PER_MINUTE: (u32, u32) = (10, 10);
+/// Addresses and emails remembered before the idle ones are forgotten.
+const LOGIN_KEYS_KEPT: usize = 10_000;
 
 /// Budgets for sign-in attempts, per client address and per email.
 pub struct LoginLimits {
@@ -104,12 +106,17 @@ impl Default for LoginLimits {
 impl LoginLimits {
     /// Spends one attempt for this address and email, or says how long to wait.
     fn check(&self, ip: Option<std::net::IpAddr>, email: &str) -> Result<(), ApiError> {
+        // Every address and email tried is a key: forget the ones whose budget is full again,
+        // so a spray of made-up emails cannot grow this without bound.
+        if self.by_email.len() + self.by_ip.len() > LOGIN_KEYS_KEPT {
+            self.by_email.retain_recent();
+            self.by_ip.retain_recent();
+        }
         let clock = governor::clock::DefaultClock::default();
         let waits = [ip.map(|ip| self.by_ip.check_key(&ip)), Some(self.by_email.check_key(&email.to_owned()))];
         for wait in waits.into_iter().flatten() {
             if let Err(not_until) = wait {
-                let secs = governor::clock::Clock::now(&clock);
-                let retry = not_until.wait_time_from(secs).as_secs().max(1);
+                let retry = not_until.wait_time_from(governor::clock::Clock::now(&clock)).as_secs().max(1);
                 return Err(ApiError::RateLimited { retry_after_secs: retry });
             }
         }
