@@ -41,6 +41,13 @@ pub struct Connection {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Connection {
+    /// What people call it: the provider account's name, or its id when the provider gave none.
+    pub fn display_name(&self) -> &str {
+        if self.name.is_empty() { &self.external_account_id } else { &self.name }
+    }
+}
+
 const COLUMNS: &str = "id, account_id, provider, external_account_id, name, status, token_expires_at, scopes, \
                        sync_schedule, reconcile_schedule, last_error, environment, sync_paused, created_at, updated_at";
 

@@ -209,7 +209,7 @@ pub async fn summarize(state: &AppState, connection: Connection) -> Result<Conne
         running: running.map(RunView::of),
         runs: runs.iter().map(RunView::of).collect(),
         schedule,
-        name: if connection.name.is_empty() { connection.external_account_id.clone() } else { connection.name.clone() },
+        name: connection.display_name().to_owned(),
         provider: connection.provider,
     })
 }
@@ -344,7 +344,7 @@ async fn confirm_disconnect(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let connection = owned(&state, &session, &id).await?;
-    let name = if connection.name.is_empty() { connection.external_account_id.clone() } else { connection.name };
+    let name = connection.display_name().to_owned();
     Ok(render(&ConfirmPage {
         chrome: Chrome::page(&session, "overview", format!("Disconnect {name}")),
         heading: format!("Disconnect {name}?"),
@@ -433,7 +433,7 @@ async fn companies_page(
     let next = page
         .next_cursor
         .map(|cursor| format!("/connections/{}/companies?q={}&cursor={}", connection.id, encode(&q), encode(&cursor)));
-    let name = if connection.name.is_empty() { connection.external_account_id.clone() } else { connection.name };
+    let name = connection.display_name().to_owned();
     Ok(render(&CompaniesPage {
         chrome: Chrome::page(&session, "overview", format!("Companies of {name}")),
         connection_id: connection.id,

@@ -109,7 +109,7 @@ async fn endpoints_page(
     let connections = clientapi_sync::connections::list(&state.db, session.account())
         .await?
         .into_iter()
-        .map(|c| (c.id, if c.name.is_empty() { c.external_account_id } else { c.name }))
+        .map(|c| (c.id, c.display_name().to_owned()))
         .collect();
     Ok(render(&EndpointsPage {
         chrome: Chrome::page(&session, "endpoints", "Endpoints").live("/api/admin/events"),
@@ -250,12 +250,9 @@ async fn connection_choices(state: &AppState, session: &Session) -> Result<Vec<(
         .await?
         .into_iter()
         .map(|c| {
-            let name = if c.name.is_empty() { c.external_account_id } else { c.name };
-            (
-                c.id.to_string(),
-                format!("{name} ({})", if c.environment == "sandbox" { "sandbox" } else { "live" }),
-                c.environment,
-            )
+            let label =
+                format!("{} ({})", c.display_name(), if c.environment == "sandbox" { "sandbox" } else { "live" });
+            (c.id.to_string(), label, c.environment)
         })
         .collect())
 }

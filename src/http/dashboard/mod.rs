@@ -25,7 +25,6 @@ use crate::error::{ApiError, FieldError};
 use crate::http::admin::auth::{self, AdminAuth};
 use crate::startup::AppState;
 
-pub use assets::Assets;
 pub use connections::oauth_callback_page;
 
 pub fn router(state: &AppState) -> Router<AppState> {
