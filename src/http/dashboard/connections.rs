@@ -375,7 +375,8 @@ struct CompaniesPage {
     connection_id: ConnectionId,
     connection_name: String,
     q: String,
-    resources: Vec<&'static str>,
+    /// Column headings, in the order of each company's records (by name).
+    resources: Vec<String>,
     companies: Vec<CompanyRow>,
     next: Option<String>,
     first_page: bool,
@@ -443,6 +444,7 @@ async fn companies_page(
             .map(|r| r.plural())
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
+            .map(|plural| plural.replace('_', " "))
             .collect(),
         q,
         companies,
