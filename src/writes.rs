@@ -233,7 +233,14 @@ pub async fn perform(
         if let fields::WriteKind::Reference(to) = spec.kind
             && let Some(Value::String(id)) = clean.get(spec.name)
         {
-            own_record(state, p, to, id).await?;
+            // Missing and another company's answer alike, naming the field, before the provider.
+            own_record(state, p, to, id).await.map_err(|e| match e {
+                ApiError::NotFound => ApiError::Invalid(vec![FieldError::new(
+                    spec.name,
+                    format!("must be the id of one of your {}", to.plural().replace('_', " ")),
+                )]),
+                other => other,
+            })?;
             // A site is listed among the company's clients, but what is written at a site is
             // mirrored under the site: the endpoint would never see it again. Refused before the
             // provider is called.

@@ -715,7 +715,9 @@ fn me_types() -> (Object, Object) {
 
 fn write_type(kind: WriteKind) -> &'static str {
     match kind {
-        WriteKind::Text { .. } | WriteKind::Email | WriteKind::JobStatus | WriteKind::Base64 => TypeRef::STRING,
+        WriteKind::Text { .. } | WriteKind::Email | WriteKind::JobStatus | WriteKind::Base64 | WriteKind::MediaType => {
+            TypeRef::STRING
+        }
         WriteKind::Date => "Date",
         WriteKind::Decimal => "Decimal",
         WriteKind::Boolean => TypeRef::BOOLEAN,

@@ -122,8 +122,15 @@ pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Some(t.with_timezone(&Utc));
     }
-    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
-    date.and_hms_opt(0, 0, 0).map(|t| t.and_utc())
+    parse_date(text)?.and_hms_opt(0, 0, 0).map(|t| t.and_utc())
+}
+
+/// `YYYY-MM-DD` exactly (RFC 3339's full-date): chrono alone would also take `2026-1-2`.
+pub fn parse_date(text: &str) -> Option<chrono::NaiveDate> {
+    let b = text.as_bytes();
+    let shaped = b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() });
+    shaped.then(|| chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()).flatten()
 }
 
 pub fn has_number(resource: Resource) -> bool {

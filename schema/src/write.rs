@@ -27,6 +27,18 @@ pub enum WriteKind {
     JobStatus,
     /// File content, base64.
     Base64,
+    /// A media type, `type/subtype` (no parameters).
+    MediaType,
+}
+
+/// What a media type looks like: two RFC 9110 tokens around a slash.
+pub const MEDIA_TYPE_PATTERN: &str = "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,60}/[!#$%&'*+.^_`|~0-9A-Za-z-]{1,60}$";
+
+fn media_type(s: &str) -> bool {
+    let token = |t: &str| {
+        (1..=60).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+.^_`|~-".contains(&b))
+    };
+    s.split_once('/').is_some_and(|(kind, sub)| token(kind) && token(sub))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -90,7 +102,7 @@ const CLIENT: &[WriteField] = &[
 const ATTACHMENT: &[WriteField] = &[
     placed("job_id", Reference(Resource::Job), true),
     required("name", TEXT_NAME),
-    placed("content_type", TEXT_SHORT, false),
+    placed("content_type", MediaType, false),
     placed("content_base64", Base64, true),
 ];
 
@@ -105,6 +117,9 @@ pub fn write_fields(resource: Resource) -> &'static [WriteField] {
         Resource::Invoice | Resource::Payment => &[],
     }
 }
+
+/// The control characters text fields may hold (line breaks and tabs); all others are refused.
+pub const TEXT_CONTROLS_ALLOWED: &str = "\n\r\t";
 
 /// A field that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,16 +141,25 @@ fn plausible_email(s: &str) -> bool {
         && !s.chars().any(|c| c.is_whitespace() || c == ',' || c == ';')
 }
 
+/// A decimal string (`12.5`: up to 12 digits, a point and up to 4 more) or a whole JSON number;
+/// a fractional JSON number is refused, since a float cannot carry money exactly.
 fn decimal(value: &Value) -> Option<String> {
-    let text = match value {
-        Value::String(s) => s.trim().to_owned(),
-        Value::Number(n) => n.to_string(),
-        _ => return None,
-    };
-    let d: rust_decimal::Decimal = text.parse().ok()?;
-    (!d.is_sign_negative() && d.scale() <= 4 && d < rust_decimal::Decimal::from(1_000_000_000_000i64))
-        .then(|| d.normalize().to_string())
+    match value {
+        Value::String(s) => {
+            let (whole, fraction) = s.split_once('.').unwrap_or((s, "0"));
+            let digits = |t: &str, max: usize| (1..=max).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit());
+            let d: rust_decimal::Decimal = s.parse().ok()?;
+            (digits(whole, 12) && digits(fraction, 4)).then(|| d.normalize().to_string())
+        }
+        Value::Number(n) => n.as_u64().filter(|n| *n < DECIMAL_LIMIT).map(|n| n.to_string()),
+        _ => None,
+    }
 }
+
+/// Decimals written are below this (12 digits before the point).
+pub const DECIMAL_LIMIT: u64 = 1_000_000_000_000;
+/// What a decimal string looks like, as the OpenAPI document states it.
+pub const DECIMAL_PATTERN: &str = "^[0-9]{1,12}(\\.[0-9]{1,4})?$";
 
 /// Checks a create (`create`) or update body against `resource`'s write fields and returns
 /// the cleaned fields, or every problem at once: unknown fields, fields nobody may set (ids,
@@ -166,6 +190,12 @@ pub fn validate(
         if value.is_null() {
             if spec.required {
                 errors.push(invalid(name, "is required and cannot be null"));
+            } else if let WriteKind::Reference(to) = spec.kind {
+                // A record without its parent would land outside every company.
+                errors.push(invalid(
+                    name,
+                    format!("cannot be null: give the id of one of your {}", to.plural().replace('_', " ")),
+                ));
             } else {
                 clean.insert(name.clone(), Value::Null);
             }
@@ -174,7 +204,7 @@ pub fn validate(
         let cleaned = match spec.kind {
             WriteKind::Text { max } => match value.as_str() {
                 Some(s) if s.chars().count() > max => Err(format!("at most {max} characters")),
-                Some(s) if s.chars().any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t') => {
+                Some(s) if s.chars().any(|c| c.is_control() && !TEXT_CONTROLS_ALLOWED.contains(c)) => {
                     Err("control characters are not allowed".to_owned())
                 }
                 Some(s) if spec.required && s.trim().is_empty() => Err("cannot be empty".to_owned()),
@@ -182,23 +212,30 @@ pub fn validate(
                 None => Err("must be a string".to_owned()),
             },
             WriteKind::Email => match value.as_str() {
-                Some(s) if s.len() <= 254 && plausible_email(s) => Ok(Value::String(s.to_owned())),
+                Some(s) if s.chars().count() <= 254 && plausible_email(s) => Ok(Value::String(s.to_owned())),
                 _ => Err("must be an email address".to_owned()),
             },
-            WriteKind::Date => match value.as_str().map(|s| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")) {
-                Some(Ok(d)) => Ok(Value::String(d.format("%Y-%m-%d").to_string())),
+            WriteKind::Date => match value.as_str().and_then(crate::read::parse_date) {
+                Some(d) => Ok(Value::String(d.format("%Y-%m-%d").to_string())),
                 _ => Err("must be a date, YYYY-MM-DD".to_owned()),
             },
             WriteKind::Decimal => match decimal(value) {
                 Some(d) => Ok(Value::String(d)),
-                None => Err("must be a non-negative decimal with at most 4 decimal places".to_owned()),
+                None => Err(
+                    "must be a non-negative decimal below 10^12 with at most 4 decimal places, as a string (\"12.50\") or a whole number"
+                        .to_owned(),
+                ),
+            },
+            WriteKind::MediaType => match value.as_str() {
+                Some(s) if media_type(s) => Ok(Value::String(s.to_owned())),
+                _ => Err("must be a media type such as application/pdf".to_owned()),
             },
             WriteKind::Boolean => match value {
                 Value::Bool(b) => Ok(Value::Bool(*b)),
                 _ => Err("must be true or false".to_owned()),
             },
             WriteKind::Reference(to) => match value.as_str() {
-                Some(s) if !s.is_empty() && s.len() <= 200 && !s.chars().any(char::is_control) => {
+                Some(s) if !s.is_empty() && s.chars().count() <= 200 && !s.chars().any(char::is_control) => {
                     Ok(Value::String(s.to_owned()))
                 }
                 _ => Err(format!("must be the id of one of your {}", to.plural().replace('_', " "))),

@@ -24,9 +24,14 @@ pub fn router(state: AppState) -> Router {
         .merge(public::graphql::schema_router())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(axum::middleware::from_fn(request_context::request_context))
+        .layer(axum::middleware::from_fn_with_state(docs_url(&state), request_context::request_context))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(state)
+}
+
+fn docs_url(state: &AppState) -> std::sync::Arc<str> {
+    let base = state.config.public_url.as_str().trim_end_matches('/');
+    format!("{base}{}", request_context::DOCS_PATH).into()
 }
 
 /// A handler panic still answers problem+json (and is logged); the connection survives.

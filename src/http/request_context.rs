@@ -2,9 +2,10 @@
 //! otherwise), a tracing span with method, matched route, request id, status and latency,
 //! and the Prometheus request counters.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -14,13 +15,28 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 const MAX_REQUEST_ID_LEN: usize = 128;
 
 tokio::task_local! {
-    static REQUEST_ID: String;
+    static REQUEST: Current;
+}
+
+/// What errors rendered on this task need to know about the request being served.
+#[derive(Clone)]
+struct Current {
+    id: String,
+    docs_url: Arc<str>,
 }
 
 /// The id of the request being served on this task, if any.
 pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
+    REQUEST.try_with(|r| r.id.clone()).ok()
 }
+
+/// The absolute URL of the public API's docs page (problem `type`s point into it); a
+/// path-absolute reference outside a request.
+pub fn docs_url() -> Arc<str> {
+    REQUEST.try_with(|r| r.docs_url.clone()).unwrap_or_else(|_| Arc::from(DOCS_PATH))
+}
+
+pub const DOCS_PATH: &str = "/api/public/docs";
 
 /// The request id, also available to handlers as an extension.
 #[derive(Debug, Clone)]
@@ -35,7 +51,8 @@ fn accept_request_id(value: &HeaderValue) -> Option<String> {
     ok.then(|| s.to_owned())
 }
 
-pub async fn request_context(mut request: Request, next: Next) -> Response {
+/// `docs_url` is the docs page under the service's public URL.
+pub async fn request_context(State(docs_url): State<Arc<str>>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = request
         .headers()
@@ -59,7 +76,8 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         status = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
     );
-    let mut response = REQUEST_ID.scope(request_id.clone(), next.run(request).instrument(span.clone())).await;
+    let mut response =
+        REQUEST.scope(Current { id: request_id.clone(), docs_url }, next.run(request).instrument(span.clone())).await;
 
     let status = response.status().as_u16();
     let elapsed = started.elapsed();

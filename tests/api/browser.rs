@@ -91,3 +91,33 @@ async fn graphiql_loads_offline_runs_a_query_with_the_key_in_its_headers_and_sho
     .await;
     assert!(stdout.contains("graphiql ok"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docs_page_renders_offline_with_an_example_per_operation_and_problem_types_link_into_it() {
+    require_tools();
+    let (sim, app, token, connection) = crate::endpoints::synced(1).await;
+    let (endpoint, key) = crate::endpoints::create_endpoint(
+        &app,
+        &token,
+        connection,
+        &crate::endpoints::company(&sim, 0),
+        serde_json::json!({}),
+    )
+    .await;
+    // A real problem: its `type` is a link into the page, under the service's public URL.
+    let refused = app.client.get(app.url(&format!("/api/public/{endpoint}/jobs?page_size=0"))).bearer_auth(&key);
+    let problem: serde_json::Value = refused.send().await.unwrap().json().await.unwrap();
+    let kind = problem["type"].as_str().unwrap().to_owned();
+    assert_eq!(kind, app.url("/api/public/docs#problem-invalid_input"), "{problem}");
+    let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-screenshots");
+    let stdout = run_node(
+        "docs.mjs",
+        vec![
+            ("URL", app.url("/api/public/docs")),
+            ("PROBLEM_TYPE", kind),
+            ("SCREENSHOTS", screenshots.display().to_string()),
+        ],
+    )
+    .await;
+    assert!(stdout.contains("docs page ok"), "{stdout}");
+}

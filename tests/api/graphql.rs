@@ -505,17 +505,29 @@ async fn graphql_tools_load_the_schema_by_introspection_and_it_is_the_committed_
         .map(|rest| rest.split("\"}").next().unwrap().replace("\\\"", "\""))
         .collect();
     assert!(!queries.is_empty(), "the README shows GraphQL queries");
-    let stdout = crate::helpers::run_node(
-        "introspection.mjs",
-        vec![
-            ("URL", app.url(&format!("/api/public/{ep}/graphql"))),
-            ("KEY", key),
-            ("SDL", concat!(env!("CARGO_MANIFEST_DIR"), "/graphql/schema.graphql").to_owned()),
-            ("QUERIES", serde_json::to_string(&queries).unwrap()),
-        ],
-    )
-    .await;
+    let envs = vec![
+        ("URL", app.url(&format!("/api/public/{ep}/graphql"))),
+        ("KEY", key),
+        ("SDL", concat!(env!("CARGO_MANIFEST_DIR"), "/graphql/schema.graphql").to_owned()),
+        ("QUERIES", serde_json::to_string(&queries).unwrap()),
+    ];
+    // graphql-js, as GraphiQL, Apollo and Relay load a schema.
+    let stdout = crate::helpers::run_node("introspection.mjs", envs.clone()).await;
     assert!(stdout.contains("SDL equal"), "{stdout}");
+    // graphql-core, as Python clients (gql, Strawberry's codegen) do.
+    let python = crate::conformance::python_tool("python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/introspection.py");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python).arg(script).envs(envs).output().expect("running python")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("SDL equal"),
+        "graphql-core: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test]

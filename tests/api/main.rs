@@ -2,8 +2,10 @@
 
 mod browser;
 mod cli;
+mod conformance;
 mod dashboard;
 mod demo;
+mod docs;
 mod endpoints;
 mod graphql;
 mod health;

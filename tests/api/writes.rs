@@ -168,7 +168,7 @@ async fn each_writable_resource_is_created_updated_and_deleted_and_read_back_at_
     assert_eq!(f.sim.sim.records("companycontact").len(), contacts_before, "nothing reached the provider");
     assert_eq!(f.sim.sim.records("job").len(), jobs_before);
     let (status, refused) = f.delete(&format!("/clients/{}", f.company)).await;
-    assert_eq!((status, refused["code"].as_str()), (403, Some("not_deletable")));
+    assert_eq!((status, refused["code"].as_str()), (405, Some("method_not_allowed")), "clients are never deleted here");
 
     // Attachments: the bytes reach the provider and come back through the content route.
     let text = b"hello from the portal\n";
@@ -243,8 +243,11 @@ async fn each_writable_resource_is_created_updated_and_deleted_and_read_back_at_
     .unwrap();
     assert_eq!(logged.len(), 19, "{logged:?}");
     assert_eq!(logged.iter().filter(|l| l.1 == 422).count(), 2, "the two writes at a site");
-    assert_eq!(logged.iter().filter(|l| l.1 == 405).count(), 2, "the two writes to read-only resources");
-    assert!(logged.contains(&("DELETE".to_owned(), 403)));
+    assert_eq!(
+        logged.iter().filter(|l| l.1 == 405).count(),
+        3,
+        "the two writes to read-only resources and the client's delete"
+    );
 }
 
 #[tokio::test]
@@ -254,26 +257,29 @@ async fn writes_stay_inside_the_endpoints_company_and_bad_input_never_reaches_th
     let foreign_job = f.foreign_job();
     let foreign_client = company(&f.sim, 1);
 
-    // Another company's records answer exactly like missing ones.
+    // Another company's records answer exactly like missing ones: a 404 as the target of a
+    // write, a 422 naming the field when a body points at one.
     for (method, path, body) in [
         (reqwest::Method::PATCH, format!("/jobs/{foreign_job}"), Some(json!({"description": "x"}))),
         (reqwest::Method::DELETE, format!("/jobs/{foreign_job}"), None),
         (reqwest::Method::PATCH, "/jobs/no-such-job".to_owned(), Some(json!({"description": "x"}))),
-        (
-            reqwest::Method::POST,
-            "/line_items".to_owned(),
-            Some(json!({"job_id": foreign_job, "name": "x", "quantity": 1})),
-        ),
-        (
-            reqwest::Method::POST,
-            "/contacts".to_owned(),
-            Some(json!({"client_id": foreign_client, "first_name": "Eve"})),
-        ),
-        (reqwest::Method::POST, "/jobs".to_owned(), Some(json!({"status": "Quote", "client_id": foreign_client}))),
         (reqwest::Method::PATCH, format!("/clients/{foreign_client}"), Some(json!({"website": "https://evil"}))),
     ] {
         let (status, body) = f.send(method.clone(), &path, body).await;
         assert_eq!((status, body["code"].as_str()), (404, Some("not_found")), "{method} {path}: {body}");
+    }
+    for (path, body, field, missing) in [
+        ("/line_items", json!({"job_id": foreign_job, "name": "x", "quantity": 1}), "job_id", "no-such-job"),
+        ("/contacts", json!({"client_id": foreign_client, "first_name": "Eve"}), "client_id", "no-such-client"),
+        ("/jobs", json!({"status": "Quote", "client_id": foreign_client}), "client_id", "no-such-client"),
+    ] {
+        let (status, foreign) = f.post(path, body.clone()).await;
+        assert_eq!((status, foreign["errors"][0]["field"].as_str()), (422, Some(field)), "{path}: {foreign}");
+        let mut body = body;
+        body[field] = json!(missing);
+        let (status, absent) = f.post(path, body).await;
+        assert_eq!(status, 422, "{path}: {absent}");
+        assert_eq!(foreign["errors"], absent["errors"], "another company's {field} reads like a missing one");
     }
     assert_ne!(f.sim.sim.record("job", &foreign_job).unwrap()["job_description"], "x");
 

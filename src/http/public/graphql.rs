@@ -131,15 +131,25 @@ async fn graphiql_asset(axum::extract::Path(file): axum::extract::Path<String>) 
 }
 
 async fn execute(State(state): State<AppState>, auth: EndpointAuth, body: Bytes) -> Result<Response, ApiError> {
-    let batch: async_graphql::BatchRequest = serde_json::from_slice(&body).map_err(|e| {
+    let shape = |e: String| {
         ApiError::Invalid(vec![FieldError::new(
             "body",
             format!("a GraphQL request ({{\"query\": …, \"variables\": …}}) or a list of them: {e}"),
         )])
-    })?;
-    let requests = match batch {
-        async_graphql::BatchRequest::Single(request) => vec![request],
-        async_graphql::BatchRequest::Batch(requests) => requests,
+    };
+    // An object is one request, an array a batch; serde alone would read `[]` as a request.
+    let requests: Vec<async_graphql::Request> = match serde_json::from_slice(&body).map_err(|e| shape(e.to_string()))? {
+        object @ serde_json::Value::Object(_) => {
+            vec![serde_json::from_value(object).map_err(|e| shape(e.to_string()))?]
+        }
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                serde_json::Value::Object(_) => serde_json::from_value(item).map_err(|e| shape(e.to_string())),
+                _ => Err(shape("each item of a batch is an object".into())),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(shape("neither an object nor a list".into())),
     };
     if requests.is_empty() || requests.len() > MAX_BATCH {
         return Err(ApiError::Invalid(vec![FieldError::new(

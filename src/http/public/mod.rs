@@ -2,6 +2,7 @@
 //! `EndpointAuth`, and every request leaves exactly one row in the request log.
 
 pub mod auth;
+pub mod docs;
 pub mod graphql;
 pub mod me;
 pub mod openapi;

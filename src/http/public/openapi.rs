@@ -16,7 +16,7 @@ use crate::startup::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/public/openapi.json", get(|| async { axum::Json(spec()) }))
-        .route("/api/public/docs", get(|| async { Html(DOCS_PAGE) }))
+        .route("/api/public/docs", get(|| async { Html(super::docs::page()) }))
 }
 
 fn field_type(kind: FieldKind) -> Value {
@@ -48,72 +48,178 @@ fn record_schema(resource: Resource) -> Value {
 }
 
 /// The body of a create (`create`) or an update, from the write field table.
+/// A calendar date's shape (the server also refuses dates that do not exist, like 2026-02-30,
+/// which the `date` format already excludes).
+const DATE_PATTERN: &str = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$";
+
+/// The control characters no text may hold (text fields of a body may hold line breaks and tabs).
+const CONTROLS: &str = "\\u0000-\\u001f\\u007f-\\u009f";
+const TEXT_CONTROLS: &str = "\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f";
+
+/// A string of 1 to `max` characters, none of them a control character.
+fn plain_text(max: usize) -> Value {
+    json!({"type": "string", "minLength": 1, "maxLength": max, "pattern": format!("^[^{CONTROLS}]+$")})
+}
+
+/// An id as the provider writes it (a reference, a filter).
+fn id_text() -> Value {
+    plain_text(200)
+}
+
+/// `a,b,c` as an array serialized the way the server reads it.
+fn comma_list(items: Value, max: usize) -> Value {
+    json!({"type": "array", "items": items, "minItems": 1, "maxItems": max})
+}
+
+/// A list item: not blank, no comma.
+fn list_item() -> Value {
+    json!({"type": "string", "minLength": 1, "maxLength": 200, "pattern": format!("^[^,{CONTROLS}]*[^,\\s{CONTROLS}][^,{CONTROLS}]*$")})
+}
+
+fn nullable(mut schema: Value) -> Value {
+    schema["type"] = json!([schema["type"].clone(), "null"]);
+    schema
+}
+
+/// The body of a create (`create`) or an update, from the write field table: exactly what
+/// `clientapi_schema::write::validate` accepts.
 fn write_schema(resource: Resource, create: bool, job_statuses: &[&str]) -> Value {
     let mut properties = Map::new();
     let mut required = Vec::new();
     for f in write_fields(resource).iter().filter(|f| create || !f.create_only) {
         let schema = match f.kind {
-            WriteKind::Text { max } => json!({"type": "string", "maxLength": max}),
-            WriteKind::Email => json!({"type": "string", "format": "email"}),
-            WriteKind::Date => json!({"type": "string", "format": "date"}),
-            WriteKind::Decimal => json!({"type": ["string", "number"], "format": "decimal", "minimum": 0}),
+            WriteKind::Text { max } if f.required => json!({"type": "string", "maxLength": max,
+                "pattern": format!("^[^{TEXT_CONTROLS}]*[^\\s{TEXT_CONTROLS}][^{TEXT_CONTROLS}]*$"),
+                "description": "Not blank; line breaks and tabs are the only control characters allowed"}),
+            WriteKind::Text { max } => {
+                json!({"type": "string", "maxLength": max, "pattern": format!("^[^{TEXT_CONTROLS}]*$"),
+                "description": "Line breaks and tabs are the only control characters allowed"})
+            }
+            WriteKind::Email => {
+                json!({"type": "string", "maxLength": 254, "pattern": "^[^@\\s,;]+@[^.\\s,;][^\\s,;]*\\.[^\\s,;]*[^.\\s,;]$",
+                "description": "An email address"})
+            }
+            WriteKind::Date => json!({"type": "string", "format": "date", "pattern": DATE_PATTERN}),
+            WriteKind::Decimal => json!({"anyOf": [
+                {"type": "string", "pattern": clientapi_schema::write::DECIMAL_PATTERN},
+                {"type": "integer", "minimum": 0, "exclusiveMaximum": clientapi_schema::write::DECIMAL_LIMIT}],
+                "description": "A decimal string (up to 4 places), or a whole number: never a fractional JSON number, which cannot carry money exactly"}),
             WriteKind::Boolean => json!({"type": "boolean"}),
+            WriteKind::MediaType => json!({"type": "string", "pattern": clientapi_schema::write::MEDIA_TYPE_PATTERN,
+                "description": "The file's media type, such as application/pdf (default application/octet-stream)"}),
             WriteKind::Reference(to) => {
-                json!({"type": "string", "description": format!("One of your {}", to.plural().replace('_', " "))})
+                let mut id = id_text();
+                id["description"] = json!(format!(
+                    "One of your {}: another company's is refused with a 422 naming this field, before the provider is called",
+                    to.plural().replace('_', " ")
+                ));
+                id
             }
             WriteKind::JobStatus => json!({"type": "string", "enum": job_statuses}),
-            WriteKind::Base64 => {
-                json!({"type": "string", "contentEncoding": "base64", "description": "At most 10 MiB decoded"})
-            }
+            WriteKind::Base64 => json!({"type": "string", "contentEncoding": "base64",
+                "maxLength": clientapi_schema::write::MAX_UPLOAD_BYTES.div_ceil(3) * 4,
+                "pattern": "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$",
+                "description": "Standard base64 with padding, at most 10 MiB decoded"}),
         };
+        let never_null = f.required || matches!(f.kind, WriteKind::Reference(_));
+        let schema = if never_null || schema.get("anyOf").is_some() { schema } else { nullable(schema) };
         properties.insert(f.name.to_owned(), schema);
         if create && f.required {
             required.push(f.name);
         }
     }
-    json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
+    let mut body = json!({"type": "object", "properties": properties, "additionalProperties": false});
+    if create {
+        body["required"] = json!(required);
+        if resource == Resource::Contact {
+            // Said, not encoded: an anyOf here would split generated clients' one body model in three.
+            body["description"] = json!("A contact needs a first name, a last name or an email (a 422 otherwise).");
+        }
+    } else {
+        body["minProperties"] = json!(1);
+    }
+    body
 }
 
 fn param(name: &str, description: &str, schema: Value) -> Value {
-    json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema})
+    let mut param =
+        json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema});
+    if schema_is_array(&param["schema"]) {
+        param["style"] = json!("form");
+        param["explode"] = json!(false);
+    }
+    param
+}
+
+fn schema_is_array(schema: &Value) -> bool {
+    schema["type"] == "array"
+}
+
+fn timestamp() -> Value {
+    json!({"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "format": "date", "pattern": DATE_PATTERN}]})
+}
+
+fn resource_names() -> Vec<&'static str> {
+    Resource::ALL.iter().flat_map(|r| [r.singular(), r.plural()]).collect()
+}
+
+fn sort_values(number: bool) -> Vec<String> {
+    let mut keys = vec!["id", "updated_at", "created_at"];
+    if number {
+        keys.push("number");
+    }
+    keys.iter().flat_map(|k| [k.to_string(), format!("-{k}")]).collect()
 }
 
 fn list_params(resource: Option<Resource>) -> Vec<Value> {
     let applies = |f: fn(Resource) -> bool| resource.is_none_or(f);
+    let only = |what: &str| if resource.is_none() { format!(" ({what} only)") } else { String::new() };
     let mut params = vec![
-        param(
-            "updated_since",
-            "Changed at or after (RFC 3339 or YYYY-MM-DD); alias updated_at_from",
-            json!({"type": "string"}),
-        ),
-        param("updated_before", "Changed before", json!({"type": "string"})),
-        param("created_since", "Created at or after", json!({"type": "string"})),
-        param("ids", "Comma-separated ids (at most 1000)", json!({"type": "string"})),
+        param("updated_since", "Changed at or after (RFC 3339 or YYYY-MM-DD)", timestamp()),
+        param("updated_at_from", "An alias of updated_since (give one of them)", timestamp()),
+        param("updated_before", "Changed before", timestamp()),
+        param("created_since", "Created at or after", timestamp()),
+        param("ids", "Comma-separated ids", comma_list(list_item(), 1000)),
         param("include_deleted", "Include tombstones", json!({"type": "boolean", "default": false})),
         param(
             "sort",
-            "id (default, stable under concurrent syncs), updated_at, created_at, number (jobs, invoices); prefix - for descending",
-            json!({"type": "string", "default": "id"}),
+            &format!(
+                "id (the default, stable under concurrent syncs), updated_at, created_at{}; prefix - for descending",
+                if applies(read::has_number) { format!(", number{}", only("jobs, invoices")) } else { String::new() }
+            ),
+            json!({"type": "string", "enum": sort_values(applies(read::has_number)), "default": "id"}),
         ),
         param(
             "page_size",
             "Records per page",
             json!({"type": "integer", "minimum": 1, "maximum": read::MAX_PAGE_SIZE, "default": read::DEFAULT_PAGE_SIZE}),
         ),
-        param("cursor", "Opaque next_cursor of the previous page", json!({"type": "string"})),
+        param(
+            "cursor",
+            "The next_cursor of the previous page, with the same filters and sort; any other is a 400 invalid_cursor",
+            plain_text(4096),
+        ),
         param("include", "remote_data", json!({"type": "string", "enum": ["remote_data"]})),
     ];
     if applies(read::has_status) {
-        params.push(param("status", "Comma-separated statuses (jobs, invoices)", json!({"type": "string"})));
+        params.push(param(
+            "status",
+            &format!("Comma-separated statuses{}", only("jobs, invoices")),
+            comma_list(list_item(), 50),
+        ));
     }
     if applies(read::has_client_id) {
-        params.push(param("client_id", "The client's id", json!({"type": "string"})));
+        params.push(param("client_id", &format!("The client's id{}", only("contacts, jobs, invoices")), id_text()));
     }
     if applies(read::has_job_id) {
-        params.push(param("job_id", "The job's id", json!({"type": "string"})));
+        params.push(param(
+            "job_id",
+            &format!("The job's id{}", only("invoices, line items, payments, attachments")),
+            id_text(),
+        ));
     }
     if applies(read::has_invoice_id) {
-        params.push(param("invoice_id", "The invoice's id", json!({"type": "string"})));
+        params.push(param("invoice_id", &format!("The invoice's id{}", only("line items, payments")), id_text()));
     }
     params
 }
@@ -121,7 +227,8 @@ fn list_params(resource: Option<Resource>) -> Vec<Value> {
 fn problems() -> Value {
     let problem = json!({"description": "Problem", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
     json!({
-        "400": problem, "401": problem, "403": problem, "404": problem, "422": problem, "429": problem
+        "400": problem, "401": problem, "403": problem, "404": problem, "422": problem, "429": problem,
+        "414": {"description": "The URL is longer than 65,534 bytes: refused by the HTTP layer before the service reads it, without a body"}
     })
 }
 
@@ -143,7 +250,8 @@ fn write_responses(status: &str, record: &Value) -> Value {
 }
 
 fn idempotency_header() -> Value {
-    json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255},
+    json!({"name": "Idempotency-Key", "in": "header", "required": false,
+           "schema": {"type": "string", "minLength": 1, "maxLength": crate::idempotency::MAX_KEY_LEN, "pattern": "^[!-~]+$"},
            "description": "Replays the first answer for 24 hours instead of writing twice; another body with the same key is a 422"})
 }
 
@@ -189,11 +297,11 @@ pub fn spec() -> Value {
             });
         }
         paths.insert(format!("/api/public/{{endpoint}}/{}", resource.plural()), list);
-        let id_param = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+        let id_param = json!({"name": "id", "in": "path", "required": true, "schema": id_text()});
         let mut item = json!({"get": {
             "operationId": format!("get_{name}"), "tags": [resource.plural()],
             "summary": format!("One {}; another company's id answers 404 like a missing one", name.replace('_', " ")),
-            "parameters": [endpoint_param(), {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+            "parameters": [endpoint_param(), {"name": "id", "in": "path", "required": true, "schema": id_text()},
                            param("include", "remote_data", json!({"type": "string", "enum": ["remote_data"]}))],
             "responses": with_problems(json!({"description": "The record", "content": {"application/json": {"schema": {"type": "object", "properties": {"data": reference}}}}})),
         }});
@@ -216,17 +324,32 @@ pub fn spec() -> Value {
         }
         paths.insert(format!("/api/public/{{endpoint}}/{}/{{id}}", resource.plural()), item);
     }
-    paths.insert("/api/public/{endpoint}/graphql".into(), json!({"post": {
-        "operationId": "graphql", "tags": ["graphql"],
-        "summary": "GraphQL over the same scope (schema: /api/public/graphql/schema.graphql); a list of up to 10 operations is a batch",
-        "parameters": [endpoint_param()],
-        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["query"], "properties": {
-            "query": {"type": "string"}, "variables": {"type": "object"}, "operationName": {"type": "string"}}}}}},
-        "responses": with_problems(json!({"description": "data and errors (errors carry extensions.code)", "content": {"application/json": {"schema": {"type": "object"}}}})),
-    }}));
+    // Without `query` a request is answered 200 with a GraphQL error, as GraphQL over HTTP asks.
+    let graphql_request = json!({"type": "object", "properties": {
+        "query": {"type": "string"}, "variables": {"type": ["object", "null"]}, "operationName": {"type": ["string", "null"]},
+        "extensions": {"type": ["object", "null"]}}});
+    let html = |what: &str| json!({"description": what, "content": {"text/html": {"schema": {"type": "string"}}}});
+    paths.insert("/api/public/{endpoint}/graphql".into(), json!({
+        "get": {
+            "operationId": "graphiql", "tags": ["graphql"],
+            "summary": "GraphiQL in a browser, served by this service (no CDN); put your key in its Headers tab",
+            "security": [],
+            "parameters": [endpoint_param()],
+            "responses": {"200": html("The GraphiQL page"), "503": html("This build was made without GraphiQL's assets")},
+        },
+        "post": {
+            "operationId": "graphql", "tags": ["graphql"],
+            "summary": "GraphQL over the same scope (schema: /api/public/graphql/schema.graphql); a list of up to 10 operations is a batch",
+            "parameters": [endpoint_param()],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": [
+                graphql_request.clone(),
+                {"type": "array", "items": graphql_request, "minItems": 1, "maxItems": super::graphql::MAX_BATCH}]}}}},
+            "responses": with_problems(json!({"description": "data and errors (errors carry extensions.code); a list for a batch", "content": {"application/json": {"schema": {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]}}}})),
+        },
+    }));
     let mut query_params = vec![
         endpoint_param(),
-        json!({"name": "resource", "in": "query", "required": true, "schema": {"type": "string", "minLength": 1}, "description": "Singular or plural resource name"}),
+        json!({"name": "resource", "in": "query", "required": true, "schema": {"type": "string", "enum": resource_names()}, "description": "Singular or plural resource name"}),
     ];
     query_params.extend(list_params(None));
     paths.insert("/api/public/{endpoint}/query/".into(), json!({"get": {
@@ -237,15 +360,15 @@ pub fn spec() -> Value {
     paths.insert("/api/public/{endpoint}/changes".into(), json!({"get": {
         "operationId": "changes", "tags": ["changes"],
         "summary": "Upserts and tombstones in commit order since a cursor: pull everything since last time, nothing missed or repeated",
-        "parameters": [endpoint_param(), param("since", "next_cursor of the previous pull (omit to start from the beginning)", json!({"type": "string"})),
-                       param("resource", "Comma-separated resources (default: all)", json!({"type": "string"})),
+        "parameters": [endpoint_param(), param("since", "next_cursor of the previous pull, for the same resources (omit to start from the beginning); any other is a 400 invalid_cursor", plain_text(4096)),
+                       param("resource", "Comma-separated resources (default: all)", comma_list(json!({"type": "string", "enum": resource_names()}), super::rest::MAX_CHANGES_RESOURCES)),
                        param("page_size", "Changes per page", json!({"type": "integer", "minimum": 1, "maximum": read::MAX_PAGE_SIZE, "default": 100}))],
         "responses": with_problems(json!({"description": "Changes", "content": {"application/json": {"schema": {"type": "object", "properties": {
             "data": {"type": "array", "items": {"$ref": "#/components/schemas/Change"}}, "next_cursor": {"type": "string"}, "has_more": {"type": "boolean"}}}}}})),
     }}));
     let mut export_params = vec![
         endpoint_param(),
-        json!({"name": "resource", "in": "query", "required": true, "schema": {"type": "string", "minLength": 1}}),
+        json!({"name": "resource", "in": "query", "required": true, "schema": {"type": "string", "enum": resource_names()}}),
         param(
             "format",
             "ndjson (default) or csv (with a header row)",
@@ -270,7 +393,7 @@ pub fn spec() -> Value {
     }
     paths.insert("/api/public/{endpoint}/attachments/{id}/content".into(), json!({"get": {
         "operationId": "get_attachment_content", "tags": ["attachments"], "summary": "The file's bytes, from the provider, after the scope check",
-        "parameters": [endpoint_param(), {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "parameters": [endpoint_param(), {"name": "id", "in": "path", "required": true, "schema": id_text()}],
         "responses": content_responses,
     }}));
     paths.insert("/api/public/{endpoint}/me".into(), json!({"get": {
@@ -293,7 +416,7 @@ pub fn spec() -> Value {
         "info": {
             "title": "Client API — public API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Your company's records, mirrored from the field-service provider. Every request needs your key as `Authorization: Bearer sk_…` or `X-API-Key`. Errors are application/problem+json with a machine `code`; every response has X-Request-Id and RateLimit headers. A query parameter given with an empty value (`cursor=`) is the same as leaving it out."
+            "description": "Your company's records, mirrored from the field-service provider. Every request needs your key as `Authorization: Bearer sk_…` or `X-API-Key`. Errors are application/problem+json with a machine `code`; every response has X-Request-Id and RateLimit headers. A query parameter given without a value (`cursor=`) is refused with a 422 naming it: leave it out instead. Lists (`ids`, `status`) are comma-separated. Refusals a schema cannot express: a cursor this service did not issue for the same filters is a 400 `invalid_cursor`; a filter or sort that does not apply to the resource asked of `/query` or `/export` is a 422 naming it; a body's reference to a record outside your company is a 422 naming the field."
         },
         "security": [{"bearer": []}, {"apiKey": []}],
         "paths": paths,
@@ -306,30 +429,3 @@ pub fn spec() -> Value {
         }
     })
 }
-
-/// A self-contained page (no CDN): it reads the spec and lists every route with its parameters.
-const DOCS_PAGE: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Client API — public API</title>
-<style>
-body{font:15px/1.5 system-ui,sans-serif;max-width:960px;margin:2rem auto;padding:0 1rem;color:#1a1a1a}
-h1{font-size:1.6rem}h2{font-size:1.1rem;margin-top:2rem;border-bottom:1px solid #ddd}
-code,pre{font-family:ui-monospace,monospace;background:#f5f5f5;padding:.1rem .3rem;border-radius:3px}
-.op{margin:1rem 0;padding:.5rem 1rem;border-left:3px solid #3b6;background:#fafafa}
-.m{font-weight:bold;color:#3b6}table{border-collapse:collapse;font-size:13px}td{padding:.15rem .6rem;border-bottom:1px solid #eee}
-</style></head><body><h1>Client API — public API</h1><p id="desc"></p>
-<p>Machine-readable: <a href="openapi.json">openapi.json</a> (OpenAPI 3.1). GraphQL: the schema is
-<a href="graphql/schema.graphql">graphql/schema.graphql</a>, and GraphiQL opens at
-<code>/api/public/{endpoint}/graphql</code> in a browser (put your key in its Headers tab).</p><div id="ops">Loading…</div>
-<script>
-fetch('openapi.json').then(r=>r.json()).then(spec=>{
-  document.getElementById('desc').textContent=spec.info.description;
-  const out=[];
-  for(const [path,item] of Object.entries(spec.paths)){
-    for(const [method,op] of Object.entries(item)){
-      const rows=(op.parameters||[]).map(p=>`<tr><td><code>${p.name}</code></td><td>${p.in}</td><td>${p.required?'required':''}</td><td>${p.description||''}</td></tr>`).join('');
-      out.push(`<div class="op"><span class="m">${method.toUpperCase()}</span> <code>${path}</code><div>${op.summary||''}</div><table>${rows}</table></div>`);
-    }
-  }
-  document.getElementById('ops').innerHTML=out.join('');
-});
-</script></body></html>"#;

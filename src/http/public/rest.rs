@@ -27,7 +27,11 @@ use crate::startup::AppState;
 
 const MAX_VALUE_LEN: usize = 4096;
 const MAX_IDS: usize = 1000;
+/// The parameters that are lists of values.
+const LIST_PARAMETERS: [&str; 2] = ["ids", "status"];
 const CHANGES_DEFAULT: u32 = 100;
+/// Names in a changes feed's `resource` list: every resource, singular and plural.
+pub const MAX_CHANGES_RESOURCES: usize = 2 * Resource::ALL.len();
 /// Export rows are gathered into chunks of up to about this many bytes.
 const EXPORT_CHUNK: usize = 64 * 1024;
 
@@ -65,13 +69,40 @@ fn parse_time(field: &str, value: &str, errors: &mut Vec<FieldError>) -> Option<
     time
 }
 
+/// `a,b,c`: 1 to `max` values of 1 to 200 characters, none blank.
 fn parse_list(value: &str, field: &str, max: usize, errors: &mut Vec<FieldError>) -> Option<Vec<String>> {
-    let items: Vec<String> = value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
-    if items.is_empty() || items.len() > max || items.iter().any(|s| s.len() > 200) {
-        errors.push(FieldError::new(field, format!("must be a comma-separated list of 1 to {max} values")));
+    let items: Vec<String> = value.split(',').map(str::trim).map(str::to_owned).collect();
+    if items.len() > max || items.iter().any(|s| s.is_empty() || s.chars().count() > 200) {
+        errors.push(FieldError::new(
+            field,
+            format!("must be a comma-separated list of 1 to {max} values, none blank or over 200 characters"),
+        ));
         return None;
     }
     Some(items)
+}
+
+/// What every query parameter must be, whatever it means: given once, with a value (an empty
+/// `cursor=` is refused, not guessed at), of sane length, in UTF-8 without control characters.
+/// Reports the problem and answers false when `(k, v)` is not usable.
+fn plain_parameter(k: &str, v: &str, errors: &mut Vec<FieldError>) -> bool {
+    let name = || k.chars().filter(|c| !c.is_control() && *c != '\u{FFFD}').take(100).collect::<String>();
+    // A list of ids is bounded by its count (and each id's length), everything else here.
+    let max = if k == "ids" { MAX_IDS * 201 } else { MAX_VALUE_LEN };
+    let problem = if k.chars().count() > 100 || v.chars().count() > max {
+        "value too long"
+    } else if v.contains('\u{FFFD}') || k.contains('\u{FFFD}') {
+        // Invalid UTF-8 in the percent-encoding decodes to U+FFFD: refuse it rather than guess.
+        "not valid UTF-8"
+    } else if v.chars().chain(k.chars()).any(char::is_control) {
+        "control characters are not allowed"
+    } else if v.is_empty() {
+        "given without a value: leave the parameter out instead"
+    } else {
+        return true;
+    };
+    errors.push(FieldError::new(name(), problem));
+    false
 }
 
 /// Parses the query string of a list, reporting every bad or unknown parameter.
@@ -85,33 +116,23 @@ pub fn parse_list_request(
     let mut errors = Vec::new();
     let mut params: Vec<(String, String)> = Vec::new();
     for (k, v) in url::form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()) {
-        if v.len() > MAX_VALUE_LEN || k.len() > 100 {
-            errors.push(FieldError::new(k.chars().take(100).collect::<String>(), "value too long"));
+        if !plain_parameter(&k, &v, &mut errors) {
             continue;
         }
-        // Invalid UTF-8 in the percent-encoding decodes to U+FFFD: refuse it rather than guess.
-        if v.contains('\u{FFFD}') || k.contains('\u{FFFD}') {
-            errors.push(FieldError::new(
-                k.replace('\u{FFFD}', "?").chars().take(100).collect::<String>(),
-                "not valid UTF-8",
-            ));
-            continue;
-        }
-        if v.chars().chain(k.chars()).any(char::is_control) {
-            errors.push(FieldError::new(
-                k.chars().filter(|c| !c.is_control()).take(100).collect::<String>(),
-                "control characters are not allowed",
-            ));
-            continue;
-        }
-        if params.iter().any(|(seen, _)| *seen == k) {
-            errors.push(FieldError::new(k.to_string(), "given more than once"));
+        if let Some((_, earlier)) = params.iter_mut().find(|(seen, _)| *seen == k) {
+            // A list may come comma-separated or repeated (`status=a&status=b`, as clients that
+            // explode arrays send it); any other parameter is given once.
+            if LIST_PARAMETERS.contains(&k.as_ref()) {
+                earlier.push(',');
+                earlier.push_str(&v);
+            } else {
+                errors.push(FieldError::new(k.to_string(), "given more than once"));
+            }
             continue;
         }
         params.push((k.into_owned(), v.into_owned()));
     }
-    // A parameter given empty (`cursor=`, as forms and generated clients send) is left out.
-    let get = |name: &str| params.iter().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.as_str());
+    let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let resource = match resource {
         Some(r) => Some(r),
         None => match get("resource") {
@@ -185,7 +206,7 @@ pub fn parse_list_request(
             }
             match name {
                 "status" => filters.status = parse_list(v, "status", 50, &mut errors),
-                _ if v.is_empty() || v.len() > 200 => errors.push(FieldError::new(name, "must be 1 to 200 characters")),
+                _ if v.chars().count() > 200 => errors.push(FieldError::new(name, "must be 1 to 200 characters")),
                 "client_id" => filters.client_id = Some(v.to_owned()),
                 "job_id" => filters.job_id = Some(v.to_owned()),
                 _ => filters.invoice_id = Some(v.to_owned()),
@@ -294,9 +315,7 @@ async fn list_records(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let resource = resource_from_path(params.get("resources").map(String::as_str).unwrap_or(""))?;
-    if q.as_deref()
-        .is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "resource" && !v.is_empty()))
-    {
+    if q.as_deref().is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "resource")) {
         return Err(ApiError::Invalid(vec![FieldError::new(
             "resource",
             "the resource is in the path here; use /query to pass it",
@@ -321,6 +340,9 @@ async fn get_record(
     let mut include_remote_data = false;
     let mut errors = Vec::new();
     for (k, v) in url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
+        if !plain_parameter(&k, &v, &mut errors) {
+            continue;
+        }
         match (k.as_ref(), v.as_ref()) {
             ("include", "remote_data") => include_remote_data = true,
             ("include", _) => errors.push(FieldError::new("include", "only remote_data can be included")),
@@ -354,13 +376,18 @@ async fn list_changes(
     let mut errors = Vec::new();
     let (mut since, mut resources, mut limit) = (None, None, CHANGES_DEFAULT);
     for (k, v) in url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
+        if !plain_parameter(&k, &v, &mut errors) {
+            continue;
+        }
         match k.as_ref() {
-            // Given empty, a parameter is left out.
-            "since" | "resource" | "page_size" if v.is_empty() => {}
             "since" => since = Some(v.into_owned()),
+            "resource" if v.split(',').count() > MAX_CHANGES_RESOURCES => errors.push(FieldError::new(
+                "resource",
+                format!("at most {MAX_CHANGES_RESOURCES} names (each resource singular and plural)"),
+            )),
             "resource" => {
                 let mut list = Vec::new();
-                for name in v.split(',').map(str::trim) {
+                for name in v.split(',') {
                     match Resource::parse(name) {
                         Some(r) => list.push(r),
                         None => errors.push(FieldError::new(
@@ -369,9 +396,11 @@ async fn list_changes(
                         )),
                     }
                 }
-                list.sort();
-                list.dedup();
-                resources = Some(list);
+                // Given twice (`resource=jobs&resource=clients`), the lists add up.
+                let all: &mut Vec<Resource> = resources.get_or_insert_with(Vec::new);
+                all.extend(list);
+                all.sort();
+                all.dedup();
             }
             "page_size" => match v.parse::<u32>() {
                 Ok(n) if (1..=read::MAX_PAGE_SIZE).contains(&n) => limit = n,
@@ -423,8 +452,10 @@ async fn export_records(
     let mut rest = url::form_urlencoded::Serializer::new(String::new());
     let mut errors = Vec::new();
     for (k, v) in url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
+        if !plain_parameter(&k, &v, &mut errors) {
+            continue;
+        }
         match k.as_ref() {
-            "format" | "cursor" | "page_size" | "sort" | "include" if v.is_empty() => {}
             "format" if v == "ndjson" || v == "csv" => format = v.into_owned(),
             "format" => errors.push(FieldError::new("format", "ndjson or csv")),
             "cursor" | "page_size" | "sort" | "include" => {

@@ -85,10 +85,16 @@ async fn write(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    if clientapi_schema::write::write_fields(resource).is_empty() {
-        // Read-only resources: the 405 names what is allowed, as the router's own do.
+    // What a resource does not support is a 405 naming what it does, as the router's own are:
+    // payments and invoices are read-only, and clients are never deleted through this API.
+    let allowed = match (resource, &operation) {
+        _ if clientapi_schema::write::write_fields(resource).is_empty() => Some("GET,HEAD"),
+        (Resource::Client, Operation::Delete(_)) => Some("GET,HEAD,PATCH"),
+        _ => None,
+    };
+    if let Some(allowed) = allowed {
         let mut response = ApiError::MethodNotAllowed.into_response();
-        response.headers_mut().insert(axum::http::header::ALLOW, axum::http::HeaderValue::from_static("GET,HEAD"));
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
         return Ok(response);
     }
     auth.require_write(resource)?;
