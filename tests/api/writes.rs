@@ -347,6 +347,26 @@ async fn writes_stay_inside_the_endpoints_company_and_bad_input_never_reaches_th
         .await;
     assert_eq!((status, fields(&answer)), (422, vec!["job_id".to_owned()]));
     assert_eq!(f.sim.sim.stats().creates, creates_before, "nothing refused reached the provider");
+
+    // A create the provider places in another company anyway is undone, and the answer says so.
+    f.sim.sim.misplace_next_create(&foreign_client);
+    let jobs_before = f.sim.sim.records("job").len();
+    let (status, undone) = f.post("/jobs", json!({"status": "Quote", "description": "misplaced"})).await;
+    assert_eq!((status, undone["code"].as_str()), (502, Some("provider_error")), "{undone}");
+    assert!(undone["detail"].as_str().unwrap().contains("deleted again; nothing was created"), "{undone}");
+    let misplaced: Vec<_> =
+        f.sim.sim.records("job").into_iter().filter(|j| j["job_description"] == "misplaced").collect();
+    assert_eq!((misplaced.len(), f.sim.sim.records("job").len()), (1, jobs_before + 1));
+    assert_eq!(misplaced[0]["active"], 0, "deleted again at the provider: {:?}", misplaced[0]);
+    assert_eq!(
+        f.get("/jobs?page_size=1000").await.1["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["description"] == "misplaced")
+            .count(),
+        0
+    );
 }
 
 #[tokio::test]

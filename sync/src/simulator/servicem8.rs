@@ -122,6 +122,8 @@ struct State_ {
     minute_window: VecDeque<Instant>,
     day_count: u32,
     scheduled: BTreeMap<u64, Fault>,
+    /// The next create lands under this company, whatever it asked for.
+    misplace: Option<String>,
     stats: Stats,
     rng: StdRng,
     next_job_number: i64,
@@ -316,6 +318,7 @@ impl Simulator {
                 minute_window: VecDeque::new(),
                 day_count: 0,
                 scheduled: BTreeMap::new(),
+                misplace: None,
                 stats: Stats::default(),
                 rng,
                 next_job_number: job_number + 1,
@@ -410,6 +413,12 @@ impl Simulator {
         let mut state = self.lock();
         let at = state.stats.api_requests + after;
         state.scheduled.insert(at, fault);
+    }
+
+    /// Makes the next create land under `company_uuid` instead of where it was asked to, as a
+    /// provider with its own placement rules might.
+    pub fn misplace_next_create(&self, company_uuid: &str) {
+        self.lock().misplace = Some(company_uuid.to_owned());
     }
 
     pub fn set_knobs(&self, knobs: FaultKnobs) {
@@ -955,9 +964,12 @@ async fn create_object(
     let Some(object) = object_name(&file, ".json") else {
         return sm_error(StatusCode::NOT_FOUND, "Resource not found.");
     };
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&body) else {
         return sm_error(StatusCode::BAD_REQUEST, "An error occurred completing your request");
     };
+    if let Some(company) = sim.lock().misplace.take() {
+        body.insert("company_uuid".into(), Value::String(company));
+    }
     let uuid = match body.get("uuid").and_then(Value::as_str) {
         Some(u) => u.to_owned(),
         None => {
