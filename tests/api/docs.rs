@@ -65,6 +65,7 @@ async fn docs_examples_are_what_the_service_answers() {
         answer
     };
     let first_id = |page: &Value| page["data"][0]["id"].as_str().unwrap().to_owned();
+    let id_of = |written: Value| written["data"]["id"].as_str().unwrap().to_owned();
 
     call("me", "GET", "/me".into(), None).await;
     for (plural, singular) in [
@@ -79,16 +80,15 @@ async fn docs_examples_are_what_the_service_answers() {
         let page = call(&format!("list_{plural}"), "GET", format!("/{plural}?page_size=1"), None).await;
         call(&format!("get_{singular}"), "GET", format!("/{plural}/{}", first_id(&page)), None).await;
     }
-    let job = call(
-        "create_job",
-        "POST",
-        "/jobs".into(),
-        Some(json!({"status": "Quote", "description": "Replace the hot water unit", "scheduled_on": "2026-12-14"})),
-    )
-    .await["data"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job = id_of(
+        call(
+            "create_job",
+            "POST",
+            "/jobs".into(),
+            Some(json!({"status": "Quote", "description": "Replace the hot water unit", "scheduled_on": "2026-12-14"})),
+        )
+        .await,
+    );
     call("update_job", "PATCH", format!("/jobs/{job}"), Some(json!({"status": "Work Order"}))).await;
     let client = call("create_client", "POST", "/clients".into(), Some(json!({"name": "Harbour View (site)"}))).await;
     call(
@@ -98,40 +98,34 @@ async fn docs_examples_are_what_the_service_answers() {
         Some(json!({"website": "https://harbourview.example"})),
     )
     .await;
-    let contact = call(
-        "create_contact",
-        "POST",
-        "/contacts".into(),
-        Some(json!({"first_name": "Ann", "last_name": "Lee", "email": "ann@example.com"})),
-    )
-    .await["data"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let contact = id_of(
+        call(
+            "create_contact",
+            "POST",
+            "/contacts".into(),
+            Some(json!({"first_name": "Ann", "last_name": "Lee", "email": "ann@example.com"})),
+        )
+        .await,
+    );
     call("update_contact", "PATCH", format!("/contacts/{contact}"), Some(json!({"mobile": "0400 000 000"}))).await;
     call("delete_contact", "DELETE", format!("/contacts/{contact}"), None).await;
-    let item = call(
-        "create_line_item",
-        "POST",
-        "/line_items".into(),
-        Some(json!({"job_id": job, "name": "Labour", "quantity": "2", "unit_price": "95.00"})),
-    )
-    .await["data"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let item = id_of(
+        call(
+            "create_line_item",
+            "POST",
+            "/line_items".into(),
+            Some(json!({"job_id": job, "name": "Labour", "quantity": "2", "unit_price": "95.00"})),
+        )
+        .await,
+    );
     call("update_line_item", "PATCH", format!("/line_items/{item}"), Some(json!({"quantity": "3"}))).await;
     call("delete_line_item", "DELETE", format!("/line_items/{item}"), None).await;
-    let attachment = call(
+    let attachment = id_of(call(
         "create_attachment",
         "POST",
         "/attachments".into(),
         Some(json!({"job_id": job, "name": "note.txt", "content_type": "text/plain", "content_base64": "SG90IHdhdGVyIHVuaXQgcmVwbGFjZWQu"})),
-    )
-    .await["data"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    ).await);
     call("get_attachment_content", "GET", format!("/attachments/{attachment}/content"), None).await;
     call("update_attachment", "PATCH", format!("/attachments/{attachment}"), Some(json!({"name": "note-2.txt"}))).await;
     call("delete_attachment", "DELETE", format!("/attachments/{attachment}"), None).await;

@@ -9,7 +9,7 @@ mod charts;
 mod connections;
 mod endpoints;
 mod overview;
-mod view;
+pub(crate) mod view;
 
 use std::collections::HashMap;
 

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 use crate::error::PROBLEMS;
+use crate::http::dashboard::view::escape;
 
 const EXAMPLES: &str = include_str!("../../../openapi/examples.json");
 
@@ -16,21 +17,6 @@ const EXAMPLES: &str = include_str!("../../../openapi/examples.json");
 pub fn page() -> &'static str {
     static PAGE: OnceLock<String> = OnceLock::new();
     PAGE.get_or_init(render)
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Markdown (CommonMark, no raw HTML) to HTML.
