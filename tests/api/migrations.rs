@@ -31,3 +31,115 @@ async fn migrations_are_idempotent_and_create_the_foundation_tables_and_reader_r
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+/// The mirror can be distributed by company (Citus `create_distributed_table(t, 'company_id')`,
+/// DESIGN.md §3), checked over the catalog so a table or index added later is held to it too.
+#[tokio::test]
+async fn the_mirror_stays_shardable_by_company_in_the_catalog() {
+    use clientapi_schema::model::Resource;
+    let name = fresh_database().await;
+    let (options, _) = database_target(&name);
+    let pool = db::connect(options).await.unwrap();
+    db::migrate(&pool).await.unwrap();
+
+    // Every resource's table, and every other table holding company_id rows, is partitioned by it.
+    let partitioned: Vec<String> = sqlx::query_scalar(
+        "select c.relname::text from pg_partitioned_table p join pg_class c on c.oid = p.partrelid
+         join pg_attribute a on a.attrelid = c.oid and a.attnum = p.partattrs[0]
+         where a.attname = 'company_id' and c.relnamespace = 'public'::regnamespace order by 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut tables: Vec<String> = Resource::ALL.iter().map(|r| r.plural().to_owned()).collect();
+    tables.sort();
+    assert_eq!(partitioned, tables, "every mirror table is partitioned by company_id");
+    // Tables with a company_id that are not the mirror, each with why it is not distributed.
+    let others: Vec<String> = sqlx::query_scalar(
+        "select distinct c.relname::text from pg_attribute a join pg_class c on c.oid = a.attrelid
+         where a.attname = 'company_id' and c.relkind in ('r', 'p') and not c.relispartition
+           and c.relnamespace = 'public'::regnamespace and c.relname <> all($1) order by 1",
+    )
+    .bind(&tables)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let explained = [
+        // The registry of where each record lives now, keyed by connection: it is how a record
+        // moving between companies is found, so it spans companies by design (a Citus
+        // reference table, or local to the coordinator).
+        "mirror_keys",
+        // An endpoint names its company; endpoints are few, per account, read on every request
+        // by key: a reference table beside the distributed mirror.
+        "endpoints",
+    ];
+    for table in &others {
+        assert!(explained.contains(&table.as_str()), "{table} has company_id rows but is neither mirror nor explained");
+    }
+
+    for table in &tables {
+        let relation = format!("public.{table}");
+        // Primary keys, unique constraints and foreign keys include company_id (from and to).
+        let constraints: Vec<(String, String, bool)> = sqlx::query_as(
+            "select con.conname::text, con.contype::text,
+                    (select attnum from pg_attribute where attrelid = con.conrelid and attname = 'company_id') = any(con.conkey)
+             from pg_constraint con where con.conrelid = $1::regclass and con.contype in ('p', 'u', 'f')
+             union all
+             select con.conname::text, 'referenced', (select attnum from pg_attribute where attrelid = con.confrelid and attname = 'company_id') = any(con.confkey)
+             from pg_constraint con where con.confrelid = $1::regclass and con.contype = 'f'",
+        )
+        .bind(&relation)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(constraints.iter().any(|c| c.1 == "p"), "{table} has a primary key");
+        for (constraint, kind, includes) in &constraints {
+            assert!(includes, "{table}.{constraint} ({kind}) does not include company_id");
+        }
+        // Every index, on the table and on each partition, leads with company_id.
+        let indexes: Vec<(String, bool)> = sqlx::query_as(
+            "select i.indexrelid::regclass::text,
+                    i.indkey[0] = (select attnum from pg_attribute where attrelid = i.indrelid and attname = 'company_id')
+             from pg_index i
+             where i.indrelid = $1::regclass or i.indrelid in (select inhrelid from pg_inherits where inhparent = $1::regclass)",
+        )
+        .bind(&relation)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(indexes.len() >= 9, "{table}: its indexes and its partitions' are seen ({})", indexes.len());
+        for (index, leads) in &indexes {
+            assert!(leads, "{index} does not lead with company_id");
+        }
+        // Reads are confined to one company by row-level security, so no public read can join
+        // rows of two companies whatever the query.
+        let (rls, policy): (bool, Option<String>) = sqlx::query_as(
+            "select c.relrowsecurity, (select pg_get_expr(p.polqual, p.polrelid) from pg_policy p where p.polrelid = c.oid)
+             from pg_class c where c.oid = $1::regclass",
+        )
+        .bind(&relation)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(rls && policy.as_deref().is_some_and(|p| p.contains("clientapi.company_id")), "{table}: {policy:?}");
+        // No trigger assumes one node.
+        let triggers: i64 =
+            sqlx::query_scalar("select count(*) from pg_trigger where tgrelid = $1::regclass and not tgisinternal")
+                .bind(&relation)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(triggers, 0, "{table} has a trigger: list it here with why it holds on many nodes");
+        // The one sequence: change_seq's default. Under Citus each node draws its own range of a
+        // bigint sequence; a company lives on one node, so its changes feed still only climbs.
+        let sequences: Vec<String> = sqlx::query_scalar(
+            "select pg_get_expr(d.adbin, d.adrelid) from pg_attrdef d where d.adrelid = $1::regclass
+             and pg_get_expr(d.adbin, d.adrelid) like 'nextval%'",
+        )
+        .bind(&relation)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(sequences, vec!["nextval('mirror_change_seq'::regclass)".to_owned()], "{table}");
+    }
+}
