@@ -136,6 +136,19 @@ pub struct GraphqlApi {
     validated: moka::sync::Cache<(String, Option<String>), ()>,
 }
 
+/// graphql-js 16's `getIntrospectionQuery({ descriptions, specifiedByUrl, directiveIsRepeatable,
+/// schemaDescription, inputValueDeprecation })`.
+const INTROSPECTION_QUERY: &str = "query IntrospectionQuery { __schema { description queryType { name } mutationType { name } \
+subscriptionType { name } types { ...FullType } directives { name description isRepeatable locations \
+args(includeDeprecated: true) { ...InputValue } } } } \
+fragment FullType on __Type { kind name description specifiedByURL fields(includeDeprecated: true) { name description \
+args(includeDeprecated: true) { ...InputValue } type { ...TypeRef } isDeprecated deprecationReason } \
+inputFields(includeDeprecated: true) { ...InputValue } interfaces { ...TypeRef } \
+enumValues(includeDeprecated: true) { name description isDeprecated deprecationReason } possibleTypes { ...TypeRef } } \
+fragment InputValue on __InputValue { name description type { ...TypeRef } defaultValue isDeprecated deprecationReason } \
+fragment TypeRef on __Type { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name \
+ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } } } } }";
+
 /// Queries longer than this are parsed every time rather than cached.
 const MAX_CACHED_QUERY: usize = 16 * 1024;
 
@@ -181,6 +194,14 @@ impl GraphqlApi {
             Some(at) => format!("{}\n\"\"\"\n{SCHEMA_DESCRIPTION}\n\"\"\"{}", &sdl[..at], &sdl[at..]),
             None => sdl,
         }
+    }
+
+    /// The answer to the standard introspection query (graphql-js's `getIntrospectionQuery` with
+    /// every option): the schema is public like its SDL, so GraphiQL loads it before any key is
+    /// typed. It runs no resolver of ours.
+    pub async fn introspection(&self) -> serde_json::Value {
+        let response = self.introspection.execute(async_graphql::Request::new(INTROSPECTION_QUERY)).await;
+        serde_json::to_value(&response).unwrap_or_default()
     }
 
     /// Runs one operation in `scope`. Queries over the alias, page-size or record limits are

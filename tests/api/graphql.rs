@@ -507,10 +507,26 @@ async fn graphql_tools_load_the_schema_by_introspection_and_it_is_the_committed_
     assert!(!queries.is_empty(), "the README shows GraphQL queries");
     let envs = vec![
         ("URL", app.url(&format!("/api/public/{ep}/graphql"))),
-        ("KEY", key),
+        ("KEY", key.clone()),
         ("SDL", concat!(env!("CARGO_MANIFEST_DIR"), "/graphql/schema.graphql").to_owned()),
         ("QUERIES", serde_json::to_string(&queries).unwrap()),
     ];
+    // The public introspection answer (GraphiQL starts from it, before any key) is the
+    // endpoint's own, and needs no key.
+    let public: Value = app.get("/api/public/graphql/introspection.json").await.json().await.unwrap();
+    let types = |answer: &Value| -> Vec<String> {
+        let mut names: Vec<String> = answer["data"]["__schema"]["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let (_, by_key) = graphql(&app, &ep, &key, json!({"query": "{ __schema { types { name } } }"})).await;
+    assert!(types(&public).len() > 20 && public["data"]["__schema"]["queryType"]["name"] == "Query", "{public}");
+    assert_eq!(types(&public), types(&by_key));
     // graphql-js, as GraphiQL, Apollo and Relay load a schema.
     let stdout = crate::helpers::run_node("introspection.mjs", envs.clone()).await;
     assert!(stdout.contains("SDL equal"), "{stdout}");

@@ -34,6 +34,7 @@ pub fn router() -> Router<AppState> {
 pub fn schema_router() -> Router<AppState> {
     Router::new()
         .route("/api/public/graphql/schema.graphql", get(sdl))
+        .route("/api/public/graphql/introspection.json", get(introspection))
         .route("/api/public/graphiql/3.8.3/{file}", get(graphiql_asset))
 }
 
@@ -41,6 +42,11 @@ async fn sdl(State(state): State<AppState>) -> Response {
     let mut response = state.graphql.sdl().into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
+}
+
+/// The schema as introspection answers it, public like the SDL (GraphiQL starts from it).
+async fn introspection(State(state): State<AppState>) -> Response {
+    axum::Json(state.graphql.introspection().await).into_response()
 }
 
 /// GraphiQL, posting to this endpoint; the key goes in its headers pane. Everything it loads is
