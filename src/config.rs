@@ -44,6 +44,8 @@ pub struct Config {
     pub failed_auth_delay_ms: u64,
     /// Transactions (each its own Postgres backend) that may write one sync page at once.
     pub sync_writers: usize,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (empty: the peer is the client).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Every setting: environment name, TOML key, default shown in docs.
@@ -62,6 +64,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("CLIENTAPI_PROVIDER_TIMEOUT_SECS", "provider_timeout_secs"),
     ("CLIENTAPI_FAILED_AUTH_DELAY_MS", "failed_auth_delay_ms"),
     ("CLIENTAPI_SYNC_WRITERS", "sync_writers"),
+    ("CLIENTAPI_TRUSTED_PROXIES", "trusted_proxies"),
 ];
 
 pub const DEFAULT_FAILED_AUTH_DELAY_MS: u64 = 500;
@@ -182,6 +185,22 @@ impl Config {
             parse_number(&s, &v, 1..=clientapi_schema::mirror::MAX_LANES, "writers", &mut errors)
         });
 
+        let trusted_proxies = get("trusted_proxies").map_or_else(Vec::new, |(src, v)| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .filter_map(|entry| {
+                    let net = entry
+                        .parse::<ipnet::IpNet>()
+                        .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+                    if net.is_err() {
+                        errors.push((src.clone(), format!("{entry:?} is not an IP address or a CIDR network")));
+                    }
+                    net.ok()
+                })
+                .collect()
+        });
+
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -202,6 +221,7 @@ impl Config {
             provider_timeout_secs: provider_timeout.expect("checked above"),
             failed_auth_delay_ms: failed_auth_delay.expect("checked above"),
             sync_writers: sync_writers.expect("checked above"),
+            trusted_proxies,
         })
     }
 
@@ -296,6 +316,7 @@ mod tests {
                 ("CLIENTAPI_SERVICEM8_API_URL", "ftp://x"),
                 ("CLIENTAPI_SERVICEM8_REQUESTS_PER_MINUTE", "0"),
                 ("CLIENTAPI_SYNC_WRITERS", "5"),
+                ("CLIENTAPI_TRUSTED_PROXIES", "10.0.0.0/8, proxy.internal"),
             ]),
         )
         .unwrap_err();
@@ -308,9 +329,11 @@ mod tests {
                 "CLIENTAPI_SECRET_KEY",
                 "CLIENTAPI_SERVICEM8_API_URL",
                 "CLIENTAPI_SERVICEM8_REQUESTS_PER_MINUTE",
-                "CLIENTAPI_SYNC_WRITERS"
+                "CLIENTAPI_SYNC_WRITERS",
+                "CLIENTAPI_TRUSTED_PROXIES"
             ]
         );
+        assert!(err.to_string().contains("proxy.internal"), "the bad entry is named: {err}");
         assert!(!err.to_string().contains("hunter2"), "a bad DATABASE_URL must not be echoed");
     }
 

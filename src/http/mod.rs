@@ -1,6 +1,7 @@
 //! The HTTP surface: one router per area, merged here, under the request-context middleware.
 
 pub mod admin;
+pub mod client_address;
 pub mod dashboard;
 pub mod extract;
 pub mod health;
@@ -25,6 +26,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(docs_url(&state), request_context::request_context))
+        .layer(axum::middleware::from_fn_with_state(
+            client_address::TrustedProxies::from(state.config.trusted_proxies.clone()),
+            client_address::client_address,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(state)
 }

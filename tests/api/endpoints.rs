@@ -558,3 +558,43 @@ async fn endpoint_input_is_validated_with_every_bad_field_named() {
         assert!(fields.contains(&field), "{field} not reported in {fields:?}");
     }
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_client_address_is_the_one_allowlisted_and_logged() {
+    let allow = json!({"ip_allowlist": ["203.0.113.0/24"]});
+    let from = |app: &TestApp, ep: &str, key: &str, forwarded: &str| {
+        let request = app.client.get(app.url(&format!("/api/public/{ep}/me"))).bearer_auth(key);
+        let request = request.header("X-Forwarded-For", forwarded.to_owned());
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+
+    // Behind a proxy on loopback: the address it forwards is the client's.
+    let (sim, app, token, conn) = synced_with(1, &[("CLIENTAPI_TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8")]).await;
+    let (ep, key) = create_endpoint(&app, &token, conn, &company(&sim, 0), allow.clone()).await;
+    assert_eq!(from(&app, &ep, &key, "203.0.113.7").await, 200);
+    assert_eq!(from(&app, &ep, &key, "198.51.100.1").await, 403);
+    // A hop the client wrote itself, left of what the proxy saw, changes nothing.
+    assert_eq!(from(&app, &ep, &key, "203.0.113.7, 198.51.100.1").await, 403);
+    assert_eq!(from(&app, &ep, &key, "203.0.113.8, 10.1.1.1").await, 200, "a trusted inner proxy is skipped");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let logged: Vec<(Option<String>, i16)> =
+        sqlx::query_as("select host(client_ip), status from request_logs order by created_at")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    let logged: Vec<(String, i16)> = logged.into_iter().map(|(ip, s)| (ip.unwrap_or_default(), s)).collect();
+    assert_eq!(
+        logged,
+        vec![
+            ("203.0.113.7".to_owned(), 200),
+            ("198.51.100.1".to_owned(), 403),
+            ("198.51.100.1".to_owned(), 403),
+            ("203.0.113.8".to_owned(), 200)
+        ]
+    );
+
+    // Without trusted proxies, the header is the client's own word and is ignored.
+    let (sim, app, token, conn) = synced(1).await;
+    let (ep, key) = create_endpoint(&app, &token, conn, &company(&sim, 0), allow).await;
+    assert_eq!(from(&app, &ep, &key, "203.0.113.7").await, 403);
+}
