@@ -62,18 +62,21 @@ async fn an_admin_connects_issues_a_key_watches_its_traffic_reissues_deactivates
     assert_eq!((status.as_str(), keys), ("inactive", 2));
 }
 
+/// A synced simulator of `companies` and a read-only endpoint with its key, for a page to use.
+async fn endpoint_with_key(
+    companies: usize,
+) -> (clientapi_sync::simulator::servicem8::Running, crate::helpers::TestApp, String, String) {
+    let (sim, app, token, connection) = crate::endpoints::synced(companies).await;
+    let company = crate::endpoints::company(&sim, 0);
+    let (endpoint, key) =
+        crate::endpoints::create_endpoint(&app, &token, connection, &company, serde_json::json!({})).await;
+    (sim, app, endpoint, key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graphiql_loads_offline_runs_a_query_with_the_key_in_its_headers_and_shows_the_schema() {
     require_tools();
-    let (sim, app, token, connection) = crate::endpoints::synced(2).await;
-    let (endpoint, key) = crate::endpoints::create_endpoint(
-        &app,
-        &token,
-        connection,
-        &crate::endpoints::company(&sim, 0),
-        serde_json::json!({}),
-    )
-    .await;
+    let (_sim, app, endpoint, key) = endpoint_with_key(2).await;
     let page = app.get(&format!("/api/public/{endpoint}/graphql")).await;
     assert_eq!(page.status(), 200, "GraphiQL's assets are embedded (npm ci --prefix web/graphiql before building)");
     let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
@@ -95,15 +98,7 @@ async fn graphiql_loads_offline_runs_a_query_with_the_key_in_its_headers_and_sho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_docs_page_renders_offline_with_an_example_per_operation_and_problem_types_link_into_it() {
     require_tools();
-    let (sim, app, token, connection) = crate::endpoints::synced(1).await;
-    let (endpoint, key) = crate::endpoints::create_endpoint(
-        &app,
-        &token,
-        connection,
-        &crate::endpoints::company(&sim, 0),
-        serde_json::json!({}),
-    )
-    .await;
+    let (_sim, app, endpoint, key) = endpoint_with_key(1).await;
     // A real problem: its `type` is a link into the page, under the service's public URL.
     let refused = app.client.get(app.url(&format!("/api/public/{endpoint}/jobs?page_size=0"))).bearer_auth(&key);
     let problem: serde_json::Value = refused.send().await.unwrap().json().await.unwrap();

@@ -179,7 +179,7 @@ fn list_params(resource: Option<Resource>) -> Vec<Value> {
         param("updated_at_from", "An alias of updated_since (give one of them)", timestamp()),
         param("updated_before", "Changed before", timestamp()),
         param("created_since", "Created at or after", timestamp()),
-        param("ids", "Comma-separated ids", comma_list(list_item(), 1000)),
+        param("ids", "Comma-separated ids", comma_list(list_item(), super::rest::MAX_IDS)),
         param("include_deleted", "Include tombstones", json!({"type": "boolean", "default": false})),
         param(
             "sort",
@@ -205,7 +205,7 @@ fn list_params(resource: Option<Resource>) -> Vec<Value> {
         params.push(param(
             "status",
             &format!("Comma-separated statuses{}", only("jobs, invoices")),
-            comma_list(list_item(), 50),
+            comma_list(list_item(), super::rest::MAX_STATUSES),
         ));
     }
     if applies(read::has_client_id) {

@@ -26,7 +26,8 @@ use crate::error::{ApiError, FieldError};
 use crate::startup::AppState;
 
 const MAX_VALUE_LEN: usize = 4096;
-const MAX_IDS: usize = 1000;
+pub const MAX_IDS: usize = 1000;
+pub const MAX_STATUSES: usize = 50;
 /// The parameters that are lists of values.
 const LIST_PARAMETERS: [&str; 2] = ["ids", "status"];
 const CHANGES_DEFAULT: u32 = 100;
@@ -87,8 +88,12 @@ fn parse_list(value: &str, field: &str, max: usize, errors: &mut Vec<FieldError>
 /// Reports the problem and answers false when `(k, v)` is not usable.
 fn plain_parameter(k: &str, v: &str, errors: &mut Vec<FieldError>) -> bool {
     let name = || k.chars().filter(|c| !c.is_control() && *c != '\u{FFFD}').take(100).collect::<String>();
-    // A list of ids is bounded by its count (and each id's length), everything else here.
-    let max = if k == "ids" { MAX_IDS * 201 } else { MAX_VALUE_LEN };
+    // A list is bounded by its count and each value's length, everything else here.
+    let max = match k {
+        "ids" => MAX_IDS * 201,
+        "status" => MAX_STATUSES * 201,
+        _ => MAX_VALUE_LEN,
+    };
     let problem = if k.chars().count() > 100 || v.chars().count() > max {
         "value too long"
     } else if v.contains('\u{FFFD}') || k.contains('\u{FFFD}') {
@@ -205,7 +210,7 @@ pub fn parse_list_request(
                 continue;
             }
             match name {
-                "status" => filters.status = parse_list(v, "status", 50, &mut errors),
+                "status" => filters.status = parse_list(v, "status", MAX_STATUSES, &mut errors),
                 _ if v.chars().count() > 200 => errors.push(FieldError::new(name, "must be 1 to 200 characters")),
                 "client_id" => filters.client_id = Some(v.to_owned()),
                 "job_id" => filters.job_id = Some(v.to_owned()),
