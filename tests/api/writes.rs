@@ -81,6 +81,12 @@ impl Fixture {
         self.send(reqwest::Method::DELETE, path, None).await
     }
 
+    /// An attachment's bytes, as the endpoint downloads them.
+    async fn download(&self, attachment: &str) -> reqwest::Response {
+        let url = self.app.url(&format!("/api/public/{}/attachments/{attachment}/content", self.ep));
+        self.app.client.get(url).bearer_auth(&self.key).send().await.unwrap()
+    }
+
     /// A job of another company.
     fn foreign_job(&self) -> String {
         let other = company(&self.sim, 1);
@@ -181,14 +187,7 @@ async fn each_writable_resource_is_created_updated_and_deleted_and_read_back_at_
         .await;
     assert_eq!(status, 201, "{file}");
     let file = file["data"]["id"].as_str().unwrap().to_owned();
-    let response = f
-        .app
-        .client
-        .get(f.app.url(&format!("/api/public/{}/attachments/{file}/content", f.ep)))
-        .bearer_auth(&f.key)
-        .send()
-        .await
-        .unwrap();
+    let response = f.download(&file).await;
     assert_eq!(response.headers()["content-type"], "text/plain");
     assert_eq!(response.bytes().await.unwrap().as_ref(), text);
     // Read-only resources answer writes 405, naming what is allowed.
@@ -210,14 +209,7 @@ async fn each_writable_resource_is_created_updated_and_deleted_and_read_back_at_
         1,
         clientapi_sync::simulator::servicem8::Fault::TooManyRequests { retry_after_secs: Some(7), text_body: false },
     );
-    let limited = f
-        .app
-        .client
-        .get(f.app.url(&format!("/api/public/{}/attachments/{file}/content", f.ep)))
-        .bearer_auth(&f.key)
-        .send()
-        .await
-        .unwrap();
+    let limited = f.download(&file).await;
     assert_eq!(limited.status(), 503);
     assert_eq!(limited.headers()["retry-after"], "7");
     assert_eq!(

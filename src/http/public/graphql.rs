@@ -46,7 +46,15 @@ async fn sdl(State(state): State<AppState>) -> Response {
 
 /// The schema as introspection answers it, public like the SDL (GraphiQL starts from it).
 async fn introspection(State(state): State<AppState>) -> Response {
-    axum::Json(state.graphql.introspection().await).into_response()
+    // The schema never changes while the process runs: executed once, served as bytes after.
+    static ANSWER: tokio::sync::OnceCell<Bytes> = tokio::sync::OnceCell::const_new();
+    let body = ANSWER
+        .get_or_init(|| async {
+            Bytes::from(serde_json::to_vec(&state.graphql.introspection().await).unwrap_or_default())
+        })
+        .await
+        .clone();
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
 /// GraphiQL, posting to this endpoint; the key goes in its headers pane. Everything it loads is
