@@ -554,7 +554,7 @@ struct EndpointPage {
     rows: Vec<BucketRow>,
     streams: Vec<StreamView>,
     sync_status: Badge,
-    company_records: Vec<(&'static str, String)>,
+    company_records: Vec<(String, String)>,
     company_last_change: String,
     log: Vec<LogRow>,
     log_filter: String,
@@ -690,7 +690,8 @@ async fn endpoint_page(
         sync_status: summary.status,
         company_records: company
             .as_ref()
-            .map(|c| c.records.iter().map(|(k, v)| (*k, view::number(*v))).collect())
+            // Words, as the companies page heads its columns: "line items", not line_items.
+            .map(|c| c.records.iter().map(|(k, v)| (k.replace('_', " "), view::number(*v))).collect())
             .unwrap_or_default(),
         company_last_change: view::time(company.and_then(|c| c.last_change_at)),
         log,
