@@ -55,6 +55,9 @@ const FAILING_FOR: Duration = Duration::from_secs(10);
 pub const LAST_USED_FLUSH: Duration = Duration::from_secs(5);
 pub const NOTIFY_CHANNEL: &str = "clientapi_endpoints";
 
+/// The scope that shows the technician assigned to jobs and visits.
+pub const TECHNICIANS_READ: &str = "technicians:read";
+
 /// Who a verified key speaks for: the endpoint and its settings, as of verification.
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -78,6 +81,11 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// What this endpoint's reads see: its company, and technicians only with `technicians:read`.
+    pub fn read_scope(&self) -> clientapi_schema::read::Scope {
+        clientapi_schema::read::Scope::new(self.company_id, self.scopes.iter().any(|s| s == TECHNICIANS_READ))
+    }
+
     /// Expiry is a moment, not an event: checked on every request, cached or not.
     pub fn expired(&self) -> bool {
         let now = Utc::now();

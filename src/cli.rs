@@ -144,6 +144,10 @@ pub struct SimulateArgs {
     pub companies: usize,
     #[arg(long, default_value_t = 100)]
     pub jobs_per_company: usize,
+    /// Sites under each company (ServiceM8 companies with a `parent_company_uuid`); a third of
+    /// the company's jobs are at a site.
+    #[arg(long, default_value_t = 0)]
+    pub sites_per_company: usize,
     /// Skewed company sizes (a few large, many small), same total number of jobs.
     #[arg(long)]
     pub skewed: bool,
@@ -508,6 +512,7 @@ async fn simulate_servicem8(args: SimulateArgs) -> anyhow::Result<()> {
     let config = SimConfig {
         companies: args.companies,
         jobs_per_company: args.jobs_per_company,
+        sites_per_company: args.sites_per_company,
         skewed: args.skewed,
         seed: args.seed,
         client_id: args.client_id,

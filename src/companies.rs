@@ -102,12 +102,12 @@ pub async fn list(
         let escaped = q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
         format!("%{escaped}%")
     });
-    let rows: Vec<(CompanyId, String, Option<String>, String)> = sqlx::query_as(
-        "select id, external_id, name, lower(coalesce(name, '')) as sort_name from companies
-         where connection_id = $1 and ($2::text is null or lower(coalesce(name, '')) like $2)
+    let rows: Vec<(CompanyId, String, Option<String>, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select id, external_id, name, lower(coalesce(name, '')) as sort_name from companies c
+         where connection_id = $1 and {ISSUABLE} and ($2::text is null or lower(coalesce(name, '')) like $2)
            and ($3::text is null or (lower(coalesce(name, '')), id) > ($3, $4))
-         order by lower(coalesce(name, '')), id limit $5",
-    )
+         order by lower(coalesce(name, '')), id limit $5"
+    )))
     .bind(connection)
     .bind(&pattern)
     .bind(after.as_ref().map(|a| a.name.clone()))
@@ -123,6 +123,13 @@ pub async fn list(
     Ok(CompanyPage { data, next_cursor })
 }
 
+/// Which registry rows (`c`) are customer companies an endpoint may be issued for: not the
+/// connection's account scope (staff and lookups), and not a site, whose records live with its
+/// head office (a client that lives in another company than its own).
+pub const ISSUABLE: &str = "c.external_id <> '' and not exists (select 1 from mirror_keys k
+    where k.connection_id = c.connection_id and k.resource = 'client' and k.external_id = c.external_id
+      and k.company_id <> c.id)";
+
 /// One company of `connection` by its provider id, described like a picker row.
 pub async fn one(
     db: &PgPool,
@@ -130,10 +137,10 @@ pub async fn one(
     connection: ConnectionId,
     external_id: &str,
 ) -> Result<Option<Company>, sqlx::Error> {
-    let row: Option<(CompanyId, String, Option<String>)> = sqlx::query_as(
+    let row: Option<(CompanyId, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select c.id, c.external_id, c.name from companies c join connections n on n.id = c.connection_id
-         where c.connection_id = $1 and n.account_id = $2 and c.external_id = $3",
-    )
+         where c.connection_id = $1 and n.account_id = $2 and c.external_id = $3 and {ISSUABLE}"
+    )))
     .bind(connection)
     .bind(account)
     .bind(external_id)
@@ -155,6 +162,7 @@ async fn describe(
     // primary key less the tombstones (a partial index), the last change off the changes feed's.
     let counts_sql = Resource::ALL
         .iter()
+        .filter(|r| !r.is_account_wide())
         .map(|r| {
             format!(
                 "select t.company_id, '{table}' as resource,
@@ -187,7 +195,7 @@ async fn describe(
     let data = rows
         .iter()
         .map(|(id, external_id, name)| {
-            let mut records: BTreeMap<&'static str, i64> = Resource::ALL.iter().map(|r| (r.plural(), 0)).collect();
+            let mut records: BTreeMap<&'static str, i64> = Resource::ALL.iter().filter(|r| !r.is_account_wide()).map(|r| (r.plural(), 0)).collect();
             let mut last_change_at = None;
             for (_, resource, n, changed) in counts.iter().filter(|c| c.0 == *id) {
                 if let Some(slot) = records.iter_mut().find(|(k, _)| **k == resource.as_str()) {

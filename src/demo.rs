@@ -32,6 +32,8 @@ pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()>
     let sim_config = SimConfig {
         companies: options.companies,
         jobs_per_company: options.jobs_per_company,
+        // Some customers have sites, as field-service customers do.
+        sites_per_company: 1,
         seed: options.seed,
         ..SimConfig::default()
     };

@@ -17,17 +17,36 @@ use crate::error::{ApiError, FieldError};
 pub const MAX_GRACE_SECONDS: i64 = 7 * 24 * 3600;
 pub const DEFAULT_RATE_LIMIT: i32 = 600;
 /// Resources customers may write (through the provider).
-pub const WRITABLE: [Resource; 5] =
-    [Resource::Client, Resource::Contact, Resource::Job, Resource::LineItem, Resource::Attachment];
+pub const WRITABLE: [Resource; 7] = [
+    Resource::Client,
+    Resource::Contact,
+    Resource::Job,
+    Resource::LineItem,
+    Resource::Attachment,
+    Resource::Site,
+    Resource::Visit,
+];
+
+/// Scopes about the operator's own people, granted only when asked for: the staff list, and
+/// the technician shown on jobs and visits.
+pub fn is_personal_scope(scope: &str) -> bool {
+    scope == Resource::Staff.read_scope() || scope == crate::auth::TECHNICIANS_READ
+}
 
 /// Every scope there is.
 pub fn all_scopes() -> Vec<String> {
-    Resource::ALL.iter().map(|r| r.read_scope()).chain(WRITABLE.iter().map(|r| r.write_scope())).collect()
+    Resource::ALL
+        .iter()
+        .map(|r| r.read_scope())
+        .chain([crate::auth::TECHNICIANS_READ.to_owned()])
+        .chain(WRITABLE.iter().map(|r| r.write_scope()))
+        .collect()
 }
 
-/// The default scopes: all reads, plus writes for read-write endpoints.
+/// The default scopes: all reads but the personal ones, plus writes for read-write endpoints.
 pub fn default_scopes(read_write: bool) -> Vec<String> {
-    let mut scopes: Vec<String> = Resource::ALL.iter().map(|r| r.read_scope()).collect();
+    let mut scopes: Vec<String> =
+        Resource::ALL.iter().map(|r| r.read_scope()).filter(|s| !is_personal_scope(s)).collect();
     if read_write {
         scopes.extend(WRITABLE.iter().map(|r| r.write_scope()));
     }
@@ -234,10 +253,12 @@ pub async fn create(db: &PgPool, account: AccountId, body: &Value) -> Result<Cre
     let mut company_id = None;
     let mut environment = settings.environment.clone();
     if let (Some(connection), Some(company)) = (connection, &company) {
-        let found: Option<(String, Option<CompanyId>)> = sqlx::query_as(
-            "select n.environment, (select id from companies where connection_id = n.id and external_id = $3)
+        let found: Option<(String, Option<CompanyId>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select n.environment, (select c.id from companies c where c.connection_id = n.id and c.external_id = $3
+                                    and {})
              from connections n where n.id = $1 and n.account_id = $2",
-        )
+            crate::companies::ISSUABLE
+        )))
         .bind(connection)
         .bind(account)
         .bind(company)
@@ -249,7 +270,7 @@ pub async fn create(db: &PgPool, account: AccountId, body: &Value) -> Result<Cre
                 match company {
                     None => errors.push(FieldError::new(
                         "company_external_id",
-                        "no such company in this connection (has it synced?)",
+                        "no such company in this connection (has it synced? a site is served by its head office's endpoint)",
                     )),
                     Some(id) => company_id = Some(id),
                 }

@@ -132,7 +132,7 @@ fn token_failure(e: TokenError) -> ApiError {
 
 /// A live record of the endpoint's company, or 404 exactly like a missing one.
 async fn own_record(state: &AppState, p: &Principal, resource: Resource, id: &str) -> Result<Value, ApiError> {
-    let row = read::get_one(&state.reader, p.company_id, resource, id, false).await?.ok_or(ApiError::NotFound)?;
+    let row = read::get_one(&state.reader, p.read_scope(), resource, id, false).await?.ok_or(ApiError::NotFound)?;
     let record: Value = serde_json::from_str(&row).map_err(anyhow::Error::from)?;
     if record["deleted_at"].is_null() { Ok(record) } else { Err(ApiError::NotFound) }
 }
@@ -323,7 +323,7 @@ pub async fn perform(
     mirror::lock_connection(&mut tx, p.connection_id).await?;
     mirror::apply(&mut tx, p.connection_id, &mirror::stage(records), &mut mirror::Expectation::default()).await?;
     tx.commit().await?;
-    let Some(record) = read::get_one(&state.reader, p.company_id, resource, &id, false).await? else {
+    let Some(record) = read::get_one(&state.reader, p.read_scope(), resource, &id, false).await? else {
         // The provider put the record where this endpoint cannot see it: undo a create, and say
         // what happened either way.
         let what = format!("The provider placed {} {id} outside this endpoint's company", resource.singular());

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use clientapi_schema::CompanyId;
 use clientapi_schema::read::{self, RelatedKey};
 use sqlx::PgPool;
 use tokio::sync::oneshot;
@@ -20,7 +19,7 @@ type Answer = Result<Arc<Vec<String>>, Arc<sqlx::Error>>;
 /// One request's relation loader.
 pub(crate) struct Batcher {
     reader: PgPool,
-    company: CompanyId,
+    company: read::Scope,
     state: Mutex<Pending>,
 }
 
@@ -31,7 +30,7 @@ struct Pending {
 }
 
 impl Batcher {
-    pub fn new(reader: PgPool, company: CompanyId) -> Self {
+    pub fn new(reader: PgPool, company: read::Scope) -> Self {
         Self { reader, company, state: Mutex::default() }
     }
 

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_graphql::{ErrorExtensionValues, Response, ServerError, Value};
-use clientapi_schema::CompanyId;
 use clientapi_schema::cursor::CursorSigner;
 use clientapi_schema::model::Resource;
 use sqlx::PgPool;
@@ -59,7 +58,8 @@ pub type Writer = Box<dyn Fn(Resource, WriteOp, WriteFields) -> WriteFuture + Se
 /// One request's scope: the endpoint asking and what it may read.
 pub struct Scope {
     pub reader: PgPool,
-    pub company: CompanyId,
+    /// The company read, and whether technicians are shown.
+    pub company: clientapi_schema::read::Scope,
     /// The endpoint's public id, which cursors are bound to.
     pub endpoint: String,
     pub readable: Vec<Resource>,

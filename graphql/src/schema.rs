@@ -285,8 +285,15 @@ fn record_object(resource: Resource) -> Object {
             FieldKind::Decimal => json_field(name, key, TypeRef::named("Decimal")),
             FieldKind::Date => json_field(name, key, TypeRef::named("Date")),
             FieldKind::Timestamp => json_field(name, key, TypeRef::named("DateTime")),
-            FieldKind::Json => json_field(name, key, TypeRef::named("JSON"))
-                .description("The provider's own record, exactly as last fetched; only when selected."),
+            FieldKind::Json => json_field(name, key, TypeRef::named("JSON")).description(match key {
+                "remote_data" => "The provider's own record, exactly as last fetched; only when selected.",
+                "custom_fields" => "Custom field values by name (see the customFields lookup for their definitions).",
+                "technician" => {
+                    "The technician assigned ({id, name, email, phone}); null unless the key holds technicians:read."
+                }
+                "choices" => "The values a choice field allows, as an array; null for other types.",
+                _ => "JSON.",
+            }),
             FieldKind::Money => Field::new(name, TypeRef::named("Money"), move |ctx| {
                 let money = ctx.parent_value.downcast_ref::<Json>().and_then(|record| {
                     let amount = get(record, key).filter(|v| !matches!(v, Value::Null))?.clone();

@@ -15,7 +15,7 @@ type IdSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 use sqlx::PgConnection;
 
-use crate::model::{Fields, Owner, Record, Resource};
+use crate::model::{ACCOUNT_SCOPE, Fields, Owner, Record, Resource};
 use crate::{CompanyId, ConnectionId};
 
 /// The typed columns of each mirror table (besides the common ones).
@@ -36,11 +36,20 @@ pub fn columns(resource: Resource) -> &'static [&'static str] {
             "completed_at",
             "total",
             "currency",
+            "job_type_id",
+            "custom_fields",
         ],
         Resource::Invoice => &["client_id", "job_id", "number", "status", "issued_at", "paid_at", "total", "currency"],
         Resource::LineItem => &["job_id", "invoice_id", "name", "quantity", "unit_price", "total", "currency"],
         Resource::Payment => &["job_id", "invoice_id", "amount", "method", "paid_at", "note", "is_deposit", "currency"],
         Resource::Attachment => &["job_id", "related_object", "related_object_id", "name", "file_type", "source"],
+        Resource::Site => &["client_id", "name", "address"],
+        Resource::Visit => &["job_id", "staff_id", "start_at", "end_at", "status"],
+        Resource::Staff => &["first_name", "last_name", "email", "phone", "job_title", "active"],
+        Resource::JobType => &["name", "colour"],
+        Resource::CustomField => &["name", "label", "field_type", "choices"],
+        Resource::TaxRate => &["name", "rate", "is_default"],
+        Resource::Material => &["name", "item_number", "price", "tax_rate_id", "currency"],
     }
 }
 
@@ -49,7 +58,11 @@ pub const COMMON_COLUMNS: &[&str] =
     &["created_at", "remote_updated_at", "remote_data", "synced_at", "deleted_at", "change_seq"];
 
 /// Resources that belong to a job and move with it.
-const JOB_CHILDREN: [Resource; 3] = [Resource::LineItem, Resource::Payment, Resource::Attachment];
+const JOB_CHILDREN: [Resource; 4] = [Resource::LineItem, Resource::Payment, Resource::Attachment, Resource::Visit];
+
+/// Resources that name their client in `client_id` and move with it (a site that moves to
+/// another head office takes its contacts, jobs, invoices and sites along; the jobs take theirs).
+const CLIENT_CHILDREN: [Resource; 4] = [Resource::Contact, Resource::Job, Resource::Invoice, Resource::Site];
 
 /// What applying a batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -105,6 +118,8 @@ fn copy_fields(out: &mut Vec<u8>, fields: &Fields) {
             V::Time(f.completed_at),
             V::Decimal(f.total),
             V::Text(Some(&f.currency)),
+            V::Text(f.job_type_id.as_deref()),
+            V::Text(f.custom_fields.as_deref()),
         ],
         Fields::Invoice(f) => &[
             V::Text(f.client_id.as_deref()),
@@ -142,6 +157,37 @@ fn copy_fields(out: &mut Vec<u8>, fields: &Fields) {
             V::Text(Some(&f.name)),
             V::Text(f.file_type.as_deref()),
             V::Text(f.source.as_deref()),
+        ],
+        Fields::Site(f) => &[V::Text(f.client_id.as_deref()), V::Text(Some(&f.name)), V::Text(f.address.as_deref())],
+        Fields::Visit(f) => &[
+            V::Text(f.job_id.as_deref()),
+            V::Text(f.staff_id.as_deref()),
+            V::Time(f.start_at),
+            V::Time(f.end_at),
+            V::Text(Some(&f.status)),
+        ],
+        Fields::Staff(f) => &[
+            V::Text(f.first_name.as_deref()),
+            V::Text(f.last_name.as_deref()),
+            V::Text(f.email.as_deref()),
+            V::Text(f.phone.as_deref()),
+            V::Text(f.job_title.as_deref()),
+            V::Bool(f.active),
+        ],
+        Fields::JobType(f) => &[V::Text(Some(&f.name)), V::Text(f.colour.as_deref())],
+        Fields::CustomField(f) => &[
+            V::Text(Some(&f.name)),
+            V::Text(f.label.as_deref()),
+            V::Text(Some(&f.field_type)),
+            V::Text(f.choices.as_deref()),
+        ],
+        Fields::TaxRate(f) => &[V::Text(Some(&f.name)), V::Decimal(f.rate), V::Bool(f.is_default)],
+        Fields::Material(f) => &[
+            V::Text(Some(&f.name)),
+            V::Text(f.item_number.as_deref()),
+            V::Decimal(f.price),
+            V::Text(f.tax_rate_id.as_deref()),
+            V::Text(Some(&f.currency)),
         ],
     };
     debug_assert_eq!(values.len(), columns(fields.resource()).len());
@@ -352,8 +398,6 @@ struct Lane<'a> {
     /// What the lane will write, as the deal weighs it: a tombstone of a record the mirror
     /// never had (a job's never-invoiced invoice) writes nothing.
     weight: usize,
-    /// Whether any record's company came from its job's (see [`apply_lane`]).
-    owned_through_jobs: bool,
 }
 
 impl Prepared<'_> {
@@ -376,12 +420,15 @@ impl Prepared<'_> {
 /// What a sync remembers from page to page about where records belong, so a page's records
 /// need no lookup of a company or job it has seen: a million-record first sync otherwise
 /// spends seconds finding again the companies and jobs it has just written. A company's id
-/// never changes. Where jobs live is valid while the connection's count of job moves is
-/// unchanged; [`prepare`] forgets it when the count has changed.
+/// never changes. Where clients and jobs live is valid while the connection's count of moves
+/// is unchanged; [`prepare`] forgets it when the count has changed.
 #[derive(Debug, Default)]
 pub struct Known {
+    /// The registry: a provider company id → its own company.
     companies: IdMap<String, CompanyId>,
     moves: Option<i64>,
+    /// Where each client lives: its own company, or its head office's for a site.
+    clients: IdMap<String, CompanyId>,
     job_owners: IdMap<String, CompanyId>,
 }
 
@@ -428,6 +475,7 @@ pub async fn prepare<'a>(
     let job_moves = job_moves(conn, connection).await?;
     if known.moves != Some(job_moves) {
         known.job_owners.clear();
+        known.clients.clear();
         known.moves = Some(job_moves);
     }
     deal(conn, connection, records, lanes, known, job_moves).await
@@ -442,7 +490,27 @@ async fn deal<'a>(
     known: &mut Known,
     job_moves: i64,
 ) -> Result<Prepared<'a>, sqlx::Error> {
-    let new_companies = unknown_refs(records, Owner::company_ref, &known.companies);
+    // A record owned by a client lives where that client lives (a site's records with its head
+    // office); a client not yet mirrored, and a client record naming itself, with the company
+    // of its own id.
+    let unknown_clients = unknown_refs(records, Owner::company_ref, &known.clients);
+    if !unknown_clients.is_empty() {
+        for (client, company) in current_owners(conn, connection, Resource::Client, &unknown_clients).await? {
+            remember(&mut known.clients, &client, company);
+        }
+    }
+    let mut new_companies = BTreeSet::new();
+    for staged in records {
+        let wanted = match &staged.record.owner {
+            Owner::Company(c) if self_owned(&staged.record) || !known.clients.contains_key(c) => c.as_str(),
+            Owner::Account => ACCOUNT_SCOPE,
+            _ => continue,
+        };
+        if !known.companies.contains_key(wanted) {
+            new_companies.insert(wanted);
+        }
+    }
+    let new_companies: Vec<String> = new_companies.into_iter().map(str::to_owned).collect();
     for (company, id) in company_ids(conn, connection, &new_companies).await? {
         remember(&mut known.companies, &company, id);
     }
@@ -452,7 +520,7 @@ async fn deal<'a>(
             remember(&mut known.job_owners, &job, company);
         }
     }
-    let (companies, job_owners) = (&known.companies, &known.job_owners);
+    let (companies, clients, job_owners) = (&known.companies, &known.clients, &known.job_owners);
     record_company_names(conn, connection, records).await?;
 
     // A page can hold a record twice (overlapping windows): the last copy wins.
@@ -462,7 +530,9 @@ async fn deal<'a>(
     for staged in records.iter().rev() {
         let record = &staged.record;
         let company = match &record.owner {
-            Owner::Company(c) => companies.get(c).copied(),
+            Owner::Company(c) if self_owned(record) => companies.get(c).copied(),
+            Owner::Company(c) => clients.get(c).or_else(|| companies.get(c)).copied(),
+            Owner::Account => companies.get(ACCOUNT_SCOPE).copied(),
             Owner::Job(j) => job_owners.get(j).copied(),
             Owner::Unowned => None,
         };
@@ -477,9 +547,19 @@ async fn deal<'a>(
     }
 
     // A page that moves jobs and also holds records owned through jobs is written in one lane:
-    // a child dealt to its job's old company must meet the move in the same transaction.
-    let moves_and_children = records.iter().any(|r| r.record.resource() == Resource::Job)
-        && records.iter().any(|r| matches!(r.record.owner, Owner::Job(_)));
+    // a child dealt to its job's old company must meet the move in the same transaction. So is
+    // a page whose clients own other records of the page (a site's sites).
+    let page_clients: IdSet<&str> = records
+        .iter()
+        .filter(|r| r.record.resource() == Resource::Client)
+        .map(|r| r.record.external_id.as_str())
+        .collect();
+    let moves_and_children = (records.iter().any(|r| r.record.resource() == Resource::Job)
+        && records.iter().any(|r| matches!(r.record.owner, Owner::Job(_))))
+        || records.iter().any(|r| match &r.record.owner {
+            Owner::Company(c) => !self_owned(&r.record) && page_clients.contains(c.as_str()),
+            _ => false,
+        });
     let count = if moves_and_children { 1 } else { lanes.clamp(1, MAX_LANES).min(by_company.len().max(1)) };
     let mut dealt: Vec<Lane> = (0..count).map(|_| Lane::default()).collect();
     let mut companies: Vec<(usize, CompanyId, Vec<&Staged>)> = by_company
@@ -492,7 +572,6 @@ async fn deal<'a>(
         lane.records += staged.len();
         lane.weight += weight;
         for s in staged {
-            lane.owned_through_jobs |= matches!(s.record.owner, Owner::Job(_));
             lane.batches.entry(s.record.resource()).or_default().push((s, company));
         }
     }
@@ -508,8 +587,8 @@ async fn deal<'a>(
 }
 
 /// Writes one lane of a prepared page, in the caller's transaction, after taking the lane's
-/// lock. Returns `None`, having written nothing, when a job moved since the page was prepared
-/// and the lane holds records owned through jobs: prepare the page again.
+/// lock. Returns `None`, having written nothing, when a client or a job moved since the page
+/// was prepared (its records may have been dealt to the old company): prepare the page again.
 pub async fn apply_lane(
     conn: &mut PgConnection,
     connection: ConnectionId,
@@ -520,8 +599,8 @@ pub async fn apply_lane(
     lock_lane(conn, connection, lane).await?;
     let dealt = &prepared.lanes[lane];
     // Under the lane's lock a move either committed (and bumped the count) or waits for this
-    // transaction, and then takes the children written here along with their job.
-    if dealt.owned_through_jobs && job_moves(conn, connection).await? != prepared.job_moves {
+    // transaction, and then takes the children written here along with their job or client.
+    if job_moves(conn, connection).await? != prepared.job_moves {
         return Ok(None);
     }
     apply_batches(conn, connection, &dealt.batches, expect).await.map(Some)
@@ -578,6 +657,11 @@ pub async fn lock_lane(conn: &mut PgConnection, connection: ConnectionId, lane: 
 
 /// The first lane's advisory lock class (the connection lock's before lanes existed).
 const LANE_LOCK: usize = 7314;
+
+/// A client record naming itself as its owner: a head office, which lives in its own company.
+fn self_owned(record: &Record) -> bool {
+    record.resource() == Resource::Client && record.owner.company_ref() == Some(&record.external_id)
+}
 
 /// The distinct owners of one kind that `known` does not hold, in order (see [`current_owners`]).
 fn unknown_refs(
@@ -665,12 +749,44 @@ async fn apply_resource(
         sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&moved_old).bind(&moved_ids).execute(&mut *conn).await?;
         if resource == Resource::Job {
             move_job_children(conn, connection, &moved_old, &moved_new, &moved_ids).await?;
-            // Tells lanes prepared before this move that their job owners are stale.
-            sqlx::query("update connections set job_moves = job_moves + 1 where id = $1")
-                .bind(connection)
-                .execute(&mut *conn)
-                .await?;
         }
+    }
+    if resource == Resource::Client {
+        // A site's records go where the site goes: from where it lived, and from the company of
+        // its own id, which holds whatever named the site before it was known to be one.
+        let sites: Vec<(&str, CompanyId)> = batch
+            .iter()
+            .filter(|(s, _)| !self_owned(&s.record) && !s.record.deleted)
+            .map(|(s, company)| (s.record.external_id.as_str(), *company))
+            .collect();
+        let (mut old, mut new, mut ids) = (moved_old.clone(), moved_new.clone(), moved_ids.clone());
+        if !sites.is_empty() {
+            let names: Vec<&str> = sites.iter().map(|(id, _)| *id).collect();
+            let own: Vec<(String, CompanyId)> = sqlx::query_as(
+                "select external_id, id from companies where connection_id = $1 and external_id = any($2)",
+            )
+            .bind(connection)
+            .bind(&names)
+            .fetch_all(&mut *conn)
+            .await?;
+            for (id, company) in own {
+                if let Some((_, to)) = sites.iter().find(|(s, to)| *s == id && *to != company) {
+                    old.push(company.0);
+                    new.push(to.0);
+                    ids.push(id);
+                }
+            }
+        }
+        if !ids.is_empty() {
+            move_client_children(conn, connection, &old, &new, &ids, 0).await?;
+        }
+    }
+    if !moved_ids.is_empty() && matches!(resource, Resource::Job | Resource::Client) {
+        // Tells lanes prepared before this move that where clients and jobs live is stale.
+        sqlx::query("update connections set job_moves = job_moves + 1 where id = $1")
+            .bind(connection)
+            .execute(&mut *conn)
+            .await?;
     }
 
     // Rows to write: every live record, and tombstones only for records the mirror has, as
@@ -896,7 +1012,7 @@ fn copy_time(out: &mut Vec<u8>, time: &chrono::DateTime<chrono::Utc>) {
     out.extend_from_slice(b"+00");
 }
 
-/// A job changed company: its line items, payments and attachments go with it.
+/// A job changed company: its line items, payments, attachments and visits go with it.
 async fn move_job_children(
     conn: &mut PgConnection,
     connection: ConnectionId,
@@ -905,32 +1021,86 @@ async fn move_job_children(
     jobs: &[String],
 ) -> Result<(), sqlx::Error> {
     for child in JOB_CHILDREN {
-        let table = child.plural();
-        // Updating the partition key moves the row to the new company's partition.
-        let sql = format!(
-            "update {table} t set company_id = m.n, change_seq = nextval('mirror_change_seq'), synced_at = now()
-             from unnest($1::bigint[], $2::bigint[], $3::text[]) as m(o, n, j)
-             where t.company_id = m.o and t.job_id = m.j
-             returning t.external_id, t.company_id"
-        );
-        let moved: Vec<(String, i64)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(old).bind(new).bind(jobs).fetch_all(&mut *conn).await?;
-        if moved.is_empty() {
-            continue;
+        move_rows(conn, connection, child, "job_id", old, new, jobs).await?;
+    }
+    Ok(())
+}
+
+/// How deep sites of sites are followed when one moves.
+const MAX_SITE_DEPTH: usize = 4;
+
+/// A client changed company (a site moved to another head office): what names it goes with
+/// it, and its jobs take their own records along. Its own sites (clients whose `parent_id` it
+/// is) follow, and theirs, to [`MAX_SITE_DEPTH`].
+async fn move_client_children(
+    conn: &mut PgConnection,
+    connection: ConnectionId,
+    old: &[i64],
+    new: &[i64],
+    clients: &[String],
+    depth: usize,
+) -> Result<(), sqlx::Error> {
+    for child in CLIENT_CHILDREN {
+        let moved = move_rows(conn, connection, child, "client_id", old, new, clients).await?;
+        if child == Resource::Job && !moved.is_empty() {
+            let (o, n, j) = unzip3(moved);
+            move_job_children(conn, connection, &o, &n, &j).await?;
         }
-        let (ids, companies): (Vec<String>, Vec<i64>) = moved.into_iter().unzip();
+    }
+    let sites = move_rows(conn, connection, Resource::Client, "parent_id", old, new, clients).await?;
+    if !sites.is_empty() && depth < MAX_SITE_DEPTH {
+        let (o, n, s) = unzip3(sites);
+        Box::pin(move_client_children(conn, connection, &o, &n, &s, depth + 1)).await?;
+    }
+    Ok(())
+}
+
+fn unzip3(rows: Vec<(i64, i64, String)>) -> (Vec<i64>, Vec<i64>, Vec<String>) {
+    let mut out = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+    for (o, n, id) in rows {
+        out.0.push(o);
+        out.1.push(n);
+        out.2.push(id);
+    }
+    out
+}
+
+/// Moves the rows of `resource` whose `column` names one of `owners` from the owner's old
+/// company to its new one (updating the partition key moves the row to the new company's
+/// partition), with their keys in the registry. Returns each moved row's (old, new, id).
+async fn move_rows(
+    conn: &mut PgConnection,
+    connection: ConnectionId,
+    resource: Resource,
+    column: &str,
+    old: &[i64],
+    new: &[i64],
+    owners: &[String],
+) -> Result<Vec<(i64, i64, String)>, sqlx::Error> {
+    let table = resource.plural();
+    let sql = format!(
+        "update {table} t set company_id = m.n, change_seq = nextval('mirror_change_seq'), synced_at = now()
+         from unnest($1::bigint[], $2::bigint[], $3::text[]) as m(o, n, j)
+         where t.company_id = m.o and t.{column} = m.j and m.o <> m.n
+         returning m.o, t.company_id, t.external_id"
+    );
+    let moved: Vec<(i64, i64, String)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(old).bind(new).bind(owners).fetch_all(&mut *conn).await?;
+    if !moved.is_empty() {
+        let ids: Vec<&str> = moved.iter().map(|(_, _, id)| id.as_str()).collect();
+        let companies: Vec<i64> = moved.iter().map(|(_, n, _)| *n).collect();
         sqlx::query(
             "update mirror_keys k set company_id = x.c from unnest($3::text[], $4::bigint[]) as x(e, c)
              where k.connection_id = $1 and k.resource = $2 and k.external_id = x.e",
         )
         .bind(connection)
-        .bind(child.singular())
+        .bind(resource.singular())
         .bind(ids)
         .bind(companies)
         .execute(&mut *conn)
         .await?;
     }
-    Ok(())
+    Ok(moved)
 }
 
 /// After a complete scan of a resource: every mirrored record the provider no longer has
@@ -1083,6 +1253,8 @@ mod tests {
                 completed_at: time(),
                 total: money(),
                 currency: "AUD".into(),
+                job_type_id: text(),
+                custom_fields: Some(r#"{"gate_code": "12\t34"}"#.into()),
             }),
             Fields::Invoice(InvoiceFields {
                 client_id: text(),
@@ -1121,6 +1293,37 @@ mod tests {
                 file_type: text(),
                 source: text(),
             }),
+            Fields::Site(SiteFields { client_id: text(), name: "Depot\t2".into(), address: text() }),
+            Fields::Visit(VisitFields {
+                job_id: text(),
+                staff_id: text(),
+                start_at: time(),
+                end_at: time(),
+                status: "scheduled".into(),
+            }),
+            Fields::Staff(StaffFields {
+                first_name: text(),
+                last_name: text(),
+                email: text(),
+                phone: text(),
+                job_title: text(),
+                active: true,
+            }),
+            Fields::JobType(JobTypeFields { name: "Install\n".into(), colour: text() }),
+            Fields::CustomField(CustomFieldFields {
+                name: "gate_code".into(),
+                label: text(),
+                field_type: "text".into(),
+                choices: Some(r#"["a", "b\\c"]"#.into()),
+            }),
+            Fields::TaxRate(TaxRateFields { name: "GST".into(), rate: Some(Decimal::new(10, 0)), is_default: true }),
+            Fields::Material(MaterialFields {
+                name: "Pipe".into(),
+                item_number: text(),
+                price: money(),
+                tax_rate_id: text(),
+                currency: "AUD".into(),
+            }),
         ];
         let empty = vec![
             Fields::Client(ClientFields::default()),
@@ -1130,6 +1333,13 @@ mod tests {
             Fields::LineItem(LineItemFields::default()),
             Fields::Payment(PaymentFields::default()),
             Fields::Attachment(AttachmentFields::default()),
+            Fields::Site(SiteFields::default()),
+            Fields::Visit(VisitFields::default()),
+            Fields::Staff(StaffFields::default()),
+            Fields::JobType(JobTypeFields::default()),
+            Fields::CustomField(CustomFieldFields::default()),
+            Fields::TaxRate(TaxRateFields::default()),
+            Fields::Material(MaterialFields::default()),
         ];
         full.into_iter().chain(empty).collect()
     }

@@ -16,10 +16,17 @@ pub enum Resource {
     LineItem,
     Payment,
     Attachment,
+    Site,
+    Visit,
+    Staff,
+    JobType,
+    CustomField,
+    TaxRate,
+    Material,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 7] = [
+    pub const ALL: [Resource; 14] = [
         Resource::Client,
         Resource::Contact,
         Resource::Job,
@@ -27,7 +34,24 @@ impl Resource {
         Resource::LineItem,
         Resource::Payment,
         Resource::Attachment,
+        Resource::Site,
+        Resource::Visit,
+        Resource::Staff,
+        Resource::JobType,
+        Resource::CustomField,
+        Resource::TaxRate,
+        Resource::Material,
     ];
+
+    /// Records the provider keeps once per account, not per customer: staff and the lookups.
+    /// Every endpoint of the connection reads the same ones (from the mirror, like the rest);
+    /// they are mirrored under the connection's account scope (see [`Owner::Account`]).
+    pub fn is_account_wide(self) -> bool {
+        matches!(
+            self,
+            Resource::Staff | Resource::JobType | Resource::CustomField | Resource::TaxRate | Resource::Material
+        )
+    }
 
     pub fn singular(self) -> &'static str {
         match self {
@@ -38,6 +62,13 @@ impl Resource {
             Resource::LineItem => "line_item",
             Resource::Payment => "payment",
             Resource::Attachment => "attachment",
+            Resource::Site => "site",
+            Resource::Visit => "visit",
+            Resource::Staff => "staff_member",
+            Resource::JobType => "job_type",
+            Resource::CustomField => "custom_field",
+            Resource::TaxRate => "tax_rate",
+            Resource::Material => "material",
         }
     }
 
@@ -51,6 +82,13 @@ impl Resource {
             Resource::LineItem => "line_items",
             Resource::Payment => "payments",
             Resource::Attachment => "attachments",
+            Resource::Site => "sites",
+            Resource::Visit => "visits",
+            Resource::Staff => "staff",
+            Resource::JobType => "job_types",
+            Resource::CustomField => "custom_fields",
+            Resource::TaxRate => "tax_rates",
+            Resource::Material => "materials",
         }
     }
 
@@ -83,6 +121,10 @@ pub enum Owner {
     Company(String),
     /// Through a job: the record belongs to whichever company owns the job, and moves with it.
     Job(String),
+    /// The connection's account itself: staff and lookups, which every endpoint of the
+    /// connection shares. Mirrored under the connection's account scope, a company of its own
+    /// with the reserved external id [`ACCOUNT_SCOPE`], for which no endpoint is ever issued.
+    Account,
     /// No company at all (counted by the sync, never exposed).
     Unowned,
 }
@@ -102,6 +144,10 @@ impl Owner {
         }
     }
 }
+
+/// The external id of a connection's account scope in the company registry: empty, which no
+/// provider id ever is.
+pub const ACCOUNT_SCOPE: &str = "";
 
 /// One provider record, mapped to the unified model, with its raw payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,6 +206,13 @@ pub enum Fields {
     LineItem(LineItemFields),
     Payment(PaymentFields),
     Attachment(AttachmentFields),
+    Site(SiteFields),
+    Visit(VisitFields),
+    Staff(StaffFields),
+    JobType(JobTypeFields),
+    CustomField(CustomFieldFields),
+    TaxRate(TaxRateFields),
+    Material(MaterialFields),
 }
 
 impl Fields {
@@ -172,6 +225,13 @@ impl Fields {
             Fields::LineItem(_) => Resource::LineItem,
             Fields::Payment(_) => Resource::Payment,
             Fields::Attachment(_) => Resource::Attachment,
+            Fields::Site(_) => Resource::Site,
+            Fields::Visit(_) => Resource::Visit,
+            Fields::Staff(_) => Resource::Staff,
+            Fields::JobType(_) => Resource::JobType,
+            Fields::CustomField(_) => Resource::CustomField,
+            Fields::TaxRate(_) => Resource::TaxRate,
+            Fields::Material(_) => Resource::Material,
         }
     }
 }
@@ -211,6 +271,10 @@ pub struct JobFields {
     pub completed_at: Option<DateTime<Utc>>,
     pub total: Option<Decimal>,
     pub currency: String,
+    /// The job type (ServiceM8 `category_uuid`).
+    pub job_type_id: Option<String>,
+    /// Custom field values by name (ServiceM8 `customfield_<name>`), as a JSON object's text.
+    pub custom_fields: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -257,6 +321,71 @@ pub struct AttachmentFields {
     pub name: String,
     pub file_type: Option<String>,
     pub source: Option<String>,
+}
+
+/// A site: a client's location (ServiceM8 a `company` with `parent_company_uuid`). A site is a
+/// client too, and is also listed among clients.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SiteFields {
+    /// The head office.
+    pub client_id: Option<String>,
+    pub name: String,
+    pub address: Option<String>,
+}
+
+/// Scheduled work on a job (ServiceM8 `jobactivity`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VisitFields {
+    pub job_id: Option<String>,
+    pub staff_id: Option<String>,
+    pub start_at: Option<DateTime<Utc>>,
+    pub end_at: Option<DateTime<Utc>>,
+    /// `scheduled` (booked ahead) or `recorded` (time logged on site).
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StaffFields {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub job_title: Option<String>,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobTypeFields {
+    pub name: String,
+    pub colour: Option<String>,
+}
+
+/// A custom field a job may carry: its key in `custom_fields`, its type and allowed values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CustomFieldFields {
+    pub name: String,
+    pub label: Option<String>,
+    /// `text`, `numeric`, `currency`, `date`, `datetime` or `choice`.
+    pub field_type: String,
+    /// The allowed values of a `choice` field, as a JSON array's text.
+    pub choices: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaxRateFields {
+    pub name: String,
+    /// Percent.
+    pub rate: Option<Decimal>,
+    pub is_default: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MaterialFields {
+    pub name: String,
+    pub item_number: Option<String>,
+    pub price: Option<Decimal>,
+    pub tax_rate_id: Option<String>,
+    pub currency: String,
 }
 
 #[cfg(test)]

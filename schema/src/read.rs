@@ -138,15 +138,44 @@ pub fn has_number(resource: Resource) -> bool {
 }
 
 pub fn has_status(resource: Resource) -> bool {
-    matches!(resource, Resource::Job | Resource::Invoice)
+    matches!(resource, Resource::Job | Resource::Invoice | Resource::Visit)
 }
 
 pub fn has_client_id(resource: Resource) -> bool {
-    matches!(resource, Resource::Contact | Resource::Job | Resource::Invoice)
+    matches!(resource, Resource::Contact | Resource::Job | Resource::Invoice | Resource::Site)
 }
 
 pub fn has_job_id(resource: Resource) -> bool {
-    matches!(resource, Resource::Invoice | Resource::LineItem | Resource::Payment | Resource::Attachment)
+    matches!(
+        resource,
+        Resource::Invoice | Resource::LineItem | Resource::Payment | Resource::Attachment | Resource::Visit
+    )
+}
+
+/// The company whose rows a read of `resource` sees, over `$1` (the endpoint's company): the
+/// company itself, or for staff and lookups its connection's account scope (a security-definer
+/// function the reader role may call; the rows' own policy asks the same).
+pub fn scope_condition(resource: Resource, company: &str) -> String {
+    if resource.is_account_wide() {
+        format!("t.company_id = clientapi_account_scope({company})")
+    } else {
+        format!("t.company_id = {company}")
+    }
+}
+
+/// Whose records a read sees: the endpoint's company (its head office, its sites and what
+/// belongs to them, and its connection's staff and lookups), and whether the technicians
+/// assigned to jobs and visits are shown (`technicians:read`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    pub company: CompanyId,
+    pub technicians: bool,
+}
+
+impl Scope {
+    pub fn new(company: CompanyId, technicians: bool) -> Self {
+        Self { company, technicians }
+    }
 }
 
 pub fn has_invoice_id(resource: Resource) -> bool {
@@ -268,6 +297,20 @@ fn build_record_fields(resource: Resource, include_remote_data: bool) -> Vec<Rec
     };
     let plain = |c: &'static str, kind| field(c, format!("t.{c}"), kind);
     let client = || plain("client_id", Reference(Resource::Client));
+    // The technician is shown only to keys holding `technicians:read` (the transaction says);
+    // otherwise the subquery is never run and the field is null.
+    let technician = |staff_id: &str| {
+        field(
+            "technician",
+            format!(
+                "case when current_setting('clientapi.technicians', true) = 'on' then
+                   (select json_build_object('id', s.external_id, 'name', nullif(concat_ws(' ', s.first_name, s.last_name), ''),
+                                             'email', s.email, 'phone', s.phone)
+                    from staff s where s.company_id = clientapi_account_scope(t.company_id) and s.external_id = {staff_id}) end"
+            ),
+            Json,
+        )
+    };
     let job = || plain("job_id", Reference(Resource::Job));
     let invoice = || plain("invoice_id", Reference(Resource::Invoice));
     let mut fields = vec![field("id", "t.external_id".to_owned(), Id)];
@@ -301,6 +344,20 @@ fn build_record_fields(resource: Resource, include_remote_data: bool) -> Vec<Rec
             plain("completed_at", Timestamp),
             decimal("total", Money),
             plain("currency", Text),
+            // Every record of the scope belongs to the head office or one of its sites: a job
+            // whose client is not the head office is at a site. (The head office's id is read
+            // once per statement, not per row.)
+            field(
+                "site_id",
+                "case when t.client_id <> (select clientapi_scope_client()) then t.client_id end".to_owned(),
+                Reference(Resource::Site),
+            ),
+            plain("job_type_id", Reference(Resource::JobType)),
+            field("custom_fields", "coalesce(t.custom_fields, '{}'::jsonb)".to_owned(), Json),
+            technician(
+                "(select v.staff_id from visits v where v.company_id = t.company_id and v.job_id = t.external_id
+                    and v.deleted_at is null order by v.start_at desc nulls last, v.external_id limit 1)",
+            ),
         ],
         Resource::Invoice => vec![
             client(),
@@ -339,6 +396,37 @@ fn build_record_fields(resource: Resource, include_remote_data: bool) -> Vec<Rec
             plain("file_type", Text),
             plain("source", Text),
         ],
+        Resource::Site => vec![client(), plain("name", Text), plain("address", Text)],
+        Resource::Visit => vec![
+            job(),
+            plain("start_at", Timestamp),
+            plain("end_at", Timestamp),
+            plain("status", Text),
+            technician("t.staff_id"),
+        ],
+        Resource::Staff => vec![
+            plain("first_name", Text),
+            plain("last_name", Text),
+            plain("email", Text),
+            plain("phone", Text),
+            plain("job_title", Text),
+            plain("active", Boolean),
+        ],
+        Resource::JobType => vec![plain("name", Text), plain("colour", Text)],
+        Resource::CustomField => vec![
+            plain("name", Text),
+            plain("label", Text),
+            field("type", "t.field_type".to_owned(), Text),
+            field("choices", "t.choices".to_owned(), Json),
+        ],
+        Resource::TaxRate => vec![plain("name", Text), decimal("rate", Decimal), plain("is_default", Boolean)],
+        Resource::Material => vec![
+            plain("name", Text),
+            plain("item_number", Text),
+            decimal("price", Money),
+            plain("currency", Text),
+            plain("tax_rate_id", Reference(Resource::TaxRate)),
+        ],
     });
     let time =
         |name: &'static str, c: &str| field(name, format!("case when isfinite(t.{c}) then t.{c} end"), Timestamp);
@@ -359,7 +447,7 @@ fn list_conditions(query: &ListQuery) -> (String, Vec<Option<String>>) {
         binds.push(value);
         format!("${}", binds.len() + 1)
     };
-    let mut conditions = vec!["t.company_id = $1".to_owned()];
+    let mut conditions = vec![scope_condition(query.resource, "$1")];
     let f = &query.filters;
     if !f.include_deleted {
         conditions.push("t.deleted_at is null".into());
@@ -424,14 +512,15 @@ pub struct Scoped {
 }
 
 impl Scoped {
-    pub async fn begin(reader: &PgPool, company: CompanyId) -> Result<Scoped, sqlx::Error> {
+    pub async fn begin(reader: &PgPool, scope: Scope) -> Result<Scoped, sqlx::Error> {
         let mut scoped = Scoped { conn: reader.acquire().await?, open: true };
         // The company id is our own integer, never caller text: safe to inline.
         scoped
             .conn
             .execute(sqlx::AssertSqlSafe(format!(
-                "begin read only; select set_config('clientapi.company_id', '{}', true)",
-                company.0
+                "begin read only; select set_config('clientapi.company_id', '{}', true), set_config('clientapi.technicians', '{}', true)",
+                scope.company.0,
+                if scope.technicians { "on" } else { "off" }
             )))
             .await?;
         Ok(scoped)
@@ -477,20 +566,20 @@ where
 }
 
 /// Runs one page: one data statement inside the scoped transaction.
-pub async fn list_page(reader: &PgPool, company: CompanyId, query: &ListQuery) -> Result<PageRows, sqlx::Error> {
-    list_page_rendering(reader, company, query, json_select(query.resource, query.include_remote_data)).await
+pub async fn list_page(reader: &PgPool, scope: Scope, query: &ListQuery) -> Result<PageRows, sqlx::Error> {
+    list_page_rendering(reader, scope, query, json_select(query.resource, query.include_remote_data)).await
 }
 
 /// [`list_page`] with each row rendered by `select` (see [`list_sql_rendering`]).
 pub async fn list_page_rendering(
     reader: &PgPool,
-    company: CompanyId,
+    scope: Scope,
     query: &ListQuery,
     select: &str,
 ) -> Result<PageRows, sqlx::Error> {
     let (sql, binds) = list_sql_rendering(query, select);
-    let mut scoped = Scoped::begin(reader, company).await?;
-    let fetched = bind_all::<(String, String, String)>(sql, company, binds).fetch_all(scoped.conn()).await;
+    let mut scoped = Scoped::begin(reader, scope).await?;
+    let fetched = bind_all::<(String, String, String)>(sql, scope.company, binds).fetch_all(scoped.conn()).await;
     let mut fetched = scoped.finish(fetched).await?;
     let page_size = query.page_size as usize;
     let more = fetched.len() > page_size;
@@ -502,19 +591,19 @@ pub async fn list_page_rendering(
 }
 
 /// How many records the list's filters admit (ignoring its position and page size).
-pub async fn count(reader: &PgPool, company: CompanyId, query: &ListQuery) -> Result<i64, sqlx::Error> {
+pub async fn count(reader: &PgPool, scope: Scope, query: &ListQuery) -> Result<i64, sqlx::Error> {
     let query = ListQuery { after: None, ..query.clone() };
     let (conditions, binds) = list_conditions(&query);
     let sql = format!("select count(*) from {} t where {conditions}", query.resource.plural());
-    let mut scoped = Scoped::begin(reader, company).await?;
-    let counted = bind_all::<(i64,)>(sql, company, binds).fetch_one(scoped.conn()).await;
+    let mut scoped = Scoped::begin(reader, scope).await?;
+    let counted = bind_all::<(i64,)>(sql, scope.company, binds).fetch_one(scoped.conn()).await;
     Ok(scoped.finish(counted).await?.0)
 }
 
 /// One record by id, or `None` (missing and foreign look the same).
 pub async fn get_one(
     reader: &PgPool,
-    company: CompanyId,
+    scope: Scope,
     resource: Resource,
     id: &str,
     include_remote_data: bool,
@@ -527,7 +616,7 @@ pub async fn get_one(
         after: None,
         include_remote_data,
     };
-    Ok(list_page(reader, company, &query).await?.rows.into_iter().next())
+    Ok(list_page(reader, scope, &query).await?.rows.into_iter().next())
 }
 
 /// One entry of the changes feed.
@@ -540,7 +629,7 @@ pub struct Change {
 /// Upserts and tombstones after `since` in `change_seq` order, across `resources`.
 pub async fn changes(
     reader: &PgPool,
-    company: CompanyId,
+    scope: Scope,
     resources: &[Resource],
     since: i64,
     limit: u32,
@@ -552,17 +641,18 @@ pub async fn changes(
                 "(select t.change_seq, json_build_object('resource', '{}', 'id', t.external_id, 'change_seq', t.change_seq,
                          'operation', case when t.deleted_at is null then 'upsert' else 'delete' end,
                          'record', {}::json)::text
-                  from {} t where t.company_id = $1 and t.change_seq > $2 order by t.change_seq limit $3)",
+                  from {} t where {} and t.change_seq > $2 order by t.change_seq limit $3)",
                 r.singular(),
                 json_select(*r, false),
-                r.plural()
+                r.plural(),
+                scope_condition(*r, "$1"),
             )
         })
         .collect();
     let sql = format!("select * from ({}) c order by 1 limit $3", branches.join(" union all "));
-    let mut scoped = Scoped::begin(reader, company).await?;
+    let mut scoped = Scoped::begin(reader, scope).await?;
     let rows: Result<Vec<(i64, String)>, sqlx::Error> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(company)
+        .bind(scope.company)
         .bind(since)
         .bind(i64::from(limit))
         .fetch_all(scoped.conn())
@@ -587,7 +677,7 @@ fn export_query(resource: Resource, filters: &Filters) -> ListQuery {
 /// channel) slows the scan. Stops early when the receiver is gone. Returns the count sent.
 pub async fn export(
     reader: &PgPool,
-    company: CompanyId,
+    scope: Scope,
     resource: Resource,
     filters: &Filters,
     rows: tokio::sync::mpsc::Sender<String>,
@@ -598,10 +688,10 @@ pub async fn export(
         Some(at) => format!("{} order by t.external_id", &sql[..at]),
         None => sql,
     };
-    let mut scoped = Scoped::begin(reader, company).await?;
+    let mut scoped = Scoped::begin(reader, scope).await?;
     let mut count = 0;
     let outcome: Result<(), sqlx::Error> = async {
-        let mut stream = bind_all::<(String, String, String)>(sql, company, binds).fetch(scoped.conn());
+        let mut stream = bind_all::<(String, String, String)>(sql, scope.company, binds).fetch(scoped.conn());
         while let Some((json, _, _)) = stream.try_next().await? {
             if rows.send(json).await.is_err() {
                 break;
@@ -650,7 +740,7 @@ pub struct RelatedKey {
 /// inside the company's scoped transaction. Keys with no records are absent from the answer.
 pub async fn load_related(
     reader: &PgPool,
-    company: CompanyId,
+    scope: Scope,
     keys: &[RelatedKey],
 ) -> Result<HashMap<RelatedKey, Vec<String>>, sqlx::Error> {
     type Group = (Resource, Link, u32, bool);
@@ -675,23 +765,24 @@ pub async fn load_related(
             format!(
                 "select {n}::int4, k.v, r.row, r.id from unnest(${}::text[]) k(v) cross join lateral
                    (select {} as row, t.external_id as id from {} t
-                    where t.company_id = $1 and t.{} = k.v{live} order by t.external_id limit {limit}) r",
+                    where {} and t.{} = k.v{live} order by t.external_id limit {limit}) r",
                 n + 2,
                 json_select(*resource, *remote_data),
                 resource.plural(),
+                scope_condition(*resource, "$1"),
                 link.column(),
             )
         })
         .collect();
     let sql = format!("select * from ({}) x order by 1, 2, 4", branches.join(" union all "));
-    let mut q = sqlx::query_as::<_, (i32, String, String, String)>(sqlx::AssertSqlSafe(sql)).bind(company);
+    let mut q = sqlx::query_as::<_, (i32, String, String, String)>(sqlx::AssertSqlSafe(sql)).bind(scope.company);
     for (_, values) in &groups {
         let mut values = values.clone();
         values.sort_unstable();
         values.dedup();
         q = q.bind(values);
     }
-    let mut scoped = Scoped::begin(reader, company).await?;
+    let mut scoped = Scoped::begin(reader, scope).await?;
     let rows = q.fetch_all(scoped.conn()).await;
     for (n, parent, row, _) in scoped.finish(rows).await? {
         let Some(((resource, link, limit, include_remote_data), _)) = groups.get(n as usize) else { continue };
@@ -713,7 +804,7 @@ pub async fn load_related(
 /// the JSON (RFC 3339 times, `true`/`false`). Returns the bytes sent.
 pub async fn export_csv(
     reader: &PgPool,
-    company: CompanyId,
+    scope: Scope,
     resource: Resource,
     filters: &Filters,
     chunk: usize,
@@ -728,7 +819,7 @@ pub async fn export_csv(
             conditions.replace(&format!("${}", n + 2), &format!("current_setting('clientapi.export_{}')", n + 2));
     }
     // The company id is our own integer.
-    conditions = conditions.replace("$1", &company.0.to_string());
+    conditions = conditions.replace("$1", &scope.company.0.to_string());
     let columns: Vec<String> = record_fields(resource, false)
         .iter()
         .map(|f| match f.kind {
@@ -743,7 +834,7 @@ pub async fn export_csv(
         columns.join(", "),
         resource.plural()
     );
-    let mut scoped = Scoped::begin(reader, company).await?;
+    let mut scoped = Scoped::begin(reader, scope).await?;
     let mut sent = 0u64;
     let mut abandoned = false;
     let outcome: Result<(), sqlx::Error> = async {

@@ -114,7 +114,7 @@ pub fn write_fields(resource: Resource) -> &'static [WriteField] {
         Resource::LineItem => LINE_ITEM,
         Resource::Client => CLIENT,
         Resource::Attachment => ATTACHMENT,
-        Resource::Invoice | Resource::Payment => &[],
+        _ => &[],
     }
 }
 

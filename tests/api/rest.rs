@@ -505,7 +505,7 @@ async fn a_read_abandoned_inside_its_transaction_never_goes_back_to_the_pool_ope
     };
     // A caller that goes away between `begin` and `finish` (a dropped request future).
     let scoped =
-        clientapi_schema::read::Scoped::begin(&app.state.reader, clientapi_schema::CompanyId(1)).await.unwrap();
+        clientapi_schema::read::Scoped::begin(&app.state.reader, clientapi_schema::read::Scope::new(clientapi_schema::CompanyId(1), false)).await.unwrap();
     assert_eq!(idle_in_transaction().await, 1);
     drop(scoped);
     for _ in 0..50 {

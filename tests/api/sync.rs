@@ -51,9 +51,27 @@ fn job_record(value: &Value) -> clientapi_schema::model::Record {
 /// live record, derived from the simulator's data with the adapter's own mapping.
 fn expected(sim: &Running, resource: Resource) -> BTreeSet<(String, String, String)> {
     let s = &sim.sim;
-    let job_company = |job: &str| s.record("job", job).and_then(|j| j["company_uuid"].as_str().map(str::to_owned));
+    // Sites live with their head office (followed up the chain of parents).
+    let head_office = |company: &str| {
+        let mut at = company.to_owned();
+        for _ in 0..8 {
+            match s.record("company", &at).and_then(|c| c["parent_company_uuid"].as_str().map(str::to_owned)) {
+                Some(parent) if !parent.is_empty() => at = parent,
+                _ => break,
+            }
+        }
+        at
+    };
+    let job_company = |job: &str| s.record("job", job).and_then(|j| j["company_uuid"].as_str().map(&head_office));
     let (object, resources) = match resource {
         Resource::Client => ("company", 0),
+        Resource::Site => ("company", 1),
+        Resource::Visit => ("jobactivity", 0),
+        Resource::Staff => ("staff", 0),
+        Resource::JobType => ("category", 0),
+        Resource::CustomField => ("customfield", 0),
+        Resource::TaxRate => ("taxrate", 0),
+        Resource::Material => ("material", 0),
         Resource::Contact => ("companycontact", 0),
         Resource::Job => ("job", 0),
         Resource::Invoice => ("job", 1),
@@ -65,20 +83,28 @@ fn expected(sim: &Running, resource: Resource) -> BTreeSet<(String, String, Stri
         .iter()
         .filter_map(|raw| {
             let records = match object {
-                "company" => vec![mapped(raw, mapping::client)?.ok()?],
+                "company" => mapped(raw, mapping::client)?.ok()?,
                 "companycontact" => vec![mapped(raw, mapping::contact)?.ok()?],
+                "jobactivity" => vec![mapped(raw, mapping::visit)?.ok()?],
+                "staff" => vec![mapped(raw, mapping::staff)?.ok()?],
+                "category" => vec![mapped(raw, mapping::job_type)?.ok()?],
+                "customfield" => vec![mapped(raw, mapping::custom_field)?.ok()?],
+                "taxrate" => vec![mapped(raw, mapping::tax_rate)?.ok()?],
+                "material" => vec![mapped(raw, |o| mapping::material(o, "AUD"))?.ok()?],
                 "job" => mapped(raw, |o| mapping::job(o, "AUD"))?.ok()?,
                 "jobmaterial" => vec![mapped(raw, |o| mapping::line_item(o, "AUD"))?.ok()?],
                 "jobpayment" => vec![mapped(raw, |o| mapping::payment(o, "AUD"))?.ok()?],
-                _ => vec![mapped(raw, mapping::attachment)?.ok()?],
+                "attachment" => vec![mapped(raw, mapping::attachment)?.ok()?],
+                other => panic!("no mapping for {other}"),
             };
             let record = records.into_iter().nth(resources)?;
             if record.deleted {
                 return None;
             }
             let company = match &record.owner {
-                Owner::Company(c) => c.clone(),
+                Owner::Company(c) => head_office(c),
                 Owner::Job(j) => job_company(j)?,
+                Owner::Account => String::new(),
                 Owner::Unowned => return None,
             };
             Some((record.external_id, company, raw.to_string()))
@@ -136,8 +162,9 @@ async fn a_simulated_account_of_fifty_companies_syncs_completely_and_a_resync_wr
     let run = engine.sync_connection(id, false, None).await.unwrap();
     assert!(run.stats.inserted > 0 && run.record_errors.is_empty(), "{run:?}");
     assert_converged(&app, &sim).await;
-    let companies: i64 = sqlx::query_scalar("select count(*) from companies").fetch_one(&app.db).await.unwrap();
-    assert_eq!(companies, 50);
+    let companies: i64 =
+        sqlx::query_scalar("select count(*) from companies where external_id <> ''").fetch_one(&app.db).await.unwrap();
+    assert_eq!(companies, 50, "one company per customer, and the account scope beside them");
 
     let before = row_versions(&app).await;
     let again = engine.sync_connection(id, false, None).await.unwrap();
@@ -229,9 +256,9 @@ async fn a_full_reconciliation_tombstones_hard_deletes_but_never_on_an_incomplet
     let engine = engine(&app, &sim);
     engine.sync_connection(id, false, None).await.unwrap();
     let gone = sim.sim.records("job")[3]["uuid"].as_str().unwrap().to_owned();
-    // A hard delete at the provider takes the job's materials, payments and files with it.
+    // A hard delete at the provider takes the job's materials, payments, files and bookings with it.
     assert!(sim.sim.hard_delete("job", &gone));
-    for object in ["jobmaterial", "jobpayment", "attachment"] {
+    for object in ["jobmaterial", "jobpayment", "attachment", "jobactivity"] {
         let key = if object == "attachment" { "related_object_uuid" } else { "job_uuid" };
         for child in sim.sim.records(object).iter().filter(|r| r[key] == json!(gone)) {
             sim.sim.hard_delete(object, child["uuid"].as_str().unwrap());

@@ -222,7 +222,7 @@ fn scope(state: &AppState, auth: &EndpointAuth) -> Scope {
     let (endpoint_id, per_minute) = (p.endpoint_id, p.rate_limit_per_minute);
     Scope {
         reader: state.reader.clone(),
-        company: p.company_id,
+        company: p.read_scope(),
         endpoint: p.public_id.clone(),
         readable,
         cursors: state.cursors.clone(),

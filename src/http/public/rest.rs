@@ -287,7 +287,7 @@ fn json_response(body: String) -> Response {
 pub async fn render_list(state: &AppState, auth: &EndpointAuth, request: ListRequest) -> Result<Response, ApiError> {
     let resource = request.query.resource;
     auth.require_read(resource)?;
-    let page = read::list_page(&state.reader, auth.principal.company_id, &request.query).await?;
+    let page = read::list_page(&state.reader, auth.principal.read_scope(), &request.query).await?;
     let next_cursor = page.next.map(|next| state.cursors.list_cursor(&auth.principal.public_id, &request.query, next));
     auth.set_item_count(page.rows.len());
     let (synced_at, sync_status) = resource_freshness(state, &auth.principal, resource).await;
@@ -360,7 +360,7 @@ async fn get_record(
         return Err(ApiError::Invalid(errors));
     }
     // Another company's id is not found, exactly like a missing one.
-    let row = read::get_one(&state.reader, auth.principal.company_id, resource, id, include_remote_data)
+    let row = read::get_one(&state.reader, auth.principal.read_scope(), resource, id, include_remote_data)
         .await?
         .ok_or(ApiError::NotFound)?;
     auth.set_item_count(1);
@@ -432,7 +432,7 @@ async fn list_changes(
             cursor.c
         }
     };
-    let changes = read::changes(&state.reader, auth.principal.company_id, &resources, from, limit).await?;
+    let changes = read::changes(&state.reader, auth.principal.read_scope(), &resources, from, limit).await?;
     let last = changes.last().map_or(from, |c| c.seq);
     let next = state.cursors.sign(&ChangesCursor { e: auth.principal.public_id.clone(), r: key, c: last });
     auth.set_item_count(changes.len());
@@ -486,7 +486,7 @@ async fn export_records(
     auth.require_read(resource)?;
     let csv = format == "csv";
     let reader = state.reader.clone();
-    let company = auth.principal.company_id;
+    let company = auth.principal.read_scope();
     let filters = request.query.filters.clone();
     let endpoint = auth.principal.public_id.clone();
     let body = if csv {
@@ -551,7 +551,7 @@ async fn get_attachment_content(
         return Err(ApiError::NotFound);
     }
     // The same scope check as any read: the attachment must be this company's, and live.
-    let row = read::get_one(&state.reader, auth.principal.company_id, Resource::Attachment, id, false)
+    let row = read::get_one(&state.reader, auth.principal.read_scope(), Resource::Attachment, id, false)
         .await?
         .ok_or(ApiError::NotFound)?;
     let record: Value = serde_json::from_str(&row).map_err(anyhow::Error::from)?;

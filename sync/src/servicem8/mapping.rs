@@ -273,20 +273,30 @@ fn owner_company(id: Option<String>) -> Owner {
     id.map_or(Owner::Unowned, Owner::Company)
 }
 
-/// `company` → client. A site (with a head office) lives in its head office's scope.
-pub fn client(object: &Object<'_>) -> Result<Record, RecordError> {
+/// `company` → client, and its site. A site (a company with a head office) is a client too,
+/// lives in its head office's scope, and is also a site; a head office yields a site
+/// tombstone, which the mirror ignores unless the company was a site before.
+pub fn client(object: &Object<'_>) -> Result<Vec<Record>, RecordError> {
     let raw = Raw::new("company", object)?;
     let parent = raw.text("parent_company_uuid");
     let owner = Owner::Company(parent.clone().unwrap_or_else(|| raw.uuid.clone()));
+    let name = raw.text("name").unwrap_or_default();
+    let address = raw.text("address");
     let fields = ClientFields {
-        name: raw.text("name").unwrap_or_default(),
+        name: name.clone(),
         is_individual: raw.flag("is_individual")?,
-        address: raw.text("address"),
+        address: address.clone(),
         billing_address: raw.text("billing_address"),
         website: raw.text("website"),
-        parent_id: parent,
+        parent_id: parent.clone(),
     };
-    record(&raw, owner, Fields::Client(fields))
+    let client = record(&raw, owner, Fields::Client(fields))?;
+    let site = Record {
+        deleted: client.deleted || parent.is_none(),
+        fields: Fields::Site(SiteFields { client_id: parent, name, address }),
+        ..client.clone()
+    };
+    Ok(vec![client, site])
 }
 
 /// `companycontact` → contact.
@@ -314,6 +324,7 @@ pub fn job(object: &Object<'_>, currency: &str) -> Result<Vec<Record>, RecordErr
     let client_id = raw.text("company_uuid");
     let total = raw.decimal("total_invoice_amount")?;
     let number = raw.integer("generated_job_id")?;
+    let custom_fields = custom_field_values(object);
     let job = record(
         &raw,
         owner_company(client_id.clone()),
@@ -328,6 +339,8 @@ pub fn job(object: &Object<'_>, currency: &str) -> Result<Vec<Record>, RecordErr
             completed_at: raw.datetime("completion_date")?,
             total,
             currency: currency.to_owned(),
+            job_type_id: raw.text("category_uuid"),
+            custom_fields,
         }),
     )?;
     let sent = raw.flag("invoice_sent")?;
@@ -421,6 +434,130 @@ pub fn attachment(object: &Object<'_>) -> Result<Record, RecordError> {
     Ok(rec)
 }
 
+/// A job's `customfield_<name>` fields as a JSON object of name → value (strings as sent; a
+/// blank value is no value). `None` when the job carries none.
+fn custom_field_values(object: &Object<'_>) -> Option<String> {
+    let mut values = serde_json::Map::new();
+    for (key, value) in &object.fields {
+        let Some(name) = key.strip_prefix(CUSTOM_FIELD_PREFIX).filter(|n| !n.is_empty()) else { continue };
+        let value: serde_json::Value = match json_str(value) {
+            Some(text) if text.trim().is_empty() => continue,
+            Some(text) => serde_json::Value::String(text.into_owned()),
+            None => match serde_json::from_str(value.get()) {
+                Ok(serde_json::Value::Null) | Err(_) => continue,
+                Ok(other) => other,
+            },
+        };
+        values.insert(name.to_owned(), value);
+    }
+    (!values.is_empty()).then(|| serde_json::Value::Object(values).to_string())
+}
+
+/// How ServiceM8 names a custom field on a job.
+pub const CUSTOM_FIELD_PREFIX: &str = "customfield_";
+
+/// `jobactivity` → visit: a booking (`activity_was_scheduled`) or time recorded on site.
+pub fn visit(object: &Object<'_>) -> Result<Record, RecordError> {
+    let raw = Raw::new("jobactivity", object)?;
+    let job_id = raw.text("job_uuid");
+    let status = if raw.flag("activity_was_recorded")? { "recorded" } else { "scheduled" };
+    let fields = VisitFields {
+        job_id: job_id.clone(),
+        staff_id: raw.text("staff_uuid"),
+        start_at: raw.datetime("start_date")?,
+        end_at: raw.datetime("end_date")?,
+        status: status.into(),
+    };
+    record(&raw, job_id.map_or(Owner::Unowned, Owner::Job), Fields::Visit(fields))
+}
+
+/// `staff` → staff (account-wide). ServiceM8 keeps one number per person, the mobile.
+pub fn staff(object: &Object<'_>) -> Result<Record, RecordError> {
+    let raw = Raw::new("staff", object)?;
+    let fields = StaffFields {
+        first_name: raw.text("first"),
+        last_name: raw.text("last"),
+        email: raw.text("email"),
+        phone: raw.text("mobile"),
+        job_title: raw.text("job_title"),
+        active: raw.active()?,
+    };
+    let mut rec = record(&raw, Owner::Account, Fields::Staff(fields))?;
+    // A staff member who left stays listed, inactive: jobs and visits still name them.
+    rec.deleted = false;
+    Ok(rec)
+}
+
+/// `category` → job type (account-wide).
+pub fn job_type(object: &Object<'_>) -> Result<Record, RecordError> {
+    let raw = Raw::new("category", object)?;
+    let fields = JobTypeFields { name: raw.text("name").unwrap_or_default(), colour: raw.text("colour") };
+    record(&raw, Owner::Account, Fields::JobType(fields))
+}
+
+/// `taxrate` → tax rate (account-wide); `amount` is a percent string.
+pub fn tax_rate(object: &Object<'_>) -> Result<Record, RecordError> {
+    let raw = Raw::new("taxrate", object)?;
+    let fields = TaxRateFields {
+        name: raw.text("name").unwrap_or_default(),
+        rate: raw.decimal("amount")?,
+        is_default: raw.flag("is_default_tax_rate")?,
+    };
+    record(&raw, Owner::Account, Fields::TaxRate(fields))
+}
+
+/// `material` → material, the price list line items draw on (account-wide).
+pub fn material(object: &Object<'_>, currency: &str) -> Result<Record, RecordError> {
+    let raw = Raw::new("material", object)?;
+    let fields = MaterialFields {
+        name: raw.text("name").unwrap_or_default(),
+        item_number: raw.text("item_number"),
+        price: raw.decimal("price")?,
+        tax_rate_id: raw.text("tax_rate_uuid"),
+        currency: currency.to_owned(),
+    };
+    record(&raw, Owner::Account, Fields::Material(fields))
+}
+
+/// A custom field definition (account-wide), from the Custom Fields API (`customfield`; its
+/// shape is UNCONFIRMED in PROVIDERS.md: `name` is the key on the job without its prefix,
+/// either form accepted; `type` Text, Numeric, Currency, Date, DateTime or Dropdown with
+/// `options` as an array or a `;`-joined string).
+pub fn custom_field(object: &Object<'_>) -> Result<Record, RecordError> {
+    let raw = Raw::new("customfield", object)?;
+    let key = raw.text("field_name").or_else(|| raw.text("name")).unwrap_or_default();
+    let name = key.strip_prefix(CUSTOM_FIELD_PREFIX).unwrap_or(&key).to_owned();
+    let field_type = match raw.text("type").unwrap_or_default().to_lowercase().as_str() {
+        "numeric" | "number" => "numeric",
+        "currency" => "currency",
+        "date" => "date",
+        "datetime" | "date_time" => "datetime",
+        "dropdown" | "choice" | "select" => "choice",
+        _ => "text",
+    };
+    let choices = match object.get("options") {
+        Some(raw_options) if raw_options.get().starts_with('[') => {
+            serde_json::from_str::<Vec<serde_json::Value>>(raw_options.get())
+                .map_err(|_| raw.err("options", "expected an array of values"))?
+                .into_iter()
+                .filter_map(|v| match v {
+                    serde_json::Value::String(s) => Some(s),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        }
+        _ => raw.text("options").map(|s| s.split(';').map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect()).unwrap_or_default(),
+    };
+    let fields = CustomFieldFields {
+        name,
+        label: raw.text("label"),
+        field_type: field_type.into(),
+        choices: (field_type == "choice").then(|| serde_json::Value::from(choices).to_string()),
+    };
+    record(&raw, Owner::Account, Fields::CustomField(fields))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,10 +623,46 @@ mod tests {
 
     #[test]
     fn a_site_belongs_to_its_head_office_scope() {
-        let rec = from_json(json!({"uuid":"site","name":"Depot","parent_company_uuid":"hq"}), client).unwrap();
-        assert_eq!(rec.owner, Owner::Company("hq".into()));
-        let rec = from_json(json!({"uuid":"hq","name":"HQ","parent_company_uuid":""}), client).unwrap();
-        assert_eq!(rec.owner, Owner::Company("hq".into()));
+        let recs = from_json(json!({"uuid":"site","name":"Depot","parent_company_uuid":"hq"}), client).unwrap();
+        assert_eq!(recs[0].owner, Owner::Company("hq".into()));
+        assert_eq!((recs[1].resource(), recs[1].deleted, &recs[1].owner), (Resource::Site, false, &recs[0].owner));
+        let Fields::Site(site) = &recs[1].fields else { panic!() };
+        assert_eq!((site.client_id.as_deref(), site.name.as_str()), (Some("hq"), "Depot"));
+        let recs = from_json(json!({"uuid":"hq","name":"HQ","parent_company_uuid":""}), client).unwrap();
+        assert_eq!(recs[0].owner, Owner::Company("hq".into()));
+        assert!(recs[1].deleted, "a head office is no site");
+    }
+
+    #[test]
+    fn visits_staff_and_lookups_read_servicem8_quirks() {
+        let value = json!({"uuid":"a1","active":"1","job_uuid":"j1","staff_uuid":"s1","start_date":"2026-03-02 08:00:00",
+            "end_date":"0000-00-00 00:00:00","activity_was_scheduled":"1","activity_was_recorded":0,"edit_date":""});
+        let rec = from_json(value, visit).unwrap();
+        assert_eq!(rec.owner, Owner::Job("j1".into()));
+        let Fields::Visit(v) = rec.fields else { panic!() };
+        assert_eq!((v.status.as_str(), v.end_at, v.staff_id.as_deref()), ("scheduled", None, Some("s1")));
+        let rec = from_json(json!({"uuid":"s1","active":0,"first":"Sam","last":"Ng","mobile":"0400"}), staff).unwrap();
+        assert_eq!((rec.owner.clone(), rec.deleted), (Owner::Account, false), "a staff member who left stays, inactive");
+        let Fields::Staff(s) = rec.fields else { panic!() };
+        assert_eq!((s.active, s.phone.as_deref()), (false, Some("0400")));
+        let rec = from_json(json!({"uuid":"t1","name":"GST","amount":"10","is_default_tax_rate":"1"}), tax_rate).unwrap();
+        let Fields::TaxRate(t) = rec.fields else { panic!() };
+        assert_eq!((t.rate, t.is_default), (Some(Decimal::new(10, 0)), true));
+        let err = from_json(json!({"uuid":"t2","amount":"ten"}), tax_rate).unwrap_err();
+        assert_eq!(err.field, "amount");
+        let rec = from_json(json!({"uuid":"f1","name":"customfield_gate","type":"Dropdown","options":"A; B;"}), custom_field)
+            .unwrap();
+        let Fields::CustomField(f) = rec.fields else { panic!() };
+        assert_eq!((f.name.as_str(), f.field_type.as_str(), f.choices.as_deref()), ("gate", "choice", Some(r#"["A","B"]"#)));
+        let jobs = from_json(
+            json!({"uuid":"j","company_uuid":"c","category_uuid":"k1","customfield_gate":"12","customfield_note":"",
+                   "customfield_count":3,"customfield_":"x"}),
+            |o| job(o, "AUD"),
+        )
+        .unwrap();
+        let Fields::Job(j) = &jobs[0].fields else { panic!() };
+        assert_eq!(j.job_type_id.as_deref(), Some("k1"));
+        assert_eq!(j.custom_fields.as_deref(), Some(r#"{"count":3,"gate":"12"}"#));
     }
 
     #[test]

@@ -49,16 +49,29 @@ pub const SCOPES: &[&str] = &[
     "read_job_payments",
     "read_attachments",
     "manage_attachments",
+    "read_schedule",
+    "manage_schedule",
+    "read_staff",
+    "read_job_categories",
+    "read_inventory",
+    "read_tax_rates",
+    "read_custom_fields",
 ];
 
 /// The objects a sync visits, owners first.
 pub const STREAMS: &[Stream] = &[
-    Stream { name: "company", resources: &[Resource::Client] },
+    Stream { name: "company", resources: &[Resource::Client, Resource::Site] },
     Stream { name: "companycontact", resources: &[Resource::Contact] },
     Stream { name: "job", resources: &[Resource::Job, Resource::Invoice] },
     Stream { name: "jobmaterial", resources: &[Resource::LineItem] },
     Stream { name: "jobpayment", resources: &[Resource::Payment] },
     Stream { name: "attachment", resources: &[Resource::Attachment] },
+    Stream { name: "jobactivity", resources: &[Resource::Visit] },
+    Stream { name: "staff", resources: &[Resource::Staff] },
+    Stream { name: "category", resources: &[Resource::JobType] },
+    Stream { name: "customfield", resources: &[Resource::CustomField] },
+    Stream { name: "taxrate", resources: &[Resource::TaxRate] },
+    Stream { name: "material", resources: &[Resource::Material] },
 ];
 
 /// One ServiceM8 app's settings.
@@ -161,12 +174,18 @@ impl ServiceM8 {
     fn map_object(&self, stream: Stream, object: &mapping::Object<'_>) -> Result<Vec<Record>, RecordError> {
         let currency = &self.config.currency;
         match stream.name {
-            "company" => mapping::client(object).map(|r| vec![r]),
+            "company" => mapping::client(object),
             "companycontact" => mapping::contact(object).map(|r| vec![r]),
             "job" => mapping::job(object, currency),
             "jobmaterial" => mapping::line_item(object, currency).map(|r| vec![r]),
             "jobpayment" => mapping::payment(object, currency).map(|r| vec![r]),
             "attachment" => mapping::attachment(object).map(|r| vec![r]),
+            "jobactivity" => mapping::visit(object).map(|r| vec![r]),
+            "staff" => mapping::staff(object).map(|r| vec![r]),
+            "category" => mapping::job_type(object).map(|r| vec![r]),
+            "customfield" => mapping::custom_field(object).map(|r| vec![r]),
+            "taxrate" => mapping::tax_rate(object).map(|r| vec![r]),
+            "material" => mapping::material(object, currency).map(|r| vec![r]),
             other => Err(RecordError {
                 object: other.into(),
                 id: "?".into(),

@@ -32,7 +32,7 @@ fn names(resource: Resource) -> &'static [(&'static str, &'static str)] {
             &[("name", "name"), ("address", "address"), ("billing_address", "billing_address"), ("website", "website")]
         }
         Resource::Attachment => &[("job_id", "related_object_uuid"), ("name", "attachment_name")],
-        Resource::Invoice | Resource::Payment => &[],
+        _ => &[],
     }
 }
 

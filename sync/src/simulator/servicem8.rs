@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use base64::Engine;
-use chrono::{NaiveDate, Utc};
+use chrono::{NaiveDate, NaiveDateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
@@ -31,13 +31,29 @@ use sha2::{Digest, Sha256};
 const DATETIME: &str = "%Y-%m-%d %H:%M:%S";
 const EMPTY_DATETIME: &str = "0000-00-00 00:00:00";
 /// The objects the simulator serves.
-pub const OBJECTS: &[&str] = &["company", "companycontact", "job", "jobmaterial", "jobpayment", "attachment"];
+pub const OBJECTS: &[&str] = &[
+    "company",
+    "companycontact",
+    "job",
+    "jobmaterial",
+    "jobpayment",
+    "attachment",
+    "jobactivity",
+    "staff",
+    "category",
+    "customfield",
+    "taxrate",
+    "material",
+];
 
 /// How the simulator behaves; every knob is also a CLI flag of `clientapi simulate servicem8`.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub companies: usize,
     pub jobs_per_company: usize,
+    /// Sites (companies with a `parent_company_uuid`) under each company, each with a contact
+    /// and some of the company's jobs.
+    pub sites_per_company: usize,
     /// Zipf-like company sizes (company i gets a share ∝ 1/(i+1)) with the same total.
     pub skewed: bool,
     pub seed: u64,
@@ -58,6 +74,7 @@ impl Default for SimConfig {
         Self {
             companies: 30,
             jobs_per_company: 100,
+            sites_per_company: 0,
             skewed: false,
             seed: 1,
             client_id: "sim-client".into(),
@@ -203,6 +220,65 @@ impl Simulator {
             let uuid = map["uuid"].as_str().expect("uuid").to_owned();
             objects.get_mut(object).expect("known object").insert(uuid, map);
         };
+        // The account's lookups and staff, as ServiceM8 shapes them (PROVIDERS.md §1).
+        let mut staff = Vec::new();
+        for (first, last, title) in [("Sam", "Ng", "Plumber"), ("Alex", "Reid", "Electrician"), ("Jo", "Park", "Apprentice")] {
+            let uuid = uuid_from(&mut rng);
+            n += 1;
+            insert(
+                &mut objects,
+                "staff",
+                json!({
+                    "uuid": uuid, "active": 1, "edit_date": stamp(&mut rng), "first": first, "last": last,
+                    "email": format!("{}@example.com", first.to_lowercase()), "mobile": format!("0400 000 00{n}"),
+                    "job_title": title, "color": "#3366cc", "hide_from_schedule": "0", "status_message": ""
+                }),
+            );
+            staff.push(uuid);
+        }
+        let mut categories = Vec::new();
+        for (name, colour) in [("Maintenance", "3366cc"), ("Installation", "33cc66"), ("Emergency", "cc3333")] {
+            let uuid = uuid_from(&mut rng);
+            insert(
+                &mut objects,
+                "category",
+                json!({"uuid": uuid, "active": 1, "edit_date": stamp(&mut rng), "name": name, "colour": colour}),
+            );
+            categories.push(uuid);
+        }
+        let gst = uuid_from(&mut rng);
+        for (uuid, name, amount, default) in [(gst.clone(), "GST", "10", "1"), (uuid_from(&mut rng), "GST Free", "0", "0")] {
+            insert(
+                &mut objects,
+                "taxrate",
+                json!({"uuid": uuid, "active": 1, "edit_date": stamp(&mut rng), "name": name, "amount": amount,
+                       "is_default_tax_rate": default}),
+            );
+        }
+        for (k, (name, price)) in [("Labour (hour)", "120.00"), ("Call-out fee", "95.00"), ("Copper pipe 15mm (m)", "8.50")]
+            .into_iter()
+            .enumerate()
+        {
+            insert(
+                &mut objects,
+                "material",
+                json!({"uuid": uuid_from(&mut rng), "active": 1, "edit_date": stamp(&mut rng), "name": name,
+                       "item_number": format!("SKU-{:03}", k + 1), "price": price, "cost": "0.00",
+                       "price_includes_taxes": "0", "tax_rate_uuid": gst, "quantity_in_stock": "0",
+                       "item_is_inventoried": "0"}),
+            );
+        }
+        for (name, label, kind, options) in [
+            ("customfield_gate_code", "Gate code", "Text", ""),
+            ("customfield_access", "Access", "Dropdown", "Key safe;Tenant;Agent"),
+        ] {
+            insert(
+                &mut objects,
+                "customfield",
+                json!({"uuid": uuid_from(&mut rng), "active": 1, "edit_date": stamp(&mut rng), "field_name": name,
+                       "label": label, "type": kind, "options": options, "object": "job"}),
+            );
+        }
         let harmonic: f64 = (1..=config.companies.max(1)).map(|i| 1.0 / i as f64).sum();
         let total_jobs = (config.companies * config.jobs_per_company) as f64;
         for c in 0..config.companies {
@@ -225,6 +301,31 @@ impl Simulator {
                     "is_individual": flag(c.is_multiple_of(7), n.is_multiple_of(2)), "parent_company_uuid": ""
                 }),
             );
+            // Sites: a company each, under this one, with a contact of its own; some of this
+            // company's jobs are at a site.
+            let mut sites = Vec::new();
+            for k in 0..config.sites_per_company {
+                let site = uuid_from(&mut rng);
+                insert(
+                    &mut objects,
+                    "company",
+                    json!({
+                        "uuid": site, "active": 1, "edit_date": stamp(&mut rng), "name": format!("Company {c:04} site {k}"),
+                        "address": format!("{} Depot Rd", k + 1), "billing_address": "", "website": "", "badges": "[]",
+                        "is_individual": 0, "parent_company_uuid": company
+                    }),
+                );
+                insert(
+                    &mut objects,
+                    "companycontact",
+                    json!({
+                        "uuid": uuid_from(&mut rng), "active": 1, "edit_date": stamp(&mut rng), "company_uuid": site,
+                        "first": "Site", "last": format!("Manager {k}"), "phone": "", "mobile": "0400 111 222",
+                        "email": format!("site{k}.{c}@example.com"), "type": "JOB", "is_primary_contact": "0"
+                    }),
+                );
+                sites.push(site);
+            }
             for k in 0..2 {
                 n += 1;
                 insert(
@@ -262,12 +363,37 @@ impl Simulator {
                 let invoiced = status == "Completed" && rng.random_bool(0.8);
                 let paid = invoiced && rng.random_bool(0.6);
                 let edit = stamp(&mut rng);
+                // Every third job is at a site, when the company has any.
+                let at = match sites.len() {
+                    0 => &company,
+                    len if job_number % 3 == 0 => &sites[(job_number as usize / 3) % len],
+                    _ => &company,
+                };
+                let category = &categories[job_number as usize % categories.len()];
+                if matches!(status, "Work Order" | "Completed") {
+                    let start = NaiveDateTime::parse_from_str(&edit, DATETIME).expect("generated") + chrono::Duration::days(1);
+                    insert(
+                        &mut objects,
+                        "jobactivity",
+                        json!({
+                            "uuid": uuid_from(&mut rng), "active": 1, "edit_date": edit, "job_uuid": job,
+                            "staff_uuid": staff[job_number as usize % staff.len()],
+                            "start_date": start.format(DATETIME).to_string(),
+                            "end_date": (start + chrono::Duration::hours(2)).format(DATETIME).to_string(),
+                            "activity_was_scheduled": "1", "activity_was_recorded": "0",
+                            "activity_was_automated": "0", "has_been_opened": "0", "travel_time_in_seconds": "0",
+                            "material_uuid": ""
+                        }),
+                    );
+                }
                 insert(
                     &mut objects,
                     "job",
                     json!({
                         "uuid": job, "active": flag(true, n.is_multiple_of(3)), "edit_date": edit, "status": status,
-                        "generated_job_id": job_number.to_string(), "company_uuid": company,
+                        "generated_job_id": job_number.to_string(), "company_uuid": at, "category_uuid": category,
+                        "customfield_gate_code": if n.is_multiple_of(2) { format!("{:04}", n % 10_000) } else { String::new() },
+                        "customfield_access": (["Key safe", "Tenant", ""][n % 3]),
                         "date": &edit[..10], "job_address": format!("{} Main St", c + 1),
                         "billing_address": "", "job_description": format!("Job {job_number}"),
                         "work_done_description": "", "purchase_order_number": if n.is_multiple_of(4) { format!("PO-{n}") } else { String::new() },
