@@ -195,7 +195,8 @@ async fn describe(
     let data = rows
         .iter()
         .map(|(id, external_id, name)| {
-            let mut records: BTreeMap<&'static str, i64> = Resource::ALL.iter().filter(|r| !r.is_account_wide()).map(|r| (r.plural(), 0)).collect();
+            let mut records: BTreeMap<&'static str, i64> =
+                Resource::ALL.iter().filter(|r| !r.is_account_wide()).map(|r| (r.plural(), 0)).collect();
             let mut last_change_at = None;
             for (_, resource, n, changed) in counts.iter().filter(|c| c.0 == *id) {
                 if let Some(slot) = records.iter_mut().find(|(k, _)| **k == resource.as_str()) {

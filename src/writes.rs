@@ -241,22 +241,19 @@ pub async fn perform(
                 )]),
                 other => other,
             })?;
-            // A site is listed among the company's clients, but what is written at a site is
-            // mirrored under the site: the endpoint would never see it again. Refused before the
-            // provider is called.
-            if to == Resource::Client && *id != p.company_external_id {
-                return Err(ApiError::Invalid(vec![FieldError::new(
-                    spec.name,
-                    format!(
-                        "must be this endpoint's company ({}): {} written at one of its sites would fall outside \
-                         this endpoint's scope",
-                        p.company_external_id,
-                        resource.plural().replace('_', " ")
-                    ),
-                )]));
-            }
         }
     }
+    // Custom field values, against the definitions the mirror holds (never the provider's).
+    let mut clean = clean;
+    if let Some(Value::Object(values)) = clean.get("custom_fields") {
+        let definitions = custom_field_definitions(state, p).await?;
+        let values = fields::validate_custom_fields(values, &definitions).map_err(invalid)?;
+        clean.insert("custom_fields".into(), Value::Object(values));
+    }
+    let window = match (clean.remove("start_time"), clean.remove("end_time")) {
+        (Some(Value::String(start)), Some(Value::String(end))) => Some((start, end)),
+        _ => None,
+    };
     let stream = provider.stream_for(resource).ok_or(ApiError::MethodNotAllowed)?;
     let _turn = state.write_queue.turn(p.connection_id, p.company_id).await;
     let token = state.tokens.access_token(provider, p.connection_id).await.map_err(token_failure)?;
@@ -319,9 +316,21 @@ pub async fn perform(
             Err(e) => tracing::warn!(error = %e, job, "re-reading the job after a line item write failed"),
         }
     }
+    // A new job's preferred window becomes its first visit, mirrored after the job it belongs to.
+    let mut visits = Vec::new();
+    if let (Some((start, end)), true) = (&window, created)
+        && let (Some(body), Some(visit_stream)) =
+            (provider.window_body(&id, start, end), provider.stream_for(Resource::Visit))
+    {
+        let chosen = provider.new_id().map(|id| ChosenId { id, earlier_attempt: false });
+        let visit = create(&mut call, visit_stream, body, chosen).await.map_err(|e| window_failure(&id, e))?;
+        visits = call.get(visit_stream, &visit).await.map_err(|e| window_failure(&id, e))?.unwrap_or_default();
+    }
     let mut tx = state.db.begin().await?;
     mirror::lock_connection(&mut tx, p.connection_id).await?;
-    mirror::apply(&mut tx, p.connection_id, &mirror::stage(records), &mut mirror::Expectation::default()).await?;
+    for batch in [records, visits] {
+        mirror::apply(&mut tx, p.connection_id, &mirror::stage(batch), &mut mirror::Expectation::default()).await?;
+    }
     tx.commit().await?;
     let Some(record) = read::get_one(&state.reader, p.read_scope(), resource, &id, false).await? else {
         // The provider put the record where this endpoint cannot see it: undo a create, and say
@@ -340,6 +349,41 @@ pub async fn perform(
         });
     };
     Ok(Written { created, id, record })
+}
+
+/// The job was created but its window could not be booked: said plainly, never a silent half.
+fn window_failure(job: &str, e: ProviderError) -> ApiError {
+    ApiError::BadGateway {
+        detail: format!("The job {job} was created, but booking its window failed ({e}); book it with POST /visits."),
+    }
+}
+
+/// The custom fields a job may carry, from the mirror: name → (type, allowed values).
+async fn custom_field_definitions(
+    state: &AppState,
+    p: &Principal,
+) -> Result<std::collections::HashMap<String, (String, Vec<String>)>, ApiError> {
+    let query = read::ListQuery {
+        resource: Resource::CustomField,
+        filters: read::Filters::default(),
+        sort: read::Sort::default(),
+        page_size: read::MAX_PAGE_SIZE,
+        after: None,
+        include_remote_data: false,
+    };
+    let page = read::list_page(&state.reader, p.read_scope(), &query).await?;
+    let mut definitions = std::collections::HashMap::new();
+    for row in page.rows {
+        let field: Value = serde_json::from_str(&row).map_err(anyhow::Error::from)?;
+        let choices = field["choices"]
+            .as_array()
+            .map(|c| c.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        if let (Some(name), Some(kind)) = (field["name"].as_str(), field["type"].as_str()) {
+            definitions.insert(name.to_owned(), (kind.to_owned(), choices));
+        }
+    }
+    Ok(definitions)
 }
 
 /// Creates, looking the chosen id up before any retry: a create whose answer was lost is found,

@@ -75,6 +75,10 @@ fn all_relations() -> Vec<Relation> {
         }
     }
     let many = [
+        (Resource::Client, Resource::Site, Link::ClientId),
+        (Resource::Site, Resource::Contact, Link::ClientId),
+        (Resource::Site, Resource::Job, Link::ClientId),
+        (Resource::Job, Resource::Visit, Link::JobId),
         (Resource::Client, Resource::Contact, Link::ClientId),
         (Resource::Client, Resource::Job, Link::ClientId),
         (Resource::Client, Resource::Invoice, Link::ClientId),
@@ -729,6 +733,8 @@ fn write_type(kind: WriteKind) -> &'static str {
         WriteKind::Decimal => "Decimal",
         WriteKind::Boolean => TypeRef::BOOLEAN,
         WriteKind::Reference(_) => TypeRef::ID,
+        WriteKind::Timestamp => "DateTime",
+        WriteKind::CustomFields => "JSON",
     }
 }
 

@@ -684,7 +684,8 @@ pub async fn export(
 ) -> Result<u64, sqlx::Error> {
     let (sql, binds) = list_sql(&export_query(resource, filters));
     // Order by id only, without a limit: the cheapest complete scan.
-    let sql = match sql.find(" order by ") {
+    // (The last `order by`: a field's own subquery may hold one.)
+    let sql = match sql.rfind(" order by ") {
         Some(at) => format!("{} order by t.external_id", &sql[..at]),
         None => sql,
     };

@@ -29,6 +29,10 @@ pub enum WriteKind {
     Base64,
     /// A media type, `type/subtype` (no parameters).
     MediaType,
+    /// An RFC 3339 time; cleaned to UTC, `YYYY-MM-DDTHH:MM:SSZ`.
+    Timestamp,
+    /// Custom field values by name: an object, checked against the definitions by the caller.
+    CustomFields,
 }
 
 /// What a media type looks like: two RFC 9110 tokens around a slash.
@@ -76,6 +80,19 @@ const JOB: &[WriteField] = &[
     field("purchase_order", TEXT_SHORT),
     field("scheduled_on", Date),
     field("client_id", Reference(Resource::Client)),
+    field("site_id", Reference(Resource::Site)),
+    field("job_type_id", Reference(Resource::JobType)),
+    field("custom_fields", CustomFields),
+    // The preferred window: creates the job's first visit.
+    placed("start_time", Timestamp, false),
+    placed("end_time", Timestamp, false),
+];
+const SITE: &[WriteField] = &[required("name", TEXT_NAME), field("address", TEXT_ADDRESS)];
+const VISIT: &[WriteField] = &[
+    placed("job_id", Reference(Resource::Job), true),
+    field("staff_id", Reference(Resource::Staff)),
+    required("start_at", Timestamp),
+    required("end_at", Timestamp),
 ];
 const CONTACT: &[WriteField] = &[
     field("client_id", Reference(Resource::Client)),
@@ -114,8 +131,69 @@ pub fn write_fields(resource: Resource) -> &'static [WriteField] {
         Resource::LineItem => LINE_ITEM,
         Resource::Client => CLIENT,
         Resource::Attachment => ATTACHMENT,
+        Resource::Site => SITE,
+        Resource::Visit => VISIT,
         _ => &[],
     }
+}
+
+/// How a cleaned timestamp reads: UTC, to the second.
+pub const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H:%M:%SZ";
+
+/// The most custom fields one write may set.
+pub const MAX_CUSTOM_FIELDS: usize = 50;
+
+/// Checks custom field values against the definitions (`name → (type, allowed values)`) and
+/// cleans them: every value a string as the provider stores it, or null to clear it.
+pub fn validate_custom_fields(
+    values: &Map<String, Value>,
+    definitions: &std::collections::HashMap<String, (String, Vec<String>)>,
+) -> Result<Map<String, Value>, Vec<Invalid>> {
+    let mut errors = Vec::new();
+    let mut clean = Map::new();
+    for (name, value) in values {
+        let field = format!("custom_fields.{name}");
+        let Some((kind, choices)) = definitions.get(name) else {
+            errors.push(invalid(&field, "no such custom field (see GET /custom_fields)"));
+            continue;
+        };
+        if value.is_null() {
+            clean.insert(name.clone(), Value::Null);
+            continue;
+        }
+        let text = match value {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let cleaned = match (kind.as_str(), text) {
+            (_, None) => Err("must be a string or a number".to_owned()),
+            ("numeric" | "currency", Some(t)) => t
+                .parse::<rust_decimal::Decimal>()
+                .map(|d| d.normalize().to_string())
+                .map_err(|_| "must be a number".to_owned()),
+            ("date", Some(t)) => crate::read::parse_date(&t)
+                .map(|d| d.to_string())
+                .ok_or_else(|| "must be a date, YYYY-MM-DD".to_owned()),
+            ("datetime", Some(t)) => chrono::DateTime::parse_from_rfc3339(&t)
+                .map(|d| d.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M:%S").to_string())
+                .map_err(|_| "must be an RFC 3339 time".to_owned()),
+            ("choice", Some(t)) if choices.contains(&t) => Ok(t),
+            ("choice", Some(_)) => Err(format!("must be one of: {}", choices.join(", "))),
+            (_, Some(t)) if t.chars().count() > 500 => Err("at most 500 characters".to_owned()),
+            (_, Some(t)) if t.chars().any(|c| c.is_control() && !TEXT_CONTROLS_ALLOWED.contains(c)) => {
+                Err("control characters are not allowed".to_owned())
+            }
+            (_, Some(t)) => Ok(t),
+        };
+        match cleaned {
+            Ok(v) => {
+                clean.insert(name.clone(), Value::String(v));
+            }
+            Err(message) => errors.push(invalid(&field, message)),
+        }
+    }
+    if errors.is_empty() { Ok(clean) } else { Err(errors) }
 }
 
 /// The control characters text fields may hold (line breaks and tabs); all others are refused.
@@ -240,6 +318,15 @@ pub fn validate(
                 }
                 _ => Err(format!("must be the id of one of your {}", to.plural().replace('_', " "))),
             },
+            WriteKind::Timestamp => match value.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()) {
+                Some(t) => Ok(Value::String(t.with_timezone(&chrono::Utc).format(TIMESTAMP_FORMAT).to_string())),
+                None => Err("must be an RFC 3339 time, such as 2026-03-02T08:00:00Z".to_owned()),
+            },
+            WriteKind::CustomFields => match value {
+                Value::Object(values) if values.len() <= MAX_CUSTOM_FIELDS => Ok(value.clone()),
+                Value::Object(_) => Err(format!("at most {MAX_CUSTOM_FIELDS} custom fields")),
+                _ => Err("must be an object of custom field name → value".to_owned()),
+            },
             WriteKind::JobStatus => match value.as_str() {
                 Some(s) if job_statuses.contains(&s) => Ok(Value::String(s.to_owned())),
                 _ => Err(format!("must be one of: {}", job_statuses.join(", "))),
@@ -268,6 +355,9 @@ pub fn validate(
                 errors.push(invalid(spec.name, "is required"));
             }
         }
+        if resource == Resource::Job && clean.contains_key("start_time") != clean.contains_key("end_time") {
+            errors.push(invalid("end_time", "a window needs both start_time and end_time"));
+        }
         if resource == Resource::Contact
             && !["first_name", "last_name", "email"].iter().any(|f| clean.get(*f).is_some_and(|v| !v.is_null()))
         {
@@ -275,6 +365,14 @@ pub fn validate(
         }
     } else if body.is_empty() {
         errors.push(invalid("body", "an update needs at least one field"));
+    }
+    // A window ends after it starts (the times are cleaned to one format, so they compare as text).
+    for (start, end) in [("start_time", "end_time"), ("start_at", "end_at")] {
+        if let (Some(Value::String(s)), Some(Value::String(e))) = (clean.get(start), clean.get(end))
+            && e <= s
+        {
+            errors.push(invalid(end, format!("must be after {start}")));
+        }
     }
     if errors.is_empty() { Ok(clean) } else { Err(errors) }
 }

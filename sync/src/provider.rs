@@ -147,7 +147,7 @@ pub trait Provider: Send + Sync {
 
     /// The stream whose records are of `resource` (for writes and targeted re-reads).
     fn stream_for(&self, resource: Resource) -> Option<Stream> {
-        self.streams().iter().copied().find(|s| s.resources.first() == Some(&resource))
+        self.streams().iter().copied().find(|s| s.resources.contains(&resource))
     }
 
     /// One page of `stream` changed after `since` (the stored watermark, `None` for all),
@@ -207,6 +207,12 @@ pub trait Provider: Send + Sync {
         fields: &serde_json::Map<String, serde_json::Value>,
         create: bool,
     ) -> serde_json::Value;
+
+    /// The provider-shaped body that books a new job's preferred window (cleaned UTC times) as
+    /// a visit of the job, created on the visit stream; `None` when the provider cannot.
+    fn window_body(&self, _job: &str, _start: &str, _end: &str) -> Option<serde_json::Value> {
+        None
+    }
 
     /// An id to create a record under, when the provider accepts ids chosen by the caller: a
     /// create whose answer is lost can then be looked up instead of blindly retried.

@@ -120,7 +120,12 @@ async fn the_authorization_matrix_answers_exactly_for_every_public_route() {
         (get.clone(), "/jobs", None, OK, NO_SCOPE),
         (get.clone(), "/query/?resource=job", None, OK, NO_SCOPE),
         (get.clone(), "/jobs/no-such-job", None, NOT_FOUND, NO_SCOPE),
-        (get.clone(), "/changes", None, OK, NO_SCOPE),
+        // Without `resource`, the feed is every resource the key may read: clients here.
+        (get.clone(), "/changes", None, OK, OK),
+        (get.clone(), "/changes?resource=job", None, OK, NO_SCOPE),
+        (get.clone(), "/staff", None, NO_SCOPE, NO_SCOPE),
+        (get.clone(), "/sites", None, OK, NO_SCOPE),
+        (reqwest::Method::POST, "/visits", Some(json!({"job_id": "j"})), READ_ONLY, READ_ONLY),
         (get.clone(), "/export?resource=job", None, OK, NO_SCOPE),
         (get.clone(), "/attachments/no-such-file/content", None, NOT_FOUND, NO_SCOPE),
         (get.clone(), "/clients", None, OK, OK),

@@ -199,11 +199,27 @@ fn type_resource(name: &str) -> Resource {
 
 #[tokio::test]
 async fn cross_tenant_probes_through_every_relation_return_nothing_foreign() {
-    let (sim, app, token, conn) = synced(6).await;
+    // Six customers, each with a site where some of its jobs are.
+    let sim =
+        spawn_sim(SimConfig { companies: 6, jobs_per_company: 4, sites_per_company: 1, ..SimConfig::default() }).await;
+    let app = spawn_app_for(&sim).await;
+    let token = admin_token(&app, "ops@example.com", "acme").await;
+    let conn = ConnectionId(connect_servicem8(&app, &token).await["id"].as_i64().unwrap());
+    app.state.engine.sync_connection(conn, false, None).await.unwrap();
+    let head_offices: Vec<String> = sim
+        .sim
+        .records("company")
+        .iter()
+        .filter(|c| c["parent_company_uuid"] == "")
+        .map(|c| c["uuid"].as_str().unwrap().to_owned())
+        .collect();
+    // Every scope, so every resource and the technicians are probed.
+    let mut scopes: Vec<String> = Resource::ALL.iter().map(|r| r.read_scope()).collect();
+    scopes.push("technicians:read".into());
     let mut endpoints = Vec::new();
-    for n in 0..6 {
-        let company = company(&sim, n);
-        let (ep, key) = create_endpoint(&app, &token, conn, &company, json!({"rate_limit_per_minute": 100000})).await;
+    for company in head_offices {
+        let extra = json!({"rate_limit_per_minute": 100000, "scopes": scopes});
+        let (ep, key) = create_endpoint(&app, &token, conn, &company, extra).await;
         endpoints.push((ep, key, company));
     }
     let owners: HashMap<(Resource, String), String> = {
@@ -222,8 +238,12 @@ async fn cross_tenant_probes_through_every_relation_return_nothing_foreign() {
     // Every relation, both ways, from every root list.
     let everything = r#"
       fragment C on Client { __typename id parent { __typename id } contacts { __typename id client { __typename id } }
-                             jobs { __typename id } invoices { __typename id } }
-      fragment J on Job { __typename id client { __typename id } lineItems { __typename id invoice { __typename id } }
+                             jobs { __typename id } invoices { __typename id } sites { ...S } }
+      fragment S on Site { __typename id client { __typename id } contacts { __typename id client { __typename id } }
+                           jobs { __typename id site { __typename id } visits { __typename id job { __typename id } } } }
+      fragment J on Job { __typename id client { __typename id } site { __typename id } jobType { __typename id }
+                          visits { __typename id job { __typename id } }
+                          lineItems { __typename id invoice { __typename id } }
                           invoices { __typename id payments { __typename id } } payments { __typename id job { __typename id } }
                           attachments { __typename id job { __typename id } } }
       fragment I on Invoice { __typename id client { __typename id } job { __typename id } lineItems { __typename id job { __typename id } }
@@ -236,6 +256,13 @@ async fn cross_tenant_probes_through_every_relation_return_nothing_foreign() {
         lineItems(first: 50, includeDeleted: true) { nodes { __typename id job { __typename id } invoice { __typename id } } }
         payments(first: 50, includeDeleted: true) { nodes { __typename id job { __typename id } invoice { __typename id } } }
         attachments(first: 50, includeDeleted: true) { nodes { __typename id job { ...J } } }
+        sites(first: 50, includeDeleted: true) { nodes { ...S } }
+        visits(first: 50, includeDeleted: true) { nodes { __typename id job { ...J } } }
+        staff(first: 50) { nodes { __typename id } }
+        jobTypes(first: 50) { nodes { __typename id } }
+        customFields(first: 50) { nodes { __typename id } }
+        taxRates(first: 50) { nodes { __typename id } }
+        materials(first: 50) { nodes { __typename id taxRate { __typename id } } }
       }"#;
     let mut seen_any: HashSet<Resource> = HashSet::new();
     for (ep, key, company) in &endpoints {
@@ -248,14 +275,17 @@ async fn cross_tenant_probes_through_every_relation_return_nothing_foreign() {
         for (ty, id) in found {
             let resource = type_resource(&ty);
             seen_any.insert(resource);
-            assert_eq!(owners.get(&(resource, id.clone())), Some(company), "{ty} {id} leaked to {ep}");
+            let owner = owners.get(&(resource, id.clone()));
+            // Staff and lookups are the account's: shared by every endpoint of the connection.
+            let shared = resource.is_account_wide() && owner.is_some_and(String::is_empty);
+            assert!(owner == Some(company) || shared, "{ty} {id} leaked to {ep}");
         }
     }
-    assert!(seen_any.len() >= 5, "the probe reached most resources: {seen_any:?}");
+    assert_eq!(seen_any.len(), Resource::ALL.len(), "the probe reached every resource: {seen_any:?}");
 
     // Foreign ids look exactly like missing ones: by id, in `ids`, as relation filters.
     let (ep, key, company) = &endpoints[0];
-    for resource in Resource::ALL {
+    for resource in Resource::ALL.into_iter().filter(|r| !r.is_account_wide()) {
         let Some(((_, foreign), _)) = owners.iter().find(|((r, _), owner)| *r == resource && *owner != company) else {
             continue;
         };

@@ -14,5 +14,6 @@ mod local_postgres;
 mod migrations;
 mod rest;
 mod servicem8;
+mod sites;
 mod sync;
 mod writes;

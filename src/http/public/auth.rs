@@ -103,6 +103,11 @@ impl EndpointAuth {
         self.principal.scopes.iter().any(|s| s == scope)
     }
 
+    /// Whether the endpoint's scopes let it read `resource` (nothing recorded).
+    pub fn may_read(&self, resource: Resource) -> bool {
+        self.has(&resource.read_scope())
+    }
+
     /// The endpoint may read `resource`; records it for the request log.
     pub fn require_read(&self, resource: Resource) -> Result<(), ApiError> {
         self.set_resource(resource);

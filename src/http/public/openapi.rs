@@ -42,7 +42,18 @@ fn field_type(kind: FieldKind) -> Value {
 fn record_schema(resource: Resource) -> Value {
     let mut properties = Map::new();
     for field in read::record_fields(resource, true) {
-        properties.insert(field.name.to_owned(), field_type(field.kind));
+        let schema = match (field.kind, field.name) {
+            (FieldKind::Json, "custom_fields") => json!({"type": "object",
+                "description": "Custom field values by name (their definitions: GET /custom_fields)"}),
+            (FieldKind::Json, "technician") => json!({"type": ["object", "null"],
+                "properties": {"id": {"type": "string"}, "name": {"type": ["string", "null"]},
+                               "email": {"type": ["string", "null"]}, "phone": {"type": ["string", "null"]}},
+                "description": "The technician assigned; null unless the key holds technicians:read"}),
+            (FieldKind::Json, "choices") => json!({"type": ["array", "null"], "items": {"type": "string"},
+                "description": "The values a choice field allows; null for other types"}),
+            (kind, _) => field_type(kind),
+        };
+        properties.insert(field.name.to_owned(), schema);
     }
     json!({"type": "object", "properties": properties, "required": ["id"]})
 }
@@ -116,6 +127,13 @@ fn write_schema(resource: Resource, create: bool, job_statuses: &[&str]) -> Valu
                 id
             }
             WriteKind::JobStatus => json!({"type": "string", "enum": job_statuses}),
+            WriteKind::Timestamp => json!({"type": "string", "format": "date-time",
+                "description": "RFC 3339; a window's end must be after its start"}),
+            WriteKind::CustomFields => {
+                json!({"type": "object", "maxProperties": clientapi_schema::write::MAX_CUSTOM_FIELDS,
+                "additionalProperties": {"type": ["string", "number", "null"]},
+                "description": "Custom field values by name, each checked against its definition (GET /custom_fields): an unknown name or a value of the wrong type is a 422 naming custom_fields.<name>; null clears"})
+            }
             WriteKind::Base64 => json!({"type": "string", "contentEncoding": "base64",
                 "maxLength": clientapi_schema::write::MAX_UPLOAD_BYTES.div_ceil(3) * 4,
                 "pattern": "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$",

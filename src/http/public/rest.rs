@@ -417,20 +417,39 @@ async fn list_changes(
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    let resources: Vec<Resource> = resources.unwrap_or_else(|| Resource::ALL.to_vec());
+    let cursor: Option<ChangesCursor> = match &since {
+        None => None,
+        Some(c) => {
+            let cursor: ChangesCursor = state.cursors.verify(c).ok_or_else(invalid_cursor)?;
+            if cursor.e != auth.principal.public_id {
+                return Err(invalid_cursor());
+            }
+            Some(cursor)
+        }
+    };
+    // Named, the resources are those; omitted, they are the cursor's (a feed keeps its list
+    // from page to page), or on a first page every resource the key may read.
+    let resources: Vec<Resource> = match (resources, &cursor) {
+        (Some(named), _) => named,
+        (None, Some(cursor)) => cursor
+            .r
+            .split(',')
+            .map(|name| Resource::parse(name).ok_or_else(invalid_cursor))
+            .collect::<Result<_, _>>()?,
+        (None, None) => Resource::ALL.into_iter().filter(|r| auth.may_read(*r)).collect(),
+    };
+    if resources.is_empty() {
+        // A key that may read nothing: the 403 names the first scope it lacks.
+        auth.require_read(Resource::Client)?;
+    }
     for r in &resources {
         auth.require_read(*r)?;
     }
     let key = resources.iter().map(|r| r.singular()).collect::<Vec<_>>().join(",");
-    let from = match since {
+    let from = match cursor {
         None => 0,
-        Some(c) => {
-            let cursor: ChangesCursor = state.cursors.verify(&c).ok_or_else(invalid_cursor)?;
-            if cursor.e != auth.principal.public_id || cursor.r != key {
-                return Err(invalid_cursor());
-            }
-            cursor.c
-        }
+        Some(cursor) if cursor.r == key => cursor.c,
+        Some(_) => return Err(invalid_cursor()),
     };
     let changes = read::changes(&state.reader, auth.principal.read_scope(), &resources, from, limit).await?;
     let last = changes.last().map_or(from, |c| c.seq);

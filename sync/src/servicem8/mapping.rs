@@ -547,7 +547,10 @@ pub fn custom_field(object: &Object<'_>) -> Result<Record, RecordError> {
                 })
                 .collect::<Vec<_>>()
         }
-        _ => raw.text("options").map(|s| s.split(';').map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect()).unwrap_or_default(),
+        _ => raw
+            .text("options")
+            .map(|s| s.split(';').map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect())
+            .unwrap_or_default(),
     };
     let fields = CustomFieldFields {
         name,
@@ -642,18 +645,27 @@ mod tests {
         let Fields::Visit(v) = rec.fields else { panic!() };
         assert_eq!((v.status.as_str(), v.end_at, v.staff_id.as_deref()), ("scheduled", None, Some("s1")));
         let rec = from_json(json!({"uuid":"s1","active":0,"first":"Sam","last":"Ng","mobile":"0400"}), staff).unwrap();
-        assert_eq!((rec.owner.clone(), rec.deleted), (Owner::Account, false), "a staff member who left stays, inactive");
+        assert_eq!(
+            (rec.owner.clone(), rec.deleted),
+            (Owner::Account, false),
+            "a staff member who left stays, inactive"
+        );
         let Fields::Staff(s) = rec.fields else { panic!() };
         assert_eq!((s.active, s.phone.as_deref()), (false, Some("0400")));
-        let rec = from_json(json!({"uuid":"t1","name":"GST","amount":"10","is_default_tax_rate":"1"}), tax_rate).unwrap();
+        let rec =
+            from_json(json!({"uuid":"t1","name":"GST","amount":"10","is_default_tax_rate":"1"}), tax_rate).unwrap();
         let Fields::TaxRate(t) = rec.fields else { panic!() };
         assert_eq!((t.rate, t.is_default), (Some(Decimal::new(10, 0)), true));
         let err = from_json(json!({"uuid":"t2","amount":"ten"}), tax_rate).unwrap_err();
         assert_eq!(err.field, "amount");
-        let rec = from_json(json!({"uuid":"f1","name":"customfield_gate","type":"Dropdown","options":"A; B;"}), custom_field)
-            .unwrap();
+        let rec =
+            from_json(json!({"uuid":"f1","name":"customfield_gate","type":"Dropdown","options":"A; B;"}), custom_field)
+                .unwrap();
         let Fields::CustomField(f) = rec.fields else { panic!() };
-        assert_eq!((f.name.as_str(), f.field_type.as_str(), f.choices.as_deref()), ("gate", "choice", Some(r#"["A","B"]"#)));
+        assert_eq!(
+            (f.name.as_str(), f.field_type.as_str(), f.choices.as_deref()),
+            ("gate", "choice", Some(r#"["A","B"]"#))
+        );
         let jobs = from_json(
             json!({"uuid":"j","company_uuid":"c","category_uuid":"k1","customfield_gate":"12","customfield_note":"",
                    "customfield_count":3,"customfield_":"x"}),

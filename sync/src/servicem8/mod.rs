@@ -479,6 +479,10 @@ impl Provider for ServiceM8 {
         write::body(resource, company, fields, create)
     }
 
+    fn window_body(&self, job: &str, start: &str, end: &str) -> Option<Value> {
+        Some(write::window_body(job, start, end))
+    }
+
     fn new_id(&self) -> Option<String> {
         // ServiceM8 creates a record under a uuid the caller supplies.
         Some(uuid::Uuid::new_v4().to_string())

@@ -220,17 +220,21 @@ impl Simulator {
             let uuid = map["uuid"].as_str().expect("uuid").to_owned();
             objects.get_mut(object).expect("known object").insert(uuid, map);
         };
-        // The account's lookups and staff, as ServiceM8 shapes them (PROVIDERS.md §1).
+        // The account's lookups and staff, as ServiceM8 shapes them (PROVIDERS.md §1), and the
+        // sites and bookings below, from a stream of their own: the rest of the data is what
+        // the same seed always made.
+        let mut extra = StdRng::seed_from_u64(config.seed ^ 0x5173_5eed);
         let mut staff = Vec::new();
-        for (first, last, title) in [("Sam", "Ng", "Plumber"), ("Alex", "Reid", "Electrician"), ("Jo", "Park", "Apprentice")] {
-            let uuid = uuid_from(&mut rng);
-            n += 1;
+        for (first, last, title) in
+            [("Sam", "Ng", "Plumber"), ("Alex", "Reid", "Electrician"), ("Jo", "Park", "Apprentice")]
+        {
+            let uuid = uuid_from(&mut extra);
             insert(
                 &mut objects,
                 "staff",
                 json!({
-                    "uuid": uuid, "active": 1, "edit_date": stamp(&mut rng), "first": first, "last": last,
-                    "email": format!("{}@example.com", first.to_lowercase()), "mobile": format!("0400 000 00{n}"),
+                    "uuid": uuid, "active": 1, "edit_date": stamp(&mut extra), "first": first, "last": last,
+                    "email": format!("{}@example.com", first.to_lowercase()), "mobile": format!("0400 000 00{}", staff.len()),
                     "job_title": title, "color": "#3366cc", "hide_from_schedule": "0", "status_message": ""
                 }),
             );
@@ -238,31 +242,34 @@ impl Simulator {
         }
         let mut categories = Vec::new();
         for (name, colour) in [("Maintenance", "3366cc"), ("Installation", "33cc66"), ("Emergency", "cc3333")] {
-            let uuid = uuid_from(&mut rng);
+            let uuid = uuid_from(&mut extra);
             insert(
                 &mut objects,
                 "category",
-                json!({"uuid": uuid, "active": 1, "edit_date": stamp(&mut rng), "name": name, "colour": colour}),
+                json!({"uuid": uuid, "active": 1, "edit_date": stamp(&mut extra), "name": name, "colour": colour}),
             );
             categories.push(uuid);
         }
-        let gst = uuid_from(&mut rng);
-        for (uuid, name, amount, default) in [(gst.clone(), "GST", "10", "1"), (uuid_from(&mut rng), "GST Free", "0", "0")] {
+        let gst = uuid_from(&mut extra);
+        for (uuid, name, amount, default) in
+            [(gst.clone(), "GST", "10", "1"), (uuid_from(&mut extra), "GST Free", "0", "0")]
+        {
             insert(
                 &mut objects,
                 "taxrate",
-                json!({"uuid": uuid, "active": 1, "edit_date": stamp(&mut rng), "name": name, "amount": amount,
+                json!({"uuid": uuid, "active": 1, "edit_date": stamp(&mut extra), "name": name, "amount": amount,
                        "is_default_tax_rate": default}),
             );
         }
-        for (k, (name, price)) in [("Labour (hour)", "120.00"), ("Call-out fee", "95.00"), ("Copper pipe 15mm (m)", "8.50")]
-            .into_iter()
-            .enumerate()
+        for (k, (name, price)) in
+            [("Labour (hour)", "120.00"), ("Call-out fee", "95.00"), ("Copper pipe 15mm (m)", "8.50")]
+                .into_iter()
+                .enumerate()
         {
             insert(
                 &mut objects,
                 "material",
-                json!({"uuid": uuid_from(&mut rng), "active": 1, "edit_date": stamp(&mut rng), "name": name,
+                json!({"uuid": uuid_from(&mut extra), "active": 1, "edit_date": stamp(&mut extra), "name": name,
                        "item_number": format!("SKU-{:03}", k + 1), "price": price, "cost": "0.00",
                        "price_includes_taxes": "0", "tax_rate_uuid": gst, "quantity_in_stock": "0",
                        "item_is_inventoried": "0"}),
@@ -275,7 +282,7 @@ impl Simulator {
             insert(
                 &mut objects,
                 "customfield",
-                json!({"uuid": uuid_from(&mut rng), "active": 1, "edit_date": stamp(&mut rng), "field_name": name,
+                json!({"uuid": uuid_from(&mut extra), "active": 1, "edit_date": stamp(&mut extra), "field_name": name,
                        "label": label, "type": kind, "options": options, "object": "job"}),
             );
         }
@@ -305,12 +312,12 @@ impl Simulator {
             // company's jobs are at a site.
             let mut sites = Vec::new();
             for k in 0..config.sites_per_company {
-                let site = uuid_from(&mut rng);
+                let site = uuid_from(&mut extra);
                 insert(
                     &mut objects,
                     "company",
                     json!({
-                        "uuid": site, "active": 1, "edit_date": stamp(&mut rng), "name": format!("Company {c:04} site {k}"),
+                        "uuid": site, "active": 1, "edit_date": stamp(&mut extra), "name": format!("Company {c:04} site {k}"),
                         "address": format!("{} Depot Rd", k + 1), "billing_address": "", "website": "", "badges": "[]",
                         "is_individual": 0, "parent_company_uuid": company
                     }),
@@ -319,7 +326,7 @@ impl Simulator {
                     &mut objects,
                     "companycontact",
                     json!({
-                        "uuid": uuid_from(&mut rng), "active": 1, "edit_date": stamp(&mut rng), "company_uuid": site,
+                        "uuid": uuid_from(&mut extra), "active": 1, "edit_date": stamp(&mut extra), "company_uuid": site,
                         "first": "Site", "last": format!("Manager {k}"), "phone": "", "mobile": "0400 111 222",
                         "email": format!("site{k}.{c}@example.com"), "type": "JOB", "is_primary_contact": "0"
                     }),
@@ -371,12 +378,13 @@ impl Simulator {
                 };
                 let category = &categories[job_number as usize % categories.len()];
                 if matches!(status, "Work Order" | "Completed") {
-                    let start = NaiveDateTime::parse_from_str(&edit, DATETIME).expect("generated") + chrono::Duration::days(1);
+                    let start =
+                        NaiveDateTime::parse_from_str(&edit, DATETIME).expect("generated") + chrono::Duration::days(1);
                     insert(
                         &mut objects,
                         "jobactivity",
                         json!({
-                            "uuid": uuid_from(&mut rng), "active": 1, "edit_date": edit, "job_uuid": job,
+                            "uuid": uuid_from(&mut extra), "active": 1, "edit_date": edit, "job_uuid": job,
                             "staff_uuid": staff[job_number as usize % staff.len()],
                             "start_date": start.format(DATETIME).to_string(),
                             "end_date": (start + chrono::Duration::hours(2)).format(DATETIME).to_string(),
@@ -997,6 +1005,14 @@ fn apply_write(
             "status is required and must be Quote, Work Order, Unsuccessful or Completed",
         )));
     }
+    if object == "jobactivity"
+        && let Some(other) = double_booking(&state, uuid, body)
+    {
+        return Err(Box::new(sm_error(
+            StatusCode::CONFLICT,
+            &format!("The staff member is already scheduled from {} to {}", other.0, other.1),
+        )));
+    }
     let number = state.next_job_number;
     let table = state.objects.get_mut(object).expect("known");
     let record = if create {
@@ -1042,6 +1058,30 @@ fn apply_write(
         }
     }
     Ok(())
+}
+
+/// A booking that would overlap another live booking of the same staff member: the other's
+/// (start, end). ServiceM8's own words for this are not documented; the simulator refuses it with
+/// a 409 so that a provider's conflict can be shown passing through.
+fn double_booking(state: &State_, uuid: &str, body: &Map<String, Value>) -> Option<(String, String)> {
+    let current = state.objects["jobactivity"].get(uuid);
+    let field = |name: &str| {
+        body.get(name).or_else(|| current.and_then(|c| c.get(name))).and_then(Value::as_str).map(str::to_owned)
+    };
+    let (staff, start, end) = (field("staff_uuid")?, field("start_date")?, field("end_date")?);
+    if staff.is_empty() || body.get("active") == Some(&json!(0)) {
+        return None;
+    }
+    state.objects["jobactivity"].values().find_map(|other| {
+        let text = |name: &str| other.get(name).and_then(Value::as_str).unwrap_or_default();
+        let live = other.get("active") != Some(&json!(0)) && other.get("active") != Some(&json!("0"));
+        (live
+            && text("uuid") != uuid
+            && text("staff_uuid") == staff
+            && text("start_date") < end.as_str()
+            && start.as_str() < text("end_date"))
+        .then(|| (text("start_date").to_owned(), text("end_date").to_owned()))
+    })
 }
 
 fn recompute_total(state: &mut State_, job: &str) {
