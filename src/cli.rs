@@ -513,6 +513,7 @@ async fn simulate_servicem8(args: SimulateArgs) -> anyhow::Result<()> {
         companies: args.companies,
         jobs_per_company: args.jobs_per_company,
         sites_per_company: args.sites_per_company,
+        withheld: Vec::new(),
         skewed: args.skewed,
         seed: args.seed,
         client_id: args.client_id,

@@ -161,11 +161,12 @@ async fn set_up(
         run.stats.unchanged
     );
 
-    // The first company gets the endpoints.
+    // The first head office gets the endpoints (its sites come with it).
     let company = sim
         .sim
         .records("company")
-        .first()
+        .iter()
+        .find(|c| c["parent_company_uuid"] == "")
         .and_then(|c| c["uuid"].as_str().map(str::to_owned))
         .context("the simulator has no companies")?;
     let read_only = endpoint_key(state, account, connection_id, &company, READ_ONLY, "read_only").await?;

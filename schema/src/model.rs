@@ -43,6 +43,21 @@ impl Resource {
         Resource::Material,
     ];
 
+    /// Beyond the seven core resources: what a connection may lack the provider's scopes for.
+    pub fn is_supplementary(self) -> bool {
+        !matches!(
+            self,
+            Resource::Client
+                | Resource::Contact
+                | Resource::Job
+                | Resource::Invoice
+                | Resource::LineItem
+                | Resource::Payment
+                | Resource::Attachment
+                | Resource::Site
+        )
+    }
+
     /// Records the provider keeps once per account, not per customer: staff and the lookups.
     /// Every endpoint of the connection reads the same ones (from the mirror, like the rest);
     /// they are mirrored under the connection's account scope (see [`Owner::Account`]).

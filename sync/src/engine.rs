@@ -90,6 +90,15 @@ pub struct StreamCounts {
     pub fetched: u64,
     #[serde(flatten)]
     pub stats: ApplyStats,
+    /// Why a supplementary stream was skipped: the provider does not offer it to this connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
+/// A provider answer that says a stream is not available to this connection (missing scope, no
+/// such endpoint), as opposed to a failure worth failing the run for.
+fn not_offered(e: &ProviderError) -> bool {
+    matches!(e, ProviderError::NotFound | ProviderError::Rejected { status: 401 | 403 | 404, .. })
 }
 
 pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
@@ -225,9 +234,19 @@ impl SyncEngine {
             if matches!(scanned, Ok(true)) {
                 scanned = self.scan_stream(id, &provider, *stream, full, &mut run, progress.as_ref()).await;
             }
-            if let Err(e) = scanned {
-                result = Err(e);
-                break;
+            match scanned {
+                // Visits, staff and lookups are supplementary: a connection made before they were
+                // mirrored lacks their OAuth scopes, and an account may not offer one. That stream
+                // is skipped and said so; the customer data still syncs.
+                Err(SyncError::Provider(e)) if stream.is_supplementary() && not_offered(&e) => {
+                    tracing::warn!(stream = stream.name, error = %e, "stream not offered to this connection; skipped");
+                    run.summary.streams.entry(stream.name).or_default().unavailable = Some(e.to_string());
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+                Ok(_) => {}
             }
         }
         let summary = run.summary;

@@ -39,6 +39,14 @@ pub struct Stream {
     pub resources: &'static [Resource],
 }
 
+impl Stream {
+    /// Whether the stream carries only what supplements the customer data (visits, staff,
+    /// lookups): a run that cannot read it still succeeds.
+    pub fn is_supplementary(&self) -> bool {
+        self.resources.iter().all(|r| r.is_supplementary())
+    }
+}
+
 /// A provider's published request budget, which the engine stays inside.
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimits {

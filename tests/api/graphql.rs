@@ -238,7 +238,7 @@ async fn cross_tenant_probes_through_every_relation_return_nothing_foreign() {
     // Every relation, both ways, from every root list.
     let everything = r#"
       fragment C on Client { __typename id parent { __typename id } contacts { __typename id client { __typename id } }
-                             jobs { __typename id } invoices { __typename id } sites { ...S } }
+                             jobs { __typename id } invoices { __typename id } sites { __typename id client { __typename id } } }
       fragment S on Site { __typename id client { __typename id } contacts { __typename id client { __typename id } }
                            jobs { __typename id site { __typename id } visits { __typename id job { __typename id } } } }
       fragment J on Job { __typename id client { __typename id } site { __typename id } jobType { __typename id }
@@ -256,8 +256,8 @@ async fn cross_tenant_probes_through_every_relation_return_nothing_foreign() {
         lineItems(first: 50, includeDeleted: true) { nodes { __typename id job { __typename id } invoice { __typename id } } }
         payments(first: 50, includeDeleted: true) { nodes { __typename id job { __typename id } invoice { __typename id } } }
         attachments(first: 50, includeDeleted: true) { nodes { __typename id job { ...J } } }
-        sites(first: 50, includeDeleted: true) { nodes { ...S } }
-        visits(first: 50, includeDeleted: true) { nodes { __typename id job { ...J } } }
+        sites(first: 10, includeDeleted: true) { nodes { ...S } }
+        visits(first: 50, includeDeleted: true) { nodes { __typename id job { __typename id client { __typename id } } } }
         staff(first: 50) { nodes { __typename id } }
         jobTypes(first: 50) { nodes { __typename id } }
         customFields(first: 50) { nodes { __typename id } }

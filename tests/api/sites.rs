@@ -488,3 +488,27 @@ async fn the_setup_flow_books_a_job_at_a_new_site_and_technicians_show_only_with
         assert_eq!(status, 403, "the staff list needs staff:read");
     }
 }
+
+#[tokio::test]
+async fn a_connection_without_the_scopes_of_staff_or_lookups_still_syncs_its_customers() {
+    // A connection made before staff and lookups were mirrored: its token lacks their scopes.
+    let config =
+        SimConfig { companies: 2, jobs_per_company: 3, withheld: vec!["staff", "customfield"], ..SimConfig::default() };
+    let (sim, app, token, conn) = setup(config).await;
+    let (status, streams): (String, Value) =
+        sqlx::query_as("select status, streams from sync_runs order by id desc limit 1")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(status, "succeeded");
+    assert!(streams["staff"]["unavailable"].as_str().unwrap().contains("scope"), "{streams}");
+    assert!(streams["customfield"]["unavailable"].is_string() && streams["job"]["unavailable"].is_null(), "{streams}");
+    let company = sim.sim.records("company")[0]["uuid"].as_str().unwrap().to_owned();
+    let (ep, key) = create_endpoint(&app, &token, conn, &company, json!({"scopes": every_read_scope()})).await;
+    let (_, jobs) = get(&app, &ep, &key, "/jobs").await;
+    assert!(!jobs["data"].as_array().unwrap().is_empty());
+    let (status, staff) = get(&app, &ep, &key, "/staff").await;
+    assert_eq!((status, staff["count"].as_i64()), (200, Some(0)), "{staff}");
+    let (_, types) = get(&app, &ep, &key, "/job_types").await;
+    assert!(!types["data"].as_array().unwrap().is_empty(), "the other lookups are mirrored");
+}

@@ -54,6 +54,8 @@ pub struct SimConfig {
     /// Sites (companies with a `parent_company_uuid`) under each company, each with a contact
     /// and some of the company's jobs.
     pub sites_per_company: usize,
+    /// Objects this account refuses to list (403, as for a token without the object's scope).
+    pub withheld: Vec<&'static str>,
     /// Zipf-like company sizes (company i gets a share ∝ 1/(i+1)) with the same total.
     pub skewed: bool,
     pub seed: u64,
@@ -75,6 +77,7 @@ impl Default for SimConfig {
             companies: 30,
             jobs_per_company: 100,
             sites_per_company: 0,
+            withheld: Vec::new(),
             skewed: false,
             seed: 1,
             client_id: "sim-client".into(),
@@ -891,6 +894,9 @@ async fn list_objects(
             "Resource not found. The requested record does not exist or has been deleted.",
         );
     };
+    if sim.config.withheld.contains(&object) {
+        return sm_error(StatusCode::FORBIDDEN, &format!("The access token lacks the scope to read {object} records"));
+    }
     let clauses = match params.get("$filter").map(|f| parse_filter(f)).transpose() {
         Ok(c) => c.unwrap_or_default(),
         Err(message) => return sm_error(StatusCode::BAD_REQUEST, &message),
