@@ -215,10 +215,10 @@ pub async fn perform(
     if fields::write_fields(resource).is_empty() {
         return Err(ApiError::MethodNotAllowed);
     }
-    if resource == Resource::Client && matches!(operation, Operation::Delete(_)) {
+    if !resource.is_deletable() && matches!(operation, Operation::Delete(_)) {
         return Err(ApiError::Forbidden {
             code: "not_deletable",
-            detail: "Clients cannot be deleted through this API.".into(),
+            detail: format!("{} cannot be deleted through this API.", resource.plural().replace('_', " ")),
         });
     }
     let clean = match operation {

@@ -844,7 +844,7 @@ fn mutation() -> (Object, Vec<async_graphql::dynamic::Type>) {
         let (create, update) = input_types(resource);
         types.extend([create.into(), update.into()]);
         mutation = mutation.field(write_field(resource, "create")).field(write_field(resource, "update"));
-        if resource != Resource::Client {
+        if resource.is_deletable() {
             mutation = mutation.field(write_field(resource, "delete"));
         }
     }

@@ -58,6 +58,12 @@ impl Resource {
         )
     }
 
+    /// Whether customers may delete records of this resource (where it is writable at all):
+    /// clients and sites are companies at the provider, never deleted through this API.
+    pub fn is_deletable(self) -> bool {
+        !matches!(self, Resource::Client | Resource::Site)
+    }
+
     /// Records the provider keeps once per account, not per customer: staff and the lookups.
     /// Every endpoint of the connection reads the same ones (from the mirror, like the rest);
     /// they are mirrored under the connection's account scope (see [`Owner::Account`]).

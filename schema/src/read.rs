@@ -356,7 +356,8 @@ fn build_record_fields(resource: Resource, include_remote_data: bool) -> Vec<Rec
             field("custom_fields", "coalesce(t.custom_fields, '{}'::jsonb)".to_owned(), Json),
             technician(
                 "(select v.staff_id from visits v where v.company_id = t.company_id and v.job_id = t.external_id
-                    and v.deleted_at is null order by v.start_at desc nulls last, v.external_id limit 1)",
+                    and v.deleted_at is null and v.staff_id is not null
+                  order by v.start_at desc nulls last, v.external_id limit 1)",
             ),
         ],
         Resource::Invoice => vec![

@@ -35,12 +35,20 @@ fn trimmed(mut body: Value) -> Value {
 #[tokio::test]
 async fn docs_examples_are_what_the_service_answers() {
     // One company with enough jobs that it has some of everything (payments, attachments).
-    let sim = spawn_sim(SimConfig { companies: 1, jobs_per_company: 40, ..SimConfig::default() }).await;
+    let sim =
+        spawn_sim(SimConfig { companies: 1, jobs_per_company: 40, sites_per_company: 1, ..SimConfig::default() }).await;
     let app = spawn_app_for(&sim).await;
     let token = admin_token(&app, "ops@example.com", "acme").await;
     let conn = ConnectionId(connect_servicem8(&app, &token).await["id"].as_i64().unwrap());
     app.state.engine.sync_connection(conn, false, None).await.unwrap();
-    let (ep, key) = create_endpoint(&app, &token, conn, &company(&sim, 0), json!({"access": "read_write"})).await;
+    let head_office = sim.sim.records("company").into_iter().find(|c| c["parent_company_uuid"] == "").unwrap();
+    let head_office = head_office["uuid"].as_str().unwrap().to_owned();
+    // Every scope, the personal ones included, so every operation answers.
+    let mut scopes: Vec<String> = clientapi_schema::model::Resource::ALL.iter().map(|r| r.read_scope()).collect();
+    scopes.push("technicians:read".into());
+    scopes.extend(clientapi::endpoints::WRITABLE.iter().map(|r| r.write_scope()));
+    let (ep, key) =
+        create_endpoint(&app, &token, conn, &head_office, json!({"access": "read_write", "scopes": scopes})).await;
     let mut examples = Map::new();
     let mut call = async |operation: &str, method: &str, path: String, body: Option<Value>| -> Value {
         let url = app.url(&format!("/api/public/{ep}{path}"));
@@ -76,19 +84,53 @@ async fn docs_examples_are_what_the_service_answers() {
         ("payments", "payment"),
         ("invoices", "invoice"),
         ("attachments", "attachment"),
+        ("sites", "site"),
+        ("visits", "visit"),
+        ("staff", "staff_member"),
+        ("job_types", "job_type"),
+        ("custom_fields", "custom_field"),
+        ("tax_rates", "tax_rate"),
+        ("materials", "material"),
     ] {
         let page = call(&format!("list_{plural}"), "GET", format!("/{plural}?page_size=1"), None).await;
         call(&format!("get_{singular}"), "GET", format!("/{plural}/{}", first_id(&page)), None).await;
     }
+    let site = id_of(
+        call("create_site", "POST", "/sites".into(), Some(json!({"name": "Harbour View", "address": "2 Quay St"})))
+            .await,
+    );
+    call("update_site", "PATCH", format!("/sites/{site}"), Some(json!({"address": "4 Quay St"}))).await;
+    let job_type = first_id(&call("list_job_types", "GET", "/job_types?page_size=1".into(), None).await);
     let job = id_of(
         call(
             "create_job",
             "POST",
             "/jobs".into(),
-            Some(json!({"status": "Quote", "description": "Replace the hot water unit", "scheduled_on": "2026-12-14"})),
+            Some(json!({"status": "Quote", "description": "Replace the hot water unit", "scheduled_on": "2026-12-14",
+                        "site_id": site, "job_type_id": job_type, "custom_fields": {"gate_code": "4321"},
+                        "start_time": "2026-12-14T08:00:00Z", "end_time": "2026-12-14T10:00:00Z"})),
         )
         .await,
     );
+    let technician = first_id(&call("list_staff", "GET", "/staff?page_size=1".into(), None).await);
+    let visit = id_of(
+        call(
+            "create_visit",
+            "POST",
+            "/visits".into(),
+            Some(json!({"job_id": job, "staff_id": technician, "start_at": "2026-12-15T08:00:00Z",
+                        "end_at": "2026-12-15T11:00:00Z"})),
+        )
+        .await,
+    );
+    call(
+        "update_visit",
+        "PATCH",
+        format!("/visits/{visit}"),
+        Some(json!({"start_at": "2026-12-15T13:00:00Z", "end_at": "2026-12-15T16:00:00Z"})),
+    )
+    .await;
+    call("delete_visit", "DELETE", format!("/visits/{visit}"), None).await;
     call("update_job", "PATCH", format!("/jobs/{job}"), Some(json!({"status": "Work Order"}))).await;
     let client = call("create_client", "POST", "/clients".into(), Some(json!({"name": "Harbour View (site)"}))).await;
     call(

@@ -331,7 +331,7 @@ pub fn spec() -> Value {
                 "requestBody": {"required": true, "content": {"application/json": {"schema": write_schema(resource, false, statuses)}}},
                 "responses": write_responses("200", &reference),
             });
-            if resource != Resource::Client {
+            if resource.is_deletable() {
                 item["delete"] = json!({
                     "operationId": format!("delete_{name}"), "tags": [resource.plural()],
                     "summary": "Delete at the provider (ServiceM8 soft-deletes); answers with the tombstoned record",

@@ -89,7 +89,7 @@ async fn write(
     // payments and invoices are read-only, and clients are never deleted through this API.
     let allowed = match (resource, &operation) {
         _ if clientapi_schema::write::write_fields(resource).is_empty() => Some("GET,HEAD"),
-        (Resource::Client, Operation::Delete(_)) => Some("GET,HEAD,PATCH"),
+        (r, Operation::Delete(_)) if !r.is_deletable() => Some("GET,HEAD,PATCH"),
         _ => None,
     };
     if let Some(allowed) = allowed {
