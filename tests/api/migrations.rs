@@ -143,3 +143,67 @@ async fn the_mirror_stays_shardable_by_company_in_the_catalog() {
         assert_eq!(sequences, vec!["nextval('mirror_change_seq'::regclass)".to_owned()], "{table}");
     }
 }
+
+/// The site rule's migration brings a mirror written before it to the rule: what an older sync
+/// mirrored under a site's own company (a contact or job naming the site) moves to the company
+/// the site lives in, with its job's records, nothing lost; the sites it holds among its clients
+/// are listed as sites. Run on the SQL itself: every migration before it, old-shape rows, then it.
+#[tokio::test]
+async fn the_site_rule_migration_moves_records_from_a_sites_own_company_to_its_head_office() {
+    const RULE: &str = "20261202000012";
+    // An empty database (not the migrated template).
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let (maintenance, _) = database_target("postgres");
+    db::ensure_database(&maintenance, &name, None).await.unwrap();
+    let (options, _) = database_target(&name);
+    let pool = db::connect(options).await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let (before, rule): (Vec<_>, Vec<_>) =
+        files.into_iter().partition(|f| f.file_name().unwrap().to_string_lossy().as_ref() < RULE);
+    for file in &before {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(std::fs::read_to_string(file).unwrap())).execute(&pool).await.unwrap();
+    }
+    // A head office (company 1) with a site whose client row lives with it, and what an older sync
+    // put under the site's own company (2): a contact, a job, its line item.
+    sqlx::raw_sql(
+        "insert into accounts (name) values ('acme');
+         insert into connections (account_id, provider, external_account_id) values (1, 'servicem8', 'v');
+         insert into companies (connection_id, external_id) values (1, 'hq'), (1, 'site');
+         insert into clients (company_id, external_id, name, parent_id, remote_data, change_seq)
+             values (1, 'hq', 'HQ', null, '{}', 1), (1, 'site', 'Depot', 'hq', '{}', 2);
+         insert into contacts (company_id, external_id, client_id, remote_data, change_seq) values (2, 'c1', 'site', '{}', 3);
+         insert into jobs (company_id, external_id, client_id, remote_data, change_seq) values (2, 'j1', 'site', '{}', 4);
+         insert into line_items (company_id, external_id, job_id, remote_data, change_seq) values (2, 'l1', 'j1', '{}', 5);
+         insert into mirror_keys values (1, 'client', 'hq', 1), (1, 'client', 'site', 1), (1, 'contact', 'c1', 2),
+                                        (1, 'job', 'j1', 2), (1, 'line_item', 'l1', 2);
+         select setval('mirror_change_seq', 5);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rule.len(), 1, "the rule's migration is the last: extend this test's old shape for later ones");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(std::fs::read_to_string(&rule[0]).unwrap())).execute(&pool).await.unwrap();
+
+    for table in ["contacts", "jobs", "line_items"] {
+        let companies: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select company_id from {table}")))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(companies, [1], "{table} moved to the head office's company, once");
+    }
+    let keys: Vec<(String, i64)> =
+        sqlx::query_as("select resource, company_id from mirror_keys order by resource, external_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(keys.iter().all(|(_, company)| *company == 1), "{keys:?}");
+    assert!(keys.contains(&("site".into(), 1)), "the site is registered as a site: {keys:?}");
+    let sites: Vec<(String, Option<String>, String)> =
+        sqlx::query_as("select external_id, client_id, name from sites").fetch_all(&pool).await.unwrap();
+    assert_eq!(sites, [("site".into(), Some("hq".into()), "Depot".into())]);
+    let bumped: i64 =
+        sqlx::query_scalar("select count(*) from contacts where change_seq > 5").fetch_one(&pool).await.unwrap();
+    assert_eq!(bumped, 1, "a moved record is a change in the feed");
+}
