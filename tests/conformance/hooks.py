@@ -9,9 +9,12 @@ machine `code` and at every field error, so a refusal of anything else still fai
   endpoint, resource, filters and sort. A made-up one is refused like this.
 - 422 on a body's reference field ("must be the id of one of your …"): the record it points at
   is missing or belongs to another company. Which ids exist is data, not schema.
-- 422 on a body's `client_id` naming one of the company's sites ("must be this endpoint's
-  company"): what is written at a site would fall outside the endpoint's scope, so it is refused
-  before the provider is called. Which clients are sites is data.
+- 422 on a job's `custom_fields.<name>`: a name without a definition, or a value its definition
+  does not allow (GET /custom_fields). The definitions are the provider's data, not schema.
+- 422 for a window that ends before it starts (`end_time`, `end_at`: "must be after"), or a job
+  window given half (`start_time` without `end_time`): OpenAPI cannot compare two fields.
+- 409 `provider_conflict`: the provider refused a booking as a conflict (a double-booked
+  technician), which depends on the bookings it holds.
 - 422 for a contact created with none of first name, last name and email: the body's
   description says so; encoding it as an anyOf would split generated clients' body model.
 - 422 on `Idempotency-Key` "already used for a different request": the key was sent before
@@ -54,7 +57,8 @@ SEMANTIC_MESSAGES = (
     " records cannot be filtered by ",
     "an alias of updated_since",
     "already used for a different request",
-    "must be this endpoint's company",
+    "must be after ",
+    "a window needs both start_time and end_time",
     "a contact needs a first name, a last name or an email",
 )
 
@@ -69,6 +73,8 @@ def _problem(response):
 
 def _semantic(case, response) -> bool:
     problem = _problem(response)
+    if response.status_code == 409 and problem.get("code") == "provider_conflict":
+        return True
     if response.status_code == 400 and problem.get("code") == "invalid_cursor":
         query = case.query or {}
         return "cursor" in query or "since" in query
@@ -79,6 +85,8 @@ def _semantic(case, response) -> bool:
         def explained(error):
             message = error.get("message", "")
             if any(m in message for m in SEMANTIC_MESSAGES):
+                return True
+            if error.get("field", "").startswith("custom_fields."):
                 return True
             # `sort=number` asked of a resource without numbers, through /query or /export.
             return generic and error.get("field") == "sort" and (case.query or {}).get("sort") in ("number", "-number")
