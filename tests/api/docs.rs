@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use clientapi_schema::ConnectionId;
 use clientapi_sync::simulator::servicem8::SimConfig;
 
-use crate::endpoints::{company, create_endpoint};
+use crate::endpoints::{create_endpoint, every_read_scope, head_offices};
 use crate::helpers::{admin_token, connect_servicem8, spawn_app_for, spawn_sim};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/examples.json");
@@ -41,11 +41,9 @@ async fn docs_examples_are_what_the_service_answers() {
     let token = admin_token(&app, "ops@example.com", "acme").await;
     let conn = ConnectionId(connect_servicem8(&app, &token).await["id"].as_i64().unwrap());
     app.state.engine.sync_connection(conn, false, None).await.unwrap();
-    let head_office = sim.sim.records("company").into_iter().find(|c| c["parent_company_uuid"] == "").unwrap();
-    let head_office = head_office["uuid"].as_str().unwrap().to_owned();
+    let head_office = head_offices(&sim).remove(0);
     // Every scope, the personal ones included, so every operation answers.
-    let mut scopes: Vec<String> = clientapi_schema::model::Resource::ALL.iter().map(|r| r.read_scope()).collect();
-    scopes.push("technicians:read".into());
+    let mut scopes = every_read_scope();
     scopes.extend(clientapi::endpoints::WRITABLE.iter().map(|r| r.write_scope()));
     let (ep, key) =
         create_endpoint(&app, &token, conn, &head_office, json!({"access": "read_write", "scopes": scopes})).await;

@@ -23,6 +23,25 @@ pub async fn synced_with(companies: usize, settings: &[(&str, &str)]) -> (Runnin
     (sim, app, token, id)
 }
 
+/// The simulated account's head offices (companies without a parent), in the simulator's order:
+/// a site is served by its head office's endpoint.
+pub fn head_offices(sim: &Running) -> Vec<String> {
+    sim.sim
+        .records("company")
+        .iter()
+        .filter(|c| c["parent_company_uuid"] == "")
+        .map(|c| c["uuid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every read scope, and the technicians shown on jobs and visits: what a probe of every
+/// resource needs.
+pub fn every_read_scope() -> Vec<String> {
+    let mut scopes: Vec<String> = clientapi_schema::model::Resource::ALL.iter().map(|r| r.read_scope()).collect();
+    scopes.push(clientapi::auth::TECHNICIANS_READ.to_owned());
+    scopes
+}
+
 pub fn company(sim: &Running, n: usize) -> String {
     sim.sim.records("company")[n]["uuid"].as_str().unwrap().to_owned()
 }

@@ -206,16 +206,8 @@ async fn cross_tenant_probes_through_every_relation_return_nothing_foreign() {
     let token = admin_token(&app, "ops@example.com", "acme").await;
     let conn = ConnectionId(connect_servicem8(&app, &token).await["id"].as_i64().unwrap());
     app.state.engine.sync_connection(conn, false, None).await.unwrap();
-    let head_offices: Vec<String> = sim
-        .sim
-        .records("company")
-        .iter()
-        .filter(|c| c["parent_company_uuid"] == "")
-        .map(|c| c["uuid"].as_str().unwrap().to_owned())
-        .collect();
-    // Every scope, so every resource and the technicians are probed.
-    let mut scopes: Vec<String> = Resource::ALL.iter().map(|r| r.read_scope()).collect();
-    scopes.push("technicians:read".into());
+    let head_offices = crate::endpoints::head_offices(&sim);
+    let scopes = crate::endpoints::every_read_scope();
     let mut endpoints = Vec::new();
     for company in head_offices {
         let extra = json!({"rate_limit_per_minute": 100000, "scopes": scopes});

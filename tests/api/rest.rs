@@ -49,17 +49,8 @@ async fn get(app: &TestApp, key: &str, path: &str) -> (u16, Value) {
 async fn thousands_of_generated_requests_never_return_another_companys_record() {
     let (sim, app, token, conn) =
         synced(SimConfig { companies: 20, jobs_per_company: 8, sites_per_company: 1, ..SimConfig::default() }).await;
-    // Head offices: a site is served by its head office's endpoint.
-    let companies: Vec<String> = sim
-        .sim
-        .records("company")
-        .iter()
-        .filter(|c| c["parent_company_uuid"] == "")
-        .map(|c| c["uuid"].as_str().unwrap().to_owned())
-        .collect();
-    // Every scope there is, so every resource and the technicians are probed.
-    let mut scopes: Vec<String> = Resource::ALL.iter().map(|r| r.read_scope()).collect();
-    scopes.push("technicians:read".into());
+    let companies = crate::endpoints::head_offices(&sim);
+    let scopes = crate::endpoints::every_read_scope();
     let mut endpoints = Vec::new();
     for company in &companies {
         let extra = json!({"rate_limit_per_minute": 1000000, "scopes": scopes});

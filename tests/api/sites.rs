@@ -9,15 +9,8 @@ use clientapi_schema::model::Resource;
 use clientapi_sync::simulator::servicem8::{Running, SimConfig};
 use serde_json::{Value, json};
 
-use crate::endpoints::create_endpoint;
+use crate::endpoints::{create_endpoint, every_read_scope, head_offices};
 use crate::helpers::{TestApp, admin_token, connect_servicem8, spawn_app_for, spawn_sim};
-
-/// Every read scope and the technicians.
-fn every_read_scope() -> Vec<String> {
-    let mut scopes: Vec<String> = Resource::ALL.iter().map(|r| r.read_scope()).collect();
-    scopes.push("technicians:read".into());
-    scopes
-}
 
 async fn setup(config: SimConfig) -> (Running, TestApp, String, ConnectionId) {
     let sim = spawn_sim(config).await;
@@ -197,11 +190,7 @@ async fn a_sites_records_are_its_head_offices_everywhere_and_move_with_the_site_
     let (sim, app, token, conn) =
         setup(SimConfig { companies: 3, jobs_per_company: 9, sites_per_company: 1, ..SimConfig::default() }).await;
     let companies = sim.sim.records("company");
-    let head_offices: Vec<String> = companies
-        .iter()
-        .filter(|c| c["parent_company_uuid"] == "")
-        .map(|c| c["uuid"].as_str().unwrap().to_owned())
-        .collect();
+    let head_offices = head_offices(&sim);
     let (a, b) = (head_offices[0].clone(), head_offices[1].clone());
     let site =
         companies.iter().find(|c| c["parent_company_uuid"] == json!(a)).unwrap()["uuid"].as_str().unwrap().to_owned();
