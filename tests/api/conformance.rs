@@ -44,7 +44,8 @@ async fn read_write_endpoint()
         &token,
         conn,
         &company(&sim, 0),
-        json!({"access": "read_write", "rate_limit_per_minute": 1_000_000}),
+        // Every scope, so no operation answers only 403.
+        json!({"access": "read_write", "rate_limit_per_minute": 1_000_000, "scopes": crate::endpoints::every_scope()}),
     )
     .await;
     (app, ep, key, sim)

@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use clientapi_schema::ConnectionId;
 use clientapi_sync::simulator::servicem8::SimConfig;
 
-use crate::endpoints::{create_endpoint, every_read_scope, head_offices};
+use crate::endpoints::{create_endpoint, every_scope, head_offices};
 use crate::helpers::{admin_token, connect_servicem8, spawn_app_for, spawn_sim};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/examples.json");
@@ -43,8 +43,7 @@ async fn docs_examples_are_what_the_service_answers() {
     app.state.engine.sync_connection(conn, false, None).await.unwrap();
     let head_office = head_offices(&sim).remove(0);
     // Every scope, the personal ones included, so every operation answers.
-    let mut scopes = every_read_scope();
-    scopes.extend(clientapi::endpoints::WRITABLE.iter().map(|r| r.write_scope()));
+    let scopes = every_scope();
     let (ep, key) =
         create_endpoint(&app, &token, conn, &head_office, json!({"access": "read_write", "scopes": scopes})).await;
     let mut examples = Map::new();

@@ -42,6 +42,13 @@ pub fn every_read_scope() -> Vec<String> {
     scopes
 }
 
+/// Every read and write scope there is, the personal ones included.
+pub fn every_scope() -> Vec<String> {
+    let mut scopes = every_read_scope();
+    scopes.extend(clientapi::endpoints::WRITABLE.iter().map(|r| r.write_scope()));
+    scopes
+}
+
 pub fn company(sim: &Running, n: usize) -> String {
     sim.sim.records("company")[n]["uuid"].as_str().unwrap().to_owned()
 }
