@@ -36,7 +36,7 @@ from schemathesis.specs.openapi import checks as builtin
 # The coverage phase puts every combination of an operation's optional query parameters in a
 # request of its own: 2^n requests, 32,768 for /query with its 15 filters, most of a 12-minute
 # run. Pairwise (every pair of optional parameters, and all of them but one; each one alone is
-# tried apart from this) keeps each parameter tried beside each other one, in about two minutes.
+# tried apart from this) keeps each parameter tried beside each other one, in about eight minutes over the 54 operations (measured).
 _all_combinations = itertools.combinations
 
 
