@@ -303,10 +303,11 @@ fn build_record_fields(resource: Resource, include_remote_data: bool) -> Vec<Rec
         field(
             "technician",
             format!(
-                "case when current_setting('clientapi.technicians', true) = 'on' then
-                   (select json_build_object('id', s.external_id, 'name', nullif(concat_ws(' ', s.first_name, s.last_name), ''),
-                                             'email', s.email, 'phone', s.phone)
-                    from staff s where s.company_id = clientapi_account_scope(t.company_id) and s.external_id = {staff_id}) end"
+                "case when current_setting('clientapi.technicians', true) = 'on' then \
+                 (select json_build_object('id', s.external_id, \
+                    'name', nullif(concat_ws(' ', s.first_name, s.last_name), ''), 'email', s.email, 'phone', s.phone) \
+                  from staff s where s.company_id = clientapi_account_scope(t.company_id) \
+                    and s.external_id = {staff_id}) end"
             ),
             Json,
         )
@@ -355,9 +356,9 @@ fn build_record_fields(resource: Resource, include_remote_data: bool) -> Vec<Rec
             plain("job_type_id", Reference(Resource::JobType)),
             field("custom_fields", "coalesce(t.custom_fields, '{}'::jsonb)".to_owned(), Json),
             technician(
-                "(select v.staff_id from visits v where v.company_id = t.company_id and v.job_id = t.external_id
-                    and v.deleted_at is null and v.staff_id is not null
-                  order by v.start_at desc nulls last, v.external_id limit 1)",
+                "(select v.staff_id from visits v where v.company_id = t.company_id and v.job_id = t.external_id \
+                 and v.deleted_at is null and v.staff_id is not null \
+                 order by v.start_at desc nulls last, v.external_id limit 1)",
             ),
         ],
         Resource::Invoice => vec![
@@ -438,6 +439,22 @@ fn build_record_fields(resource: Resource, include_remote_data: bool) -> Vec<Rec
         fields.push(plain("remote_data", Json));
     }
     fields
+}
+
+#[cfg(test)]
+mod one_line {
+    use super::*;
+
+    /// Each record's SQL is one line: psql's `\copy` (the bench's peer) takes one, and
+    /// `pg_stat_statements` and the logs read it whole.
+    #[test]
+    fn every_records_sql_is_one_line() {
+        for resource in Resource::ALL {
+            for remote in [false, true] {
+                assert!(!json_select(resource, remote).contains('\n'), "{resource}");
+            }
+        }
+    }
 }
 
 /// The `where` clause of a list (with the keyset condition when `query.after` is set) and its
