@@ -200,12 +200,13 @@ fn type_resource(name: &str) -> Resource {
 #[tokio::test]
 async fn cross_tenant_probes_through_every_relation_return_nothing_foreign() {
     // Six customers, each with a site where some of its jobs are.
-    let sim =
-        spawn_sim(SimConfig { companies: 6, jobs_per_company: 4, sites_per_company: 1, ..SimConfig::default() }).await;
-    let app = spawn_app_for(&sim).await;
-    let token = admin_token(&app, "ops@example.com", "acme").await;
-    let conn = ConnectionId(connect_servicem8(&app, &token).await["id"].as_i64().unwrap());
-    app.state.engine.sync_connection(conn, false, None).await.unwrap();
+    let (sim, app, token, conn) = crate::rest::synced(SimConfig {
+        companies: 6,
+        jobs_per_company: 4,
+        sites_per_company: 1,
+        ..SimConfig::default()
+    })
+    .await;
     let head_offices = crate::endpoints::head_offices(&sim);
     let scopes = crate::endpoints::every_read_scope();
     let mut endpoints = Vec::new();

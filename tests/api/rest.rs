@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use crate::endpoints::create_endpoint;
 use crate::helpers::{TestApp, admin_token, connect_servicem8, spawn_app_for, spawn_sim};
 
-async fn synced(config: SimConfig) -> (Running, TestApp, String, ConnectionId) {
+/// A simulated account, connected and synced once, and an admin token.
+pub async fn synced(config: SimConfig) -> (Running, TestApp, String, ConnectionId) {
     let sim = spawn_sim(config).await;
     let app = spawn_app_for(&sim).await;
     let token = admin_token(&app, "ops@example.com", "acme").await;

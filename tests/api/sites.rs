@@ -4,22 +4,13 @@
 
 use std::collections::BTreeSet;
 
-use clientapi_schema::ConnectionId;
 use clientapi_schema::model::Resource;
 use clientapi_sync::simulator::servicem8::{Running, SimConfig};
 use serde_json::{Value, json};
 
 use crate::endpoints::{create_endpoint, every_read_scope, head_offices};
-use crate::helpers::{TestApp, admin_token, connect_servicem8, spawn_app_for, spawn_sim};
-
-async fn setup(config: SimConfig) -> (Running, TestApp, String, ConnectionId) {
-    let sim = spawn_sim(config).await;
-    let app = spawn_app_for(&sim).await;
-    let token = admin_token(&app, "ops@example.com", "acme").await;
-    let conn = ConnectionId(connect_servicem8(&app, &token).await["id"].as_i64().unwrap());
-    app.state.engine.sync_connection(conn, false, None).await.unwrap();
-    (sim, app, token, conn)
-}
+use crate::helpers::TestApp;
+use crate::rest::synced;
 
 async fn call(
     app: &TestApp,
@@ -188,7 +179,7 @@ async fn mirror_counts(app: &TestApp) -> Vec<(String, i64, i64)> {
 #[tokio::test]
 async fn a_sites_records_are_its_head_offices_everywhere_and_move_with_the_site_in_one_sync() {
     let (sim, app, token, conn) =
-        setup(SimConfig { companies: 3, jobs_per_company: 9, sites_per_company: 1, ..SimConfig::default() }).await;
+        synced(SimConfig { companies: 3, jobs_per_company: 9, sites_per_company: 1, ..SimConfig::default() }).await;
     let companies = sim.sim.records("company");
     let head_offices = head_offices(&sim);
     let (a, b) = (head_offices[0].clone(), head_offices[1].clone());
@@ -255,7 +246,7 @@ async fn records_mirrored_under_a_sites_own_company_move_to_its_head_office() {
     // the site's own id. Its next sync (and the migration, for what it already holds) brings it
     // to the head office, nothing lost.
     let (sim, app, token, conn) =
-        setup(SimConfig { companies: 2, jobs_per_company: 3, sites_per_company: 1, ..SimConfig::default() }).await;
+        synced(SimConfig { companies: 2, jobs_per_company: 3, sites_per_company: 1, ..SimConfig::default() }).await;
     let companies = sim.sim.records("company");
     let a = companies.iter().find(|c| c["parent_company_uuid"] == "").unwrap()["uuid"].as_str().unwrap().to_owned();
     let site =
@@ -308,7 +299,7 @@ async fn records_mirrored_under_a_sites_own_company_move_to_its_head_office() {
 
 #[tokio::test]
 async fn the_setup_flow_books_a_job_at_a_new_site_and_technicians_show_only_with_their_scope() {
-    let (sim, app, token, conn) = setup(SimConfig { companies: 2, jobs_per_company: 4, ..SimConfig::default() }).await;
+    let (sim, app, token, conn) = synced(SimConfig { companies: 2, jobs_per_company: 4, ..SimConfig::default() }).await;
     let company = sim.sim.records("company")[0]["uuid"].as_str().unwrap().to_owned();
     let mut scopes = every_read_scope();
     scopes.extend(["sites:write", "jobs:write", "visits:write", "contacts:write"].map(str::to_owned));
@@ -483,7 +474,7 @@ async fn a_connection_without_the_scopes_of_staff_or_lookups_still_syncs_its_cus
     // A connection made before staff and lookups were mirrored: its token lacks their scopes.
     let config =
         SimConfig { companies: 2, jobs_per_company: 3, withheld: vec!["staff", "customfield"], ..SimConfig::default() };
-    let (sim, app, token, conn) = setup(config).await;
+    let (sim, app, token, conn) = synced(config).await;
     let (status, streams): (String, Value) =
         sqlx::query_as("select status, streams from sync_runs order by id desc limit 1")
             .fetch_one(&app.db)
