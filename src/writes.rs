@@ -317,14 +317,20 @@ pub async fn perform(
         }
     }
     // A new job's preferred window becomes its first visit, mirrored after the job it belongs to.
-    let mut visits = Vec::new();
+    let (mut visits, mut window_failed) = (Vec::new(), None);
     if let (Some((start, end)), true) = (&window, created)
         && let (Some(body), Some(visit_stream)) =
             (provider.window_body(&id, start, end), provider.stream_for(Resource::Visit))
     {
         let chosen = provider.new_id().map(|id| ChosenId { id, earlier_attempt: false });
-        let visit = create(&mut call, visit_stream, body, chosen).await.map_err(|e| window_failure(&id, e))?;
-        visits = call.get(visit_stream, &visit).await.map_err(|e| window_failure(&id, e))?.unwrap_or_default();
+        let booked = match create(&mut call, visit_stream, body, chosen).await {
+            Ok(visit) => call.get(visit_stream, &visit).await,
+            Err(e) => Err(e),
+        };
+        match booked {
+            Ok(records) => visits = records.unwrap_or_default(),
+            Err(e) => window_failed = Some(window_failure(&id, e)),
+        }
     }
     let mut tx = state.db.begin().await?;
     mirror::lock_connection(&mut tx, p.connection_id).await?;
@@ -332,6 +338,10 @@ pub async fn perform(
         mirror::apply(&mut tx, p.connection_id, &mirror::stage(batch), &mut mirror::Expectation::default()).await?;
     }
     tx.commit().await?;
+    // The job itself is mirrored and readable; the answer says its window was not booked.
+    if let Some(failed) = window_failed {
+        return Err(failed);
+    }
     let Some(record) = read::get_one(&state.reader, p.read_scope(), resource, &id, false).await? else {
         // The provider put the record where this endpoint cannot see it: undo a create, and say
         // what happened either way.
