@@ -149,6 +149,12 @@ pub async fn one(
     Ok(describe(db, account, row.into_iter().collect()).await?.pop())
 }
 
+/// The resources a company's records are counted in: its own, not the account-wide staff and
+/// lookups every company of the connection shares.
+pub fn counted_resources() -> impl Iterator<Item = Resource> {
+    Resource::ALL.into_iter().filter(|r| !r.is_account_wide())
+}
+
 /// Records per resource, last change and endpoints of companies already known to be in
 /// `account`.
 async fn describe(
@@ -160,9 +166,7 @@ async fn describe(
 
     // Counts for the page's companies only, in one statement, from indexes: every row by the
     // primary key less the tombstones (a partial index), the last change off the changes feed's.
-    let counts_sql = Resource::ALL
-        .iter()
-        .filter(|r| !r.is_account_wide())
+    let counts_sql = counted_resources()
         .map(|r| {
             format!(
                 "select t.company_id, '{table}' as resource,
@@ -195,8 +199,7 @@ async fn describe(
     let data = rows
         .iter()
         .map(|(id, external_id, name)| {
-            let mut records: BTreeMap<&'static str, i64> =
-                Resource::ALL.iter().filter(|r| !r.is_account_wide()).map(|r| (r.plural(), 0)).collect();
+            let mut records: BTreeMap<&'static str, i64> = counted_resources().map(|r| (r.plural(), 0)).collect();
             let mut last_change_at = None;
             for (_, resource, n, changed) in counts.iter().filter(|c| c.0 == *id) {
                 if let Some(slot) = records.iter_mut().find(|(k, _)| **k == resource.as_str()) {

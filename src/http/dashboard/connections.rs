@@ -439,8 +439,8 @@ async fn companies_page(
         chrome: Chrome::page(&session, "overview", format!("Companies of {name}")),
         connection_id: connection.id,
         connection_name: name,
-        resources: clientapi_schema::model::Resource::ALL
-            .iter()
+        // The columns of each company's counts (the map its records are counted into).
+        resources: crate::companies::counted_resources()
             .map(|r| r.plural())
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
