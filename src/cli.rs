@@ -184,6 +184,18 @@ pub struct SimulateArgs {
     /// Added latency per API request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// Probability (0–1) that a webhook callback is never sent.
+    #[arg(long, default_value_t = 0.0)]
+    pub webhook_drop: f64,
+    /// Probability (0–1) that a webhook callback is sent twice.
+    #[arg(long, default_value_t = 0.0)]
+    pub webhook_duplicate: f64,
+    /// Send webhook callbacks gathered together in reverse order.
+    #[arg(long)]
+    pub webhook_reorder: bool,
+    /// Delay every webhook callback by this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub webhook_delay_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -501,10 +513,14 @@ async fn endpoint_command(state: &crate::startup::AppState, command: EndpointCom
 }
 
 async fn simulate_servicem8(args: SimulateArgs) -> anyhow::Result<()> {
-    use clientapi_sync::simulator::servicem8::{FaultKnobs, SimConfig, Simulator};
-    for (name, p) in
-        [("--rate-429", args.rate_429), ("--rate-5xx", args.rate_5xx), ("--rate-truncated", args.rate_truncated)]
-    {
+    use clientapi_sync::simulator::servicem8::{FaultKnobs, SimConfig, Simulator, WebhookKnobs};
+    for (name, p) in [
+        ("--rate-429", args.rate_429),
+        ("--rate-5xx", args.rate_5xx),
+        ("--rate-truncated", args.rate_truncated),
+        ("--webhook-drop", args.webhook_drop),
+        ("--webhook-duplicate", args.webhook_duplicate),
+    ] {
         if !(0.0..=1.0).contains(&p) {
             bail!("{name} must be a probability from 0 to 1");
         }
@@ -529,6 +545,12 @@ async fn simulate_servicem8(args: SimulateArgs) -> anyhow::Result<()> {
             rate_5xx: args.rate_5xx,
             rate_truncated: args.rate_truncated,
             latency: std::time::Duration::from_millis(args.latency_ms),
+        },
+        webhooks: WebhookKnobs {
+            drop: args.webhook_drop,
+            duplicate: args.webhook_duplicate,
+            reorder: args.webhook_reorder,
+            delay: std::time::Duration::from_millis(args.webhook_delay_ms),
         },
     };
     let (client_id, client_secret) = (config.client_id.clone(), config.client_secret.clone());

@@ -46,6 +46,23 @@ pub struct Config {
     pub sync_writers: usize,
     /// Reverse proxies whose `X-Forwarded-For` names the client (empty: the peer is the client).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Customer webhooks (DESIGN.md §8).
+    pub webhooks: WebhookSettings,
+}
+
+/// How customer webhooks are delivered.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Subscriber URLs may point at loopback, private and link-local addresses (the operator's own
+    /// network). Off by default: no SSRF into the operator's network.
+    pub allow_private: bool,
+    /// How long an event is retried before it is given up, and how long a subscription may fail
+    /// without a success before it is disabled.
+    pub retry_for: std::time::Duration,
+    /// The first retry's delay; each further one doubles, to an hour, with jitter.
+    pub retry_base: std::time::Duration,
+    /// One delivery attempt's limit, connect to last byte.
+    pub timeout: std::time::Duration,
 }
 
 /// Every setting: environment name, TOML key, default shown in docs.
@@ -65,6 +82,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("CLIENTAPI_FAILED_AUTH_DELAY_MS", "failed_auth_delay_ms"),
     ("CLIENTAPI_SYNC_WRITERS", "sync_writers"),
     ("CLIENTAPI_TRUSTED_PROXIES", "trusted_proxies"),
+    ("CLIENTAPI_WEBHOOKS_ALLOW_PRIVATE", "webhooks_allow_private"),
+    ("CLIENTAPI_WEBHOOK_RETRY_FOR_SECS", "webhook_retry_for_secs"),
+    ("CLIENTAPI_WEBHOOK_RETRY_BASE_MS", "webhook_retry_base_ms"),
+    ("CLIENTAPI_WEBHOOK_TIMEOUT_SECS", "webhook_timeout_secs"),
 ];
 
 pub const DEFAULT_FAILED_AUTH_DELAY_MS: u64 = 500;
@@ -201,6 +222,21 @@ impl Config {
                 .collect()
         });
 
+        let allow_private = get("webhooks_allow_private").map_or(Some(false), |(src, v)| match v.as_str() {
+            "true" | "1" | "yes" => Some(true),
+            "false" | "0" | "no" => Some(false),
+            _ => {
+                errors.push((src, format!("expected true or false (got {v:?})")));
+                None
+            }
+        });
+        let retry_for = get("webhook_retry_for_secs")
+            .map_or(Some(3 * 86_400), |(s, v)| parse_number(&s, &v, 1..=30 * 86_400, "seconds", &mut errors));
+        let retry_base = get("webhook_retry_base_ms")
+            .map_or(Some(5_000), |(s, v)| parse_number(&s, &v, 1..=3_600_000, "milliseconds", &mut errors));
+        let webhook_timeout =
+            get("webhook_timeout_secs").map_or(Some(10), |(s, v)| parse_number(&s, &v, 1..=60, "seconds", &mut errors));
+
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -222,6 +258,12 @@ impl Config {
             failed_auth_delay_ms: failed_auth_delay.expect("checked above"),
             sync_writers: sync_writers.expect("checked above"),
             trusted_proxies,
+            webhooks: WebhookSettings {
+                allow_private: allow_private.expect("checked above"),
+                retry_for: std::time::Duration::from_secs(retry_for.expect("checked above")),
+                retry_base: std::time::Duration::from_millis(retry_base.expect("checked above")),
+                timeout: std::time::Duration::from_secs(webhook_timeout.expect("checked above")),
+            },
         })
     }
 

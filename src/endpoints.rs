@@ -40,7 +40,14 @@ pub fn all_scopes() -> Vec<String> {
         .map(|r| r.read_scope())
         .chain([crate::auth::TECHNICIANS_READ.to_owned()])
         .chain(WRITABLE.iter().map(|r| r.write_scope()))
+        .chain([crate::webhooks::WEBHOOKS_MANAGE.to_owned()])
         .collect()
+}
+
+/// Whether a read-only endpoint may hold `scope`: reads, and managing its own webhooks (which
+/// writes nothing at the provider).
+pub fn read_only_may_hold(scope: &str) -> bool {
+    scope.ends_with(":read") || scope == crate::webhooks::WEBHOOKS_MANAGE
 }
 
 /// The default scopes: all reads but the personal ones, plus writes for read-write endpoints.
@@ -294,7 +301,7 @@ pub async fn create(db: &PgPool, account: AccountId, body: &Value) -> Result<Cre
     let mut scopes = settings.scopes.unwrap_or_else(|| default_scopes(read_write));
     if !read_write {
         // A read-only endpoint holds no write scope, whatever was asked.
-        scopes.retain(|s| s.ends_with(":read"));
+        scopes.retain(|s| read_only_may_hold(s));
     }
     let environment = environment.expect("checked");
     let key = endpoint_key::generate(environment == "test");
@@ -377,7 +384,7 @@ pub async fn update(db: &PgPool, account: AccountId, public_id: &str, body: &Val
     let access = s.access.unwrap_or(current.access);
     let mut scopes = s.scopes.unwrap_or(current.scopes);
     if access == "read_only" {
-        scopes.retain(|scope| scope.ends_with(":read"));
+        scopes.retain(|scope| read_only_may_hold(scope));
     }
     sqlx::query(
         "update endpoints set name = coalesce($3, name), access = $4, scopes = $5, environment = coalesce($6, environment),

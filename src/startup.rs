@@ -220,6 +220,16 @@ impl Application {
                 state.shutdown.clone(),
             ))
         });
+        // Provider callbacks in and customer webhooks out are worker roles too.
+        if workers {
+            let mut tasks = state.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            tasks.push(tokio::spawn(
+                crate::provider_hooks::CallbackWorker::new(state.clone()).run(state.shutdown.clone()),
+            ));
+            tasks.push(tokio::spawn(
+                crate::webhooks::dispatch::Dispatcher::new(state.clone()).run(state.shutdown.clone()),
+            ));
+        }
         tracing::info!(addr = %listener.local_addr()?, "serving");
         let (signal, streams) = (shutdown.clone(), state.streams_closing.clone());
         axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())

@@ -7,6 +7,7 @@ pub mod ids;
 pub mod local_pg;
 pub mod mirror;
 pub mod model;
+pub mod outbox;
 pub mod read;
 pub mod secret;
 pub mod write;

@@ -16,6 +16,7 @@ type IdSet<K> = HashSet<K, foldhash::fast::RandomState>;
 use sqlx::PgConnection;
 
 use crate::model::{ACCOUNT_SCOPE, Fields, Owner, Record, Resource};
+use crate::outbox::{Change, Outbox};
 use crate::{CompanyId, ConnectionId};
 
 /// The typed columns of each mirror table (besides the common ones).
@@ -621,8 +622,10 @@ async fn apply_batches(
     expect: &mut Expectation,
 ) -> Result<ApplyStats, sqlx::Error> {
     let mut stats = ApplyStats::default();
+    // Read under the lane's lock: see `Outbox`.
+    let outbox = Outbox::load(conn, connection).await?;
     for (resource, batch) in batches {
-        stats += apply_resource(conn, connection, *resource, batch, expect).await?;
+        stats += apply_resource(conn, connection, *resource, batch, expect, &outbox).await?;
     }
     Ok(stats)
 }
@@ -713,6 +716,7 @@ async fn apply_resource(
     resource: Resource,
     batch: &[(&Staged, CompanyId)],
     expect: &mut Expectation,
+    outbox: &Outbox,
 ) -> Result<ApplyStats, sqlx::Error> {
     let mut stats = ApplyStats::default();
     let table = resource.plural();
@@ -747,8 +751,11 @@ async fn apply_resource(
              where t.company_id = m.c and t.external_id = m.e"
         );
         sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&moved_old).bind(&moved_ids).execute(&mut *conn).await?;
+        // Gone from the old company's point of view; the write below creates it in the new one.
+        let gone = moved_old.iter().zip(&moved_ids).map(|(old, id)| (*old, id.clone(), Change::Deleted));
+        outbox.record(conn, resource, gone).await?;
         if resource == Resource::Job {
-            move_job_children(conn, connection, &moved_old, &moved_new, &moved_ids).await?;
+            move_job_children(conn, connection, &moved_old, &moved_new, &moved_ids, outbox).await?;
         }
     }
     if resource == Resource::Client {
@@ -778,7 +785,7 @@ async fn apply_resource(
             }
         }
         if !ids.is_empty() {
-            move_client_children(conn, connection, &old, &new, &ids, 0).await?;
+            move_client_children(conn, connection, &old, &new, &ids, 0, outbox).await?;
         }
     }
     if !moved_ids.is_empty() && matches!(resource, Resource::Job | Resource::Client) {
@@ -815,8 +822,26 @@ async fn apply_resource(
         // primary key, never pass silently.)
         copy_in(conn, &format!("{table} ({})", copy_columns(resource)), buffer).await?;
         stats.inserted += written.len() as u64;
+        let created = written.iter().map(|(id, company)| (*company, id.clone(), Change::Created));
+        outbox.record(conn, resource, created).await?;
     } else {
-        stats += merge(conn, resource, buffer, &owners, written.len()).await?;
+        let (merged, changed) = merge(conn, resource, buffer, &owners, written.len()).await?;
+        stats += merged;
+        if !outbox.is_empty() {
+            let companies: HashMap<&str, i64> = written.iter().map(|(id, c)| (id.as_str(), *c)).collect();
+            let changes = changed.into_iter().filter_map(|(id, deleted)| {
+                let company = *companies.get(id.as_str())?;
+                let change = match owners.get(&id) {
+                    // New to the mirror, or new to this company (moved in).
+                    None => Change::Created,
+                    Some(old) if old.0 != company => Change::Created,
+                    Some(_) if deleted => Change::Deleted,
+                    Some(_) => Change::Updated,
+                };
+                Some((company, id, change))
+            });
+            outbox.record(conn, resource, changes).await?;
+        }
     }
 
     if registered {
@@ -892,7 +917,7 @@ async fn merge(
     buffer: Vec<u8>,
     owners: &HashMap<String, CompanyId>,
     written: usize,
-) -> Result<ApplyStats, sqlx::Error> {
+) -> Result<(ApplyStats, Vec<(String, bool)>), sqlx::Error> {
     let mut stats = ApplyStats::default();
     let table = resource.plural();
     let typed = columns(resource);
@@ -925,6 +950,10 @@ async fn merge(
                is distinct from
                ({new_tuple} excluded.created_at, excluded.remote_updated_at, excluded.remote_data,
                 excluded.deleted_at is null)
+           -- A snapshot older than the mirror's (a late webhook's fetch, a page fetched before a
+           -- write's read-back) never overwrites a newer one.
+           and (t.remote_updated_at is null or excluded.remote_updated_at is null
+                or excluded.remote_updated_at >= t.remote_updated_at)
          returning external_id, deleted_at is not null as deleted"
     );
     let changed: Vec<(String, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *conn).await?;
@@ -940,7 +969,7 @@ async fn merge(
         }
     }
     stats.unchanged += (written - changed.len()) as u64;
-    Ok(stats)
+    Ok((stats, changed))
 }
 
 /// Streams COPY text into `target` (a table and its column list).
@@ -1019,9 +1048,10 @@ async fn move_job_children(
     old: &[i64],
     new: &[i64],
     jobs: &[String],
+    outbox: &Outbox,
 ) -> Result<(), sqlx::Error> {
     for child in JOB_CHILDREN {
-        move_rows(conn, connection, child, "job_id", old, new, jobs).await?;
+        move_rows(conn, connection, child, "job_id", old, new, jobs, outbox).await?;
     }
     Ok(())
 }
@@ -1039,18 +1069,19 @@ async fn move_client_children(
     new: &[i64],
     clients: &[String],
     depth: usize,
+    outbox: &Outbox,
 ) -> Result<(), sqlx::Error> {
     for child in CLIENT_CHILDREN {
-        let moved = move_rows(conn, connection, child, "client_id", old, new, clients).await?;
+        let moved = move_rows(conn, connection, child, "client_id", old, new, clients, outbox).await?;
         if child == Resource::Job && !moved.is_empty() {
             let (o, n, j) = unzip3(moved);
-            move_job_children(conn, connection, &o, &n, &j).await?;
+            move_job_children(conn, connection, &o, &n, &j, outbox).await?;
         }
     }
-    let sites = move_rows(conn, connection, Resource::Client, "parent_id", old, new, clients).await?;
+    let sites = move_rows(conn, connection, Resource::Client, "parent_id", old, new, clients, outbox).await?;
     if !sites.is_empty() && depth < MAX_SITE_DEPTH {
         let (o, n, s) = unzip3(sites);
-        Box::pin(move_client_children(conn, connection, &o, &n, &s, depth + 1)).await?;
+        Box::pin(move_client_children(conn, connection, &o, &n, &s, depth + 1, outbox)).await?;
     }
     Ok(())
 }
@@ -1067,7 +1098,9 @@ fn unzip3(rows: Vec<(i64, i64, String)>) -> (Vec<i64>, Vec<i64>, Vec<String>) {
 
 /// Moves the rows of `resource` whose `column` names one of `owners` from the owner's old
 /// company to its new one (updating the partition key moves the row to the new company's
-/// partition), with their keys in the registry. Returns each moved row's (old, new, id).
+/// partition), with their keys in the registry, and their events (deleted in the old company,
+/// created in the new). Returns each moved row's (old, new, id).
+#[allow(clippy::too_many_arguments)]
 async fn move_rows(
     conn: &mut PgConnection,
     connection: ConnectionId,
@@ -1076,6 +1109,7 @@ async fn move_rows(
     old: &[i64],
     new: &[i64],
     owners: &[String],
+    outbox: &Outbox,
 ) -> Result<Vec<(i64, i64, String)>, sqlx::Error> {
     let table = resource.plural();
     let sql = format!(
@@ -1099,6 +1133,9 @@ async fn move_rows(
         .bind(companies)
         .execute(&mut *conn)
         .await?;
+        let changes =
+            moved.iter().flat_map(|(o, n, id)| [(*o, id.clone(), Change::Deleted), (*n, id.clone(), Change::Created)]);
+        outbox.record(conn, resource, changes).await?;
     }
     Ok(moved)
 }
@@ -1128,10 +1165,18 @@ pub async fn tombstone_missing(
                        where k.connection_id = $1 and k.resource = $2
                          and not exists (select 1 from reconcile_seen s where s.id = k.external_id))
          update {table} t set deleted_at = now(), change_seq = nextval('mirror_change_seq'), synced_at = now()
-         from gone where t.company_id = gone.company_id and t.external_id = gone.external_id and t.deleted_at is null"
+         from gone where t.company_id = gone.company_id and t.external_id = gone.external_id and t.deleted_at is null
+         returning t.company_id, t.external_id"
     );
-    let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(connection).bind(resource.singular()).execute(conn).await?;
-    Ok(done.rows_affected())
+    let gone: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(connection)
+        .bind(resource.singular())
+        .fetch_all(&mut *conn)
+        .await?;
+    // The caller holds the connection's lock (see `Outbox`).
+    let outbox = Outbox::load(conn, connection).await?;
+    outbox.record(conn, resource, gone.iter().map(|(c, id)| (*c, id.clone(), Change::Deleted))).await?;
+    Ok(gone.len() as u64)
 }
 
 #[cfg(test)]

@@ -28,6 +28,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A JSON body that may be left out entirely (no body: `T::default()`).
+pub struct OptionalJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let empty = req.headers().get(axum::http::header::CONTENT_LENGTH).is_some_and(|v| v == "0")
+            || (!req.headers().contains_key(axum::http::header::CONTENT_TYPE)
+                && !req.headers().contains_key(axum::http::header::TRANSFER_ENCODING)
+                && !req.headers().contains_key(axum::http::header::CONTENT_LENGTH));
+        if empty {
+            return Ok(Self(T::default()));
+        }
+        ApiJson::<T>::from_request(req, state).await.map(|ApiJson(v)| Self(v))
+    }
+}
+
 /// `axum::extract::Query`, rejecting with a 422 problem.
 pub struct ApiQuery<T>(pub T);
 

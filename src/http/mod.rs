@@ -5,6 +5,7 @@ pub mod client_address;
 pub mod dashboard;
 pub mod extract;
 pub mod health;
+pub mod hooks;
 pub mod public;
 pub mod request_context;
 
@@ -18,6 +19,7 @@ use crate::startup::AppState;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(hooks::router())
         .merge(admin::router())
         .merge(dashboard::router(&state))
         .merge(public::router(state.clone()))

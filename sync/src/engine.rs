@@ -276,6 +276,15 @@ impl SyncEngine {
         self.release(id).await;
         metrics::counter!("sync_runs_total", "status" => status).increment(1);
         finished?;
+        // Subscribers hear that their data is as fresh as this run made it: the run's own facts,
+        // never its counts (they span every company of the connection).
+        let event = serde_json::json!({
+            "run_id": run_id, "kind": if full { "full" } else { "incremental" }, "status": status,
+            "finished_at": chrono::Utc::now(),
+        });
+        if let Err(e) = clientapi_schema::outbox::sync_completed(&mut *self.db.acquire().await?, id, &event).await {
+            tracing::warn!(error = %e, "recording the sync.completed event failed");
+        }
         result.map(|()| summary)
     }
 

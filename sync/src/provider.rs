@@ -137,6 +137,19 @@ impl ProviderError {
     }
 }
 
+/// What a provider's webhook callback says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Callback {
+    /// The subscription handshake: answer 200 with exactly this body.
+    Challenge(String),
+    /// These records changed, as (stream name, record id). Nothing else in a callback is
+    /// trusted: the records are fetched from the provider.
+    Changed(Vec<(&'static str, String)>),
+}
+
+/// Records one callback may name.
+pub const MAX_CALLBACK_ENTRIES: usize = 1000;
+
 /// The bytes of an attachment as the provider streams them.
 pub struct Download {
     pub content_type: Option<String>,
@@ -243,4 +256,15 @@ pub trait Provider: Send + Sync {
 
     /// The connected account's provider id and display name.
     async fn account(&self, token: &Secret<String>) -> Result<(String, String), ProviderError>;
+
+    /// Subscribes the provider's webhooks for every stream to `callback` (the provider checks the
+    /// URL answers before it keeps a subscription); returns the objects subscribed.
+    async fn subscribe_webhooks(&self, _token: &Secret<String>, _callback: &Url) -> Result<Vec<String>, ProviderError> {
+        Err(ProviderError::NotConfigured("this provider sends no webhooks".into()))
+    }
+
+    /// Reads a webhook callback's body, or says what is wrong with it.
+    fn parse_callback(&self, _content_type: Option<&str>, _body: &[u8]) -> Result<Callback, String> {
+        Err("this provider sends no webhooks".into())
+    }
 }

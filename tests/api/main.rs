@@ -16,4 +16,5 @@ mod rest;
 mod servicem8;
 mod sites;
 mod sync;
+mod webhooks;
 mod writes;

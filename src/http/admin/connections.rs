@@ -204,6 +204,7 @@ pub async fn finish_connection(
     )
     .await
     .map_err(oauth_error)
+    .inspect(|connection| crate::provider_hooks::subscribe_in_background(state, connection.id))
 }
 
 async fn list_connections(State(state): State<AppState>, admin: AdminAuth) -> Result<Json<Vec<Connection>>, ApiError> {
@@ -220,7 +221,12 @@ async fn get_connection(
     let connection = connections::get(&state.db, admin.account_id, id).await?.ok_or(ApiError::NotFound)?;
     let streams = status::streams(&state.db, id).await?;
     let runs = status::runs(&state.db, admin.account_id, Some(id), 5).await?;
-    Ok(Json(json!({ "connection": connection, "sync": { "streams": streams, "recent_runs": runs } })))
+    let webhooks = crate::provider_hooks::status(&state.db, id).await?;
+    Ok(Json(json!({
+        "connection": connection,
+        "sync": { "streams": streams, "recent_runs": runs },
+        "webhooks": webhooks,
+    })))
 }
 
 #[derive(Deserialize, Default)]

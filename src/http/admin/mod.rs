@@ -4,11 +4,17 @@ pub mod auth;
 pub mod connections;
 pub mod endpoints;
 pub mod events;
+pub mod webhooks;
 
 use axum::Router;
 
 use crate::startup::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().merge(auth::router()).merge(connections::router()).merge(endpoints::router()).merge(events::router())
+    Router::new()
+        .merge(auth::router())
+        .merge(connections::router())
+        .merge(endpoints::router())
+        .merge(events::router())
+        .merge(webhooks::router())
 }

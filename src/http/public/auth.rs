@@ -119,6 +119,29 @@ impl EndpointAuth {
         }
     }
 
+    /// The endpoint may manage its webhook subscriptions; recorded as resource `webhook`.
+    pub fn require_webhooks(&self) -> Result<crate::webhooks::Owner, ApiError> {
+        if let Some(slot) = &self.slot {
+            slot.lock().unwrap_or_else(|e| e.into_inner()).resource = Some("webhook".to_owned());
+        }
+        let scope = crate::webhooks::WEBHOOKS_MANAGE;
+        if !self.has(scope) {
+            return Err(ApiError::Forbidden {
+                code: "missing_scope",
+                detail: format!("This key lacks the {scope} scope."),
+            });
+        }
+        let p = &self.principal;
+        Ok(crate::webhooks::Owner {
+            endpoint_id: p.endpoint_id,
+            endpoint_public_id: p.public_id.clone(),
+            account_id: p.account_id,
+            connection_id: p.connection_id,
+            company_id: p.company_id,
+            scopes: p.scopes.clone(),
+        })
+    }
+
     /// The endpoint is read-write and may write `resource`.
     pub fn require_write(&self, resource: Resource) -> Result<(), ApiError> {
         self.set_resource(resource);

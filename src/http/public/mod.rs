@@ -7,6 +7,7 @@ pub mod graphql;
 pub mod me;
 pub mod openapi;
 pub mod rest;
+pub mod webhooks;
 pub mod writes;
 
 use std::net::SocketAddr;
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(me::router())
         .merge(rest::router())
         .merge(graphql::router())
+        .merge(webhooks::router())
         // Unknown paths under an endpoint are public requests too: authenticated, logged, 404.
         // (`/{resources}` and `/{resources}/{id}` answer 404 for unknown resources themselves.)
         .route("/api/public/{endpoint}/{resources}/{id}/{*rest}", axum::routing::any(unknown_route))

@@ -6,6 +6,7 @@
 //! because `gt` is strict and edit dates tie; the mirror's idempotent upsert absorbs the overlap.
 
 pub mod mapping;
+pub mod webhooks;
 mod write;
 
 use std::borrow::Cow;
@@ -550,6 +551,47 @@ impl Provider for ServiceM8 {
         let id = vendor.str("uuid").ok_or_else(|| ProviderError::Malformed("vendor has no uuid".into()))?;
         let name = vendor.str("name").unwrap_or("ServiceM8 account".into());
         Ok((id.into_owned(), name.into_owned()))
+    }
+
+    async fn subscribe_webhooks(&self, token: &Secret<String>, callback: &Url) -> Result<Vec<String>, ProviderError> {
+        let url = webhooks::subscriptions_url(&self.config.api_url);
+        let mut subscribed = Vec::new();
+        for (object, fields) in webhooks::WATCHED_FIELDS {
+            // The same unique id again updates the subscription rather than adding one.
+            let unique_id = format!("clientapi-{object}");
+            let form = webhooks::subscription_form(object, fields, callback, &unique_id);
+            let response = self
+                .http
+                .post(url.clone())
+                .bearer_auth(token.expose())
+                .header("accept", "application/json")
+                .form(&form)
+                .send()
+                .await
+                .map_err(ProviderError::from_reqwest)?;
+            let response = match check_status(response).await {
+                Err(ProviderError::NotFound | ProviderError::Rejected { status: 403, .. })
+                    if STREAMS.iter().any(|s| s.name == *object && s.is_supplementary()) =>
+                {
+                    continue;
+                }
+                other => other?,
+            };
+            let status = response.status().as_u16();
+            let body = response.text().await.map_err(ProviderError::from_reqwest)?;
+            match webhooks::subscription_answer(status, &body) {
+                Ok(()) => subscribed.push((*object).to_owned()),
+                // Like its sync, a supplementary object the account refuses is left out.
+                Err(ProviderError::Rejected { .. })
+                    if STREAMS.iter().any(|s| s.name == *object && s.is_supplementary()) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(subscribed)
+    }
+
+    fn parse_callback(&self, content_type: Option<&str>, body: &[u8]) -> Result<Callback, String> {
+        webhooks::parse(content_type, body)
     }
 }
 

@@ -1,3 +1,4 @@
 //! Provider simulators: stand-ins for provider servers on loopback, for tests and the demo.
 
 pub mod servicem8;
+pub mod webhooks;

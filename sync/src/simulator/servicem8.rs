@@ -28,6 +28,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+pub use super::webhooks::{Hooks, WebhookKnobs, WebhookStats};
+
 const DATETIME: &str = "%Y-%m-%d %H:%M:%S";
 const EMPTY_DATETIME: &str = "0000-00-00 00:00:00";
 /// The objects the simulator serves.
@@ -69,6 +71,7 @@ pub struct SimConfig {
     pub per_minute_limit: u32,
     pub per_day_limit: u32,
     pub faults: FaultKnobs,
+    pub webhooks: WebhookKnobs,
 }
 
 impl Default for SimConfig {
@@ -88,6 +91,7 @@ impl Default for SimConfig {
             per_minute_limit: 180,
             per_day_limit: 20_000,
             faults: FaultKnobs::default(),
+            webhooks: WebhookKnobs::default(),
         }
     }
 }
@@ -156,6 +160,7 @@ struct State_ {
 pub struct Simulator {
     config: SimConfig,
     state: Mutex<State_>,
+    hooks: Arc<Hooks>,
 }
 
 /// A running simulator: its address and the handle tests use.
@@ -445,7 +450,9 @@ impl Simulator {
         }
         let vendor = json!({"uuid": uuid_from(&mut rng), "name": "Simulated Plumbing Pty Ltd", "timezone_name": "Australia/Sydney"});
         let knobs = config.faults.clone();
+        let hooks = Arc::new(Hooks::new(config.webhooks.clone()));
         let sim = Arc::new(Self {
+            hooks,
             state: Mutex::new(State_ {
                 objects,
                 vendor,
@@ -493,6 +500,7 @@ impl Simulator {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let stop = shutdown.clone();
         let router = sim.clone().router();
+        tokio::spawn(sim.hooks.clone().run(format!("http://{addr}/api_1.0"), shutdown.clone()));
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await;
         });
@@ -505,6 +513,14 @@ impl Simulator {
             .route("/oauth/access_token", post(access_token))
             .route("/api_1.0/{file}", get(list_objects).post(create_object))
             .route("/api_1.0/{object}/{file}", get(get_object).post(update_object).delete(delete_object))
+            .route(
+                "/webhook_subscriptions",
+                get(list_subscriptions).post(create_subscription).delete(delete_subscription),
+            )
+            .route("/webhook_subscriptions/object", post(create_subscription))
+            // The simulator's own controls (not ServiceM8's): the bench changes records through them.
+            .route("/_sim/modify/{object}/{uuid}", post(modify_record))
+            .route("/_sim/ids/{object}", get(record_ids))
             .with_state(self)
     }
 
@@ -526,23 +542,40 @@ impl Simulator {
         map.entry("edit_date").or_insert_with(|| json!(now_stamp()));
         map.entry("active").or_insert(json!(1));
         let uuid = map["uuid"].as_str().expect("uuid").to_owned();
-        self.lock().objects.get_mut(key).expect("known").insert(uuid, map.clone());
+        let fields = map.keys().cloned().collect();
+        self.lock().objects.get_mut(key).expect("known").insert(uuid.clone(), map.clone());
+        self.hooks.changed(key, &uuid, fields, &now_stamp());
     }
 
     /// Changes fields of a record as a ServiceM8 user would, bumping `edit_date`.
     pub fn modify(&self, object: &str, uuid: &str, patch: Value) -> bool {
-        let mut state = self.lock();
-        let Some(record) = state.objects.get_mut(object).and_then(|m| m.get_mut(uuid)) else { return false };
-        for (k, v) in patch.as_object().expect("patch is an object") {
-            record.insert(k.clone(), v.clone());
+        let Some(key) = OBJECTS.iter().find(|o| **o == object).copied() else { return false };
+        let patch = patch.as_object().expect("patch is an object");
+        {
+            let mut state = self.lock();
+            let Some(record) = state.objects.get_mut(key).and_then(|m| m.get_mut(uuid)) else { return false };
+            for (k, v) in patch {
+                record.insert(k.clone(), v.clone());
+            }
+            record.insert("edit_date".into(), json!(now_stamp()));
         }
-        record.insert("edit_date".into(), json!(now_stamp()));
+        self.hooks.changed(key, uuid, patch.keys().cloned().collect(), &now_stamp());
         true
     }
 
     /// Removes a record outright (a hard delete, only a full reconciliation can notice).
     pub fn hard_delete(&self, object: &str, uuid: &str) -> bool {
-        self.lock().objects.get_mut(object).and_then(|m| m.remove(uuid)).is_some()
+        let Some(key) = OBJECTS.iter().find(|o| **o == object).copied() else { return false };
+        let removed = self.lock().objects.get_mut(key).and_then(|m| m.remove(uuid)).is_some();
+        if removed {
+            self.hooks.changed(key, uuid, vec!["active".into()], &now_stamp());
+        }
+        removed
+    }
+
+    /// The webhook side: subscriptions, knobs and counters.
+    pub fn hooks(&self) -> &Hooks {
+        &self.hooks
     }
 
     /// Makes request number `stats().api_requests + after` (1 = the next one) fail with `fault`.
@@ -998,6 +1031,18 @@ fn apply_write(
     body: &Map<String, Value>,
     create: bool,
 ) -> Result<(), Box<Response>> {
+    write_record(sim, object, uuid, body, create)?;
+    sim.hooks.changed(object, uuid, body.keys().cloned().collect(), &now_stamp());
+    Ok(())
+}
+
+fn write_record(
+    sim: &Simulator,
+    object: &'static str,
+    uuid: &str,
+    body: &Map<String, Value>,
+    create: bool,
+) -> Result<(), Box<Response>> {
     let mut state = sim.lock();
     if create
         && object == "job"
@@ -1255,4 +1300,99 @@ mod tests {
         assert_eq!(a.records("company").len(), 3);
         assert_eq!(a.records("job").len(), 12);
     }
+}
+
+// ---- webhook subscriptions (form-encoded, like ServiceM8's) ---------------------------------
+
+fn form_fields(body: &[u8]) -> HashMap<String, String> {
+    url::form_urlencoded::parse(body).into_owned().collect()
+}
+
+fn success(ok: bool, message: Option<String>) -> Response {
+    let mut body = json!({"success": ok});
+    if let Some(m) = message {
+        body["message"] = json!(m);
+    }
+    (if ok { StatusCode::OK } else { StatusCode::BAD_REQUEST }, axum::Json(body)).into_response()
+}
+
+async fn list_subscriptions(State(sim): State<Arc<Simulator>>, headers: HeaderMap) -> Response {
+    if let Gate::Reject(r) = gate(&sim, &headers).await {
+        return r;
+    }
+    axum::Json(sim.hooks.subscriptions()).into_response()
+}
+
+async fn create_subscription(
+    State(sim): State<Arc<Simulator>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Gate::Reject(r) = gate(&sim, &headers).await {
+        return r;
+    }
+    let form = form_fields(&body);
+    let Some(object) = form.get("object").filter(|o| !o.is_empty() && o.len() <= 64) else {
+        return success(false, Some("Please specify an object for subscription".into()));
+    };
+    if !OBJECTS.contains(&object.as_str()) {
+        return success(false, Some(format!("Unknown object {object}")));
+    }
+    let Some(callback_url) = form.get("callback_url").filter(|u| u.starts_with("http")) else {
+        return success(false, Some("Please specify a callback_url".into()));
+    };
+    let subscription = super::webhooks::Subscription {
+        object: object.clone(),
+        fields: form.get("fields").cloned().unwrap_or_default(),
+        callback_url: callback_url.clone(),
+        unique_id: form.get("unique_id").cloned().unwrap_or_default().chars().take(100).collect(),
+    };
+    match sim.hooks.subscribe(subscription).await {
+        Ok(()) => success(true, None),
+        Err(message) => success(false, Some(message)),
+    }
+}
+
+async fn delete_subscription(
+    State(sim): State<Arc<Simulator>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Gate::Reject(r) = gate(&sim, &headers).await {
+        return r;
+    }
+    let form = form_fields(&body);
+    let Some(object) = form.get("object") else {
+        return success(false, Some("Please specify an object for subscription".into()));
+    };
+    sim.hooks.unsubscribe(object, form.get("callback_url").map(String::as_str));
+    success(true, None)
+}
+
+/// `POST /_sim/modify/{object}/{uuid}` with a JSON object of fields: a change made at ServiceM8.
+async fn modify_record(
+    State(sim): State<Arc<Simulator>>,
+    Path((object, uuid)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(patch @ Value::Object(_)) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "expected a JSON object of fields").into_response();
+    };
+    if sim.modify(&object, &uuid, patch) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
+}
+
+/// `GET /_sim/ids/{object}`: the ids of the live records of an object.
+async fn record_ids(State(sim): State<Arc<Simulator>>, Path(object): Path<String>) -> Response {
+    let state = sim.lock();
+    let Some(records) = state.objects.get(object.as_str()) else { return StatusCode::NOT_FOUND.into_response() };
+    let ids: Vec<&String> = records
+        .iter()
+        .filter(|(_, r)| r.get("active").is_none_or(|a| a != &json!(0) && a != "0"))
+        .map(|(k, _)| k)
+        .collect();
+    axum::Json(ids).into_response()
 }
