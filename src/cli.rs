@@ -76,6 +76,9 @@ pub enum ConnectionCommand {
     },
     /// Sync status per stream and the latest runs.
     Status { id: i64 },
+    /// Subscribe the provider's webhooks again, at CLIENTAPI_PUBLIC_URL (the service must be
+    /// serving there: the provider checks the URL before it keeps a subscription).
+    RepairWebhooks { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -380,6 +383,11 @@ async fn connection_command(state: &crate::startup::AppState, command: Connectio
                 s.unowned,
                 run.error_count
             );
+            Ok(())
+        }
+        ConnectionCommand::RepairWebhooks { id } => {
+            let objects = crate::provider_hooks::subscribe(state, ConnectionId(id)).await?;
+            println!("subscribed {} objects: {}", objects.len(), objects.join(", "));
             Ok(())
         }
         ConnectionCommand::Status { id } => {

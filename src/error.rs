@@ -219,6 +219,16 @@ pub const PROBLEMS: &[ProblemDoc] = &[
         "The provider refused the write as conflicting with its own state; its words are in `detail`.",
     ),
     doc(
+        "too_many_subscriptions",
+        409,
+        "An endpoint holds at most 20 webhook subscriptions: delete one before creating another.",
+    ),
+    doc(
+        "invalid_callback",
+        400,
+        "Provider webhooks only: the callback's body is not the provider's webhook shape; `detail` says what is wrong.",
+    ),
+    doc(
         "idempotency_in_flight",
         409,
         "A request with the same `Idempotency-Key` is still running. Retry shortly: you will get its answer.",

@@ -42,6 +42,9 @@ const LEASE: Duration = Duration::from_secs(120);
 const IDLE: Duration = Duration::from_secs(1);
 /// Failed fetches of a record before it is left to the poll.
 const MAX_ATTEMPTS: i32 = 8;
+/// Queued records older than this (a connection long inactive) are left to the poll.
+const KEEP_QUEUED: &str = "1 day";
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
@@ -229,7 +232,15 @@ impl CallbackWorker {
             Ok(mut l) => l.listen(NOTIFY_CHANNEL).await.ok().map(|()| l),
             Err(_) => None,
         };
+        let mut pruned = std::time::Instant::now() - PRUNE_EVERY;
         while !shutdown.is_cancelled() {
+            if pruned.elapsed() >= PRUNE_EVERY {
+                let _ = sqlx::query("delete from provider_callbacks where received_at < now() - $1::interval")
+                    .bind(KEEP_QUEUED)
+                    .execute(&self.state.db)
+                    .await;
+                pruned = std::time::Instant::now();
+            }
             match self.tick().await {
                 Ok(n) if n as i64 >= BATCH => continue,
                 Ok(_) => {}
@@ -412,19 +423,20 @@ impl CallbackWorker {
 
 /// A connection's provider webhooks as admins see them: subscribed or why not, the last
 /// callback, how long the last one took to reach the mirror, and what is still queued.
-pub async fn status(db: &sqlx::PgPool, connection: ConnectionId) -> Result<serde_json::Value, sqlx::Error> {
-    #[derive(sqlx::FromRow, serde::Serialize)]
-    struct Status {
-        status: String,
-        error: Option<String>,
-        objects: Vec<String>,
-        subscribed_at: Option<DateTime<Utc>>,
-        last_callback_at: Option<DateTime<Utc>>,
-        last_callback_lag_ms: Option<i32>,
-        queued: i64,
-        oldest_queued_at: Option<DateTime<Utc>>,
-    }
-    let status: Option<Status> = sqlx::query_as(
+#[derive(Debug, Clone, Default, sqlx::FromRow, serde::Serialize)]
+pub struct WebhookStatus {
+    pub status: String,
+    pub error: Option<String>,
+    pub objects: Vec<String>,
+    pub subscribed_at: Option<DateTime<Utc>>,
+    pub last_callback_at: Option<DateTime<Utc>>,
+    pub last_callback_lag_ms: Option<i32>,
+    pub queued: i64,
+    pub oldest_queued_at: Option<DateTime<Utc>>,
+}
+
+pub async fn status(db: &sqlx::PgPool, connection: ConnectionId) -> Result<WebhookStatus, sqlx::Error> {
+    let status: Option<WebhookStatus> = sqlx::query_as(
         "select c.webhook_status as status, c.webhook_error as error, c.webhook_objects as objects,
                 c.webhook_subscribed_at as subscribed_at, c.last_callback_at, c.last_callback_lag_ms,
                 (select count(*) from provider_callbacks p where p.connection_id = c.id) as queued,
@@ -434,5 +446,5 @@ pub async fn status(db: &sqlx::PgPool, connection: ConnectionId) -> Result<serde
     .bind(connection)
     .fetch_optional(db)
     .await?;
-    Ok(serde_json::to_value(status).unwrap_or_default())
+    Ok(status.unwrap_or_default())
 }

@@ -4,7 +4,9 @@
 //! its own transaction ([`apply`]). An upsert writes nothing, and does
 //! not bump `change_seq`, when the record has not changed. A record whose company changed (a job
 //! reassigned to another client) leaves its old company's partition in the same transaction,
-//! and a moved job takes its line items, payments and attachments with it.
+//! and a moved job takes its line items, payments and attachments with it. What changed for a
+//! company with webhook subscriptions goes to the outbox in the same transaction
+//! ([`crate::outbox`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 

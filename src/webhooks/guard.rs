@@ -113,4 +113,15 @@ mod tests {
         assert!(is_private_host(&url::Host::Domain("api.localhost")));
         assert!(!is_private_host(&url::Host::Domain("hooks.example.com")));
     }
+
+    /// A name is resolved at every delivery, and one that resolves only to this machine (as a
+    /// re-pointed DNS name would) is never connected to.
+    #[tokio::test]
+    async fn the_resolver_hands_the_client_no_private_address() {
+        let name = |n: &str| n.parse::<Name>().unwrap();
+        let refused = PublicResolver { allow_private: false }.resolve(name("localhost")).await;
+        assert!(refused.err().unwrap().to_string().contains("no public address"));
+        let allowed = PublicResolver { allow_private: true }.resolve(name("localhost")).await.unwrap();
+        assert!(allowed.into_iter().all(|a| a.ip().is_loopback()));
+    }
 }

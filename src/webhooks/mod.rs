@@ -131,6 +131,25 @@ pub struct SubscriptionChange {
     pub status: Option<String>,
 }
 
+/// Reads a subscription body: an object whose fields, but those in `nullable`, are absent or
+/// set (an explicit `null` is refused by name rather than read as "absent"), into `T`.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: Value, nullable: &[&str]) -> Result<T, ApiError> {
+    let Value::Object(fields) = &body else {
+        return Err(ApiError::Invalid(vec![FieldError::new("body", "must be a JSON object")]));
+    };
+    let nulls: Vec<FieldError> = fields
+        .iter()
+        .filter(|(k, v)| v.is_null() && !nullable.contains(&k.as_str()))
+        .map(|(k, _)| {
+            FieldError::new(k.chars().take(100).collect::<String>(), "must not be null: leave it out instead")
+        })
+        .collect();
+    if !nulls.is_empty() {
+        return Err(ApiError::Invalid(nulls));
+    }
+    serde_json::from_value(body).map_err(|e| ApiError::Invalid(vec![FieldError::new("body", e.to_string())]))
+}
+
 /// Tells an absent field (`None`) from an explicit null (`Some(None)`).
 mod serde_with_null {
     use serde::{Deserialize, Deserializer};

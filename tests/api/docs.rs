@@ -180,6 +180,33 @@ async fn docs_examples_are_what_the_service_answers() {
     )
     .await;
     call("graphiql", "GET", "/graphql".into(), None).await;
+    let hook = call(
+        "create_webhook",
+        "POST",
+        "/webhooks".into(),
+        Some(json!({"url": "https://hooks.example.com/clientapi", "events": ["job.*", "invoice.updated", "sync.completed"]})),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    call("list_webhooks", "GET", "/webhooks".into(), None).await;
+    call("get_webhook", "GET", format!("/webhooks/{hook}"), None).await;
+    call("update_webhook", "PATCH", format!("/webhooks/{hook}"), Some(json!({"description": "Dispatch board"}))).await;
+    call(
+        "rotate_webhook_secret",
+        "POST",
+        format!("/webhooks/{hook}/rotate-secret"),
+        Some(json!({"overlap_seconds": 3600})),
+    )
+    .await;
+    call("list_webhook_deliveries", "GET", format!("/webhooks/{hook}/deliveries?limit=1"), None).await;
+    call("replay_webhook", "POST", format!("/webhooks/{hook}/replay"), Some(json!({"since_change_seq": 0}))).await;
+    call("delete_webhook", "DELETE", format!("/webhooks/{hook}"), None).await;
+    // A secret is shown once, to its subscriber: the docs show where it is, not one.
+    for id in ["create_webhook", "rotate_webhook_secret"] {
+        examples[id]["response"]["secret"] = json!("whsec_… (shown once)");
+    }
 
     // Every operation of the document has its example, answered with a status it declares.
     let spec: Value = app.get("/api/public/openapi.json").await.json().await.unwrap();

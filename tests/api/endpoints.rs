@@ -42,10 +42,11 @@ pub fn every_read_scope() -> Vec<String> {
     scopes
 }
 
-/// Every read and write scope there is, the personal ones included.
+/// Every scope there is, the personal ones and webhook management included.
 pub fn every_scope() -> Vec<String> {
     let mut scopes = every_read_scope();
     scopes.extend(clientapi::endpoints::WRITABLE.iter().map(|r| r.write_scope()));
+    scopes.push(clientapi::webhooks::WEBHOOKS_MANAGE.to_owned());
     scopes
 }
 

@@ -21,6 +21,8 @@ machine `code` and at every field error, so a refusal of anything else still fai
   with another body (the generator reuses simple values); replaying it is the key's purpose.
 - 414: a URL over 65,534 bytes (a long `ids` list of multi-byte characters, percent-encoded)
   is refused by the HTTP layer; the document declares it.
+- 422 on a webhook URL that names a private address, carries credentials or a fragment, or
+  that the URL standard cannot parse; 409 `too_many_subscriptions` once an endpoint holds 20.
 - 422 on `/query` and `/export` for a filter or sort that does not apply to the resource asked
   for (`status` on clients, `sort=number` on contacts), and for `updated_since` given together
   with its alias `updated_at_from`: OpenAPI parameters cannot depend on one another.
@@ -50,7 +52,7 @@ from schemathesis.generation.hypothesis import builder as _builder  # noqa: E402
 
 _builder.combinations = _pairwise
 
-ALLOWED = {200, 201, 401, 403, 404, 414}
+ALLOWED = {200, 201, 202, 204, 401, 403, 404, 414}
 
 SEMANTIC_MESSAGES = (
     "must be the id of one of your ",
@@ -60,6 +62,13 @@ SEMANTIC_MESSAGES = (
     "must be after ",
     "a window needs both start_time and end_time",
     "a contact needs a first name, a last name or an email",
+    # A webhook URL is checked beyond its syntax: no private address, credentials or fragment,
+    # and one the URL standard can parse (a "uri" string may still be none of these).
+    "points at a private, loopback or link-local address",
+    "must not carry a user name or password",
+    "must not have a fragment",
+    "must have a host",
+    "is not a URL",
 )
 
 
@@ -73,7 +82,7 @@ def _problem(response):
 
 def _semantic(case, response) -> bool:
     problem = _problem(response)
-    if response.status_code == 409 and problem.get("code") == "provider_conflict":
+    if response.status_code == 409 and problem.get("code") in ("provider_conflict", "too_many_subscriptions"):
         return True
     if response.status_code == 400 and problem.get("code") == "invalid_cursor":
         query = case.query or {}

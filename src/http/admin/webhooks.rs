@@ -31,8 +31,9 @@ pub fn router() -> Router<AppState> {
 async fn create_webhook(
     State(state): State<AppState>,
     admin: AdminAuth,
-    ApiJson(body): ApiJson<NewSubscription>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let body: NewSubscription = webhooks::parse_body(body, &["resources"])?;
     let Some(endpoint) = body.endpoint.as_deref() else {
         return Err(ApiError::Invalid(vec![FieldError::new("endpoint", "is required: the endpoint's id (ep_…)")]));
     };
@@ -70,8 +71,9 @@ async fn update_webhook(
     State(state): State<AppState>,
     admin: AdminAuth,
     Path(id): Path<String>,
-    ApiJson(change): ApiJson<SubscriptionChange>,
+    ApiJson(change): ApiJson<Value>,
 ) -> Result<Json<webhooks::Subscription>, ApiError> {
+    let change: SubscriptionChange = webhooks::parse_body(change, &["resources"])?;
     Ok(Json(webhooks::update(&state, Manager::Account(admin.account_id), &id, change).await?))
 }
 
@@ -88,10 +90,10 @@ async fn rotate_secret(
     State(state): State<AppState>,
     admin: AdminAuth,
     Path(id): Path<String>,
-    OptionalJson(body): OptionalJson<Rotation>,
+    OptionalJson(body): OptionalJson<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let rotated =
-        webhooks::rotate_secret(&state, Manager::Account(admin.account_id), &id, body.overlap_seconds).await?;
+    let overlap = Rotation::parse(body)?.overlap_seconds;
+    let rotated = webhooks::rotate_secret(&state, Manager::Account(admin.account_id), &id, overlap).await?;
     Ok(Json(with_notice(rotated)))
 }
 
@@ -109,8 +111,9 @@ async fn replay(
     State(state): State<AppState>,
     admin: AdminAuth,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<Replay>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body: Replay = webhooks::parse_body(body, &[])?;
     let queued = webhooks::replay(&state, Manager::Account(admin.account_id), &id, body).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "queued": queued }))))
 }
@@ -127,11 +130,11 @@ async fn repair_provider_webhooks(
     let outcome = crate::provider_hooks::subscribe(&state, id).await;
     let status = crate::provider_hooks::status(&state.db, id).await?;
     match outcome {
-        Ok(_) => Ok(Json(status)),
+        Ok(_) => Ok(Json(serde_json::to_value(status).unwrap_or_default())),
         Err(_) => Err(ApiError::BadGateway {
             detail: format!(
                 "Subscribing the provider's webhooks failed: {}",
-                status["error"].as_str().unwrap_or("unknown error")
+                status.error.as_deref().unwrap_or("unknown error")
             ),
         }),
     }

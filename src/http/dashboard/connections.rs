@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/connections/{id}", get(connection_page))
         .route("/connections/{id}/sync", axum::routing::post(sync_now))
         .route("/connections/{id}/schedule", axum::routing::post(save_schedule))
+        .route("/connections/{id}/webhooks", axum::routing::post(repair_webhooks))
         .route("/connections/{id}/disconnect", get(confirm_disconnect).post(disconnect))
         .route("/connections/{id}/companies", get(companies_page))
 }
@@ -131,6 +132,38 @@ pub struct ConnectionSummary {
     pub running: Option<RunView>,
     pub runs: Vec<RunView>,
     pub schedule: schedule::Schedule,
+    pub webhooks: WebhooksView,
+}
+
+/// The connection's provider webhooks, for its page.
+pub struct WebhooksView {
+    pub status: Badge,
+    pub error: Option<String>,
+    pub objects: usize,
+    pub last_callback: String,
+    pub last_callback_ago: String,
+    pub lag: String,
+    pub queued: String,
+}
+
+impl WebhooksView {
+    fn of(w: crate::provider_hooks::WebhookStatus) -> Self {
+        let status = match w.status.as_str() {
+            "subscribed" => Badge::new("good", "Subscribed"),
+            "failed" => Badge::new("bad", "Subscription failed"),
+            "not_configured" => Badge::new("warn", "Not offered"),
+            _ => Badge::new("muted", "Not subscribed"),
+        };
+        Self {
+            status,
+            error: w.error,
+            objects: w.objects.len(),
+            last_callback: view::time(w.last_callback_at),
+            last_callback_ago: view::ago(w.last_callback_at),
+            lag: view::ms(w.last_callback_lag_ms.map(f64::from)),
+            queued: view::number(w.queued),
+        }
+    }
 }
 
 fn provider_label(provider: &str) -> &'static str {
@@ -209,6 +242,7 @@ pub async fn summarize(state: &AppState, connection: Connection) -> Result<Conne
         running: running.map(RunView::of),
         runs: runs.iter().map(RunView::of).collect(),
         schedule,
+        webhooks: WebhooksView::of(crate::provider_hooks::status(&state.db, id).await?),
         name: connection.display_name().to_owned(),
         provider: connection.provider,
     })
@@ -249,6 +283,7 @@ fn flash_text(done: Option<&str>) -> Option<&'static str> {
         "sync" => Some("Sync started."),
         "full" => Some("Full reconciliation started."),
         "schedule" => Some("Schedule saved."),
+        "webhooks" => Some("The provider's webhooks are subscribed again."),
         _ => None,
     }
 }
@@ -311,6 +346,22 @@ async fn sync_now(
             render_connection(&state, &session, connection, None, Some(detail)).await
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Subscribes the provider's webhooks again (the admin API's repair, from the page).
+async fn repair_webhooks(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Posted { session, .. }: Posted,
+) -> Result<Response, PageError> {
+    let connection = owned(&state, &session, &id).await?;
+    match crate::provider_hooks::subscribe(&state, connection.id).await {
+        Ok(_) => Ok(see_other(&format!("/connections/{}?done=webhooks", connection.id))),
+        Err(e) => {
+            let message = format!("Subscribing the provider's webhooks failed: {e}");
+            render_connection(&state, &session, connection, None, Some(message)).await
+        }
     }
 }
 

@@ -564,6 +564,43 @@ struct EndpointPage {
     window: Option<String>,
     older: Option<String>,
     tailing: bool,
+    webhooks: Vec<WebhookRow>,
+}
+
+/// One of the endpoint's webhook subscriptions and its health.
+struct WebhookRow {
+    url: String,
+    events: String,
+    status: Badge,
+    health: String,
+    last_success: String,
+    pending: String,
+}
+
+impl WebhookRow {
+    fn of(s: crate::webhooks::Subscription) -> Self {
+        let status = match s.status.as_str() {
+            "active" if s.failing_since.is_some() => Badge::new("warn", "Failing"),
+            "active" => Badge::new("good", "Active"),
+            "paused" => Badge::new("muted", "Paused"),
+            _ => Badge::new("bad", "Disabled"),
+        };
+        let health = match (&s.disabled_reason, s.failing_since, &s.last_failure) {
+            (Some(reason), _, _) => reason.clone(),
+            (None, Some(since), failure) => {
+                format!("Failing since {} UTC: {}", since.format("%Y-%m-%d %H:%M:%S"), failure.as_deref().unwrap_or(""))
+            }
+            _ => String::new(),
+        };
+        Self {
+            url: s.url,
+            events: s.events.join(", "),
+            status,
+            health,
+            last_success: view::time(s.last_success_at),
+            pending: view::number(s.pending),
+        }
+    }
 }
 
 impl EndpointPage {
@@ -670,7 +707,14 @@ async fn endpoint_page(
         _ => None,
     };
     let tailing = filter.before.is_none() && filter.until.is_none();
+    let webhooks =
+        crate::webhooks::list(&state.db, crate::webhooks::Manager::Account(session.account()), Some(&e.public_id))
+            .await?
+            .into_iter()
+            .map(WebhookRow::of)
+            .collect();
     let page = EndpointPage {
+        webhooks,
         chrome: Chrome::page(&session, "endpoints", e.name.clone())
             .live(format!("/api/admin/events?endpoint={}", e.public_id)),
         url: crate::http::admin::endpoints::endpoint_url(&state, &e),

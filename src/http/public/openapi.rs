@@ -419,6 +419,7 @@ pub fn spec() -> Value {
         "parameters": [endpoint_param()],
         "responses": with_problems(json!({"description": "The endpoint", "content": {"application/json": {"schema": {"type": "object"}}}})),
     }}));
+    super::webhooks::openapi(&mut paths, &mut schemas);
     schemas.insert("Problem".into(), json!({"type": "object", "required": ["type", "title", "status", "detail", "code"], "properties": {
         "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"},
         "instance": {"type": "string", "description": "The request id"}, "code": {"type": "string", "description": "Machine-readable"},

@@ -38,9 +38,10 @@ pub fn with_notice(created: webhooks::WithSecret) -> Value {
 async fn create_webhook(
     State(state): State<AppState>,
     auth: EndpointAuth,
-    ApiJson(body): ApiJson<NewSubscription>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     let owner = auth.require_webhooks()?;
+    let body: NewSubscription = webhooks::parse_body(body, &["resources"])?;
     if body.endpoint.is_some() {
         return Err(ApiError::Invalid(vec![crate::error::FieldError::new(
             "endpoint",
@@ -71,9 +72,10 @@ async fn update_webhook(
     State(state): State<AppState>,
     auth: EndpointAuth,
     Path((_, id)): Path<(String, String)>,
-    ApiJson(change): ApiJson<SubscriptionChange>,
+    ApiJson(change): ApiJson<Value>,
 ) -> Result<Json<webhooks::Subscription>, ApiError> {
     let owner = auth.require_webhooks()?;
+    let change: SubscriptionChange = webhooks::parse_body(change, &["resources"])?;
     Ok(Json(webhooks::update(&state, Manager::Endpoint(owner.endpoint_id), &id, change).await?))
 }
 
@@ -95,14 +97,21 @@ pub struct Rotation {
     pub overlap_seconds: Option<u64>,
 }
 
+impl Rotation {
+    /// No body at all is the defaults.
+    pub fn parse(body: Value) -> Result<Self, ApiError> {
+        if body.is_null() { Ok(Self::default()) } else { webhooks::parse_body(body, &[]) }
+    }
+}
+
 async fn rotate_secret(
     State(state): State<AppState>,
     auth: EndpointAuth,
     Path((_, id)): Path<(String, String)>,
-    OptionalJson(body): OptionalJson<Rotation>,
+    OptionalJson(body): OptionalJson<Value>,
 ) -> Result<Json<Value>, ApiError> {
     let owner = auth.require_webhooks()?;
-    let overlap = body.overlap_seconds;
+    let overlap = Rotation::parse(body)?.overlap_seconds;
     let rotated = webhooks::rotate_secret(&state, Manager::Endpoint(owner.endpoint_id), &id, overlap).await?;
     Ok(Json(with_notice(rotated)))
 }
@@ -150,9 +159,126 @@ async fn replay(
     State(state): State<AppState>,
     auth: EndpointAuth,
     Path((_, id)): Path<(String, String)>,
-    ApiJson(body): ApiJson<Replay>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let owner = auth.require_webhooks()?;
+    let body: Replay = webhooks::parse_body(body, &[])?;
     let queued = webhooks::replay(&state, Manager::Endpoint(owner.endpoint_id), &id, body).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "queued": queued }))))
+}
+
+/// Every event type a subscription may name (singular and plural resource names).
+fn event_types() -> Vec<String> {
+    let mut types = vec!["*".to_owned(), "sync.*".to_owned(), "sync.completed".to_owned()];
+    for resource in clientapi_schema::model::Resource::ALL.into_iter().filter(|r| webhooks::has_events(*r)) {
+        for name in [resource.singular(), resource.plural()] {
+            types.extend(["*"].iter().chain(webhooks::CHANGES.iter()).map(|c| format!("{name}.{c}")));
+        }
+    }
+    types
+}
+
+/// The webhook routes in the public OpenAPI document.
+pub fn openapi(paths: &mut serde_json::Map<String, Value>, schemas: &mut serde_json::Map<String, Value>) {
+    use clientapi_schema::model::Resource;
+    let problem = json!({"description": "Problem", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
+    let responses = |ok: &str, schema: Value| {
+        let mut r = json!({
+            "400": problem, "401": problem, "403": problem, "404": problem, "422": problem, "429": problem,
+        });
+        r[ok] = if ok == "204" {
+            json!({"description": "Done"})
+        } else {
+            json!({"description": "OK", "content": {"application/json": {"schema": schema}}})
+        };
+        r
+    };
+    let endpoint = json!({"name": "endpoint", "in": "path", "required": true, "schema": {"type": "string"}, "description": "Your endpoint id (ep_…)"});
+    let id = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 64}, "description": "The subscription's id (whsub_…)"});
+    let resources: Vec<&str> = Resource::ALL
+        .into_iter()
+        .filter(|r| webhooks::has_events(*r))
+        .flat_map(|r| [r.singular(), r.plural()])
+        .collect();
+    let url = json!({"type": "string", "format": "uri", "pattern": "^https?://", "maxLength": 2000,
+        "description": "Where events are POSTed: http(s) on a public address (the operator may allow private ones), without credentials or a fragment"});
+    let events = json!({"type": "array", "minItems": 1, "maxItems": 100, "items": {"type": "string", "enum": event_types()},
+        "description": "Event types: *, sync.completed, {resource}.created/.updated/.deleted, {resource}.* (default: *). A resource needs its read scope."});
+    let resource_filter = json!({"type": ["array", "null"], "minItems": 1, "maxItems": 2 * Resource::ALL.len(),
+        "items": {"type": "string", "enum": resources}, "description": "Only these resources' events (null: every one the key reads)"});
+    let payload = json!({"type": "string", "enum": ["record", "id"],
+        "description": "record: the record as the REST API renders it (default); id: its id and URL"});
+    let description = json!({"type": "string", "maxLength": 500, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"});
+    schemas.insert("Subscription".into(), json!({"type": "object", "properties": {
+        "id": {"type": "string"}, "endpoint": {"type": "string"}, "url": {"type": "string"},
+        "events": {"type": "array", "items": {"type": "string"}}, "resources": {"type": ["array", "null"], "items": {"type": "string"}},
+        "payload": {"type": "string"}, "description": {"type": "string"},
+        "status": {"type": "string", "enum": ["active", "paused", "disabled"]},
+        "disabled_reason": {"type": ["string", "null"]}, "failing_since": {"type": ["string", "null"], "format": "date-time"},
+        "last_success_at": {"type": ["string", "null"], "format": "date-time"}, "last_failure_at": {"type": ["string", "null"], "format": "date-time"},
+        "last_failure": {"type": ["string", "null"]}, "pending": {"type": "integer"},
+        "oldest_pending_at": {"type": ["string", "null"], "format": "date-time"},
+        "previous_secret_expires_at": {"type": ["string", "null"], "format": "date-time"},
+        "secret": {"type": "string", "description": "Only in the answers to create and rotate-secret: whsec_…, shown once"},
+        "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}}));
+    let subscription = json!({"$ref": "#/components/schemas/Subscription"});
+    let tags = json!(["webhooks"]);
+    let mut create = responses("201", subscription.clone());
+    create["409"] = problem.clone();
+    paths.insert("/api/public/{endpoint}/webhooks".into(), json!({
+        "post": {
+            "operationId": "create_webhook", "tags": tags,
+            "summary": "Subscribe a URL to this endpoint's events (webhooks:manage); the answer holds the signing secret, shown once",
+            "parameters": [endpoint],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+                "required": ["url"], "properties": {"url": url, "events": events, "resources": resource_filter, "payload": payload, "description": description}}}}},
+            "responses": create,
+        },
+        "get": {
+            "operationId": "list_webhooks", "tags": tags, "summary": "This endpoint's subscriptions, with their health",
+            "parameters": [endpoint],
+            "responses": responses("200", json!({"type": "object", "properties": {"data": {"type": "array", "items": subscription}}})),
+        },
+    }));
+    paths.insert("/api/public/{endpoint}/webhooks/{id}".into(), json!({
+        "get": {"operationId": "get_webhook", "tags": tags, "summary": "One subscription", "parameters": [endpoint, id],
+                "responses": responses("200", subscription.clone())},
+        "patch": {
+            "operationId": "update_webhook", "tags": tags,
+            "summary": "Change a subscription; status active resumes a paused one and re-enables a disabled one",
+            "parameters": [endpoint, id],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+                "properties": {"url": url, "events": events, "resources": resource_filter, "payload": payload, "description": description,
+                               "status": {"type": "string", "enum": ["active", "paused"]}}}}}},
+            "responses": responses("200", subscription.clone()),
+        },
+        "delete": {"operationId": "delete_webhook", "tags": tags, "summary": "Delete a subscription and its waiting events",
+                   "parameters": [endpoint, id], "responses": responses("204", Value::Null)},
+    }));
+    paths.insert("/api/public/{endpoint}/webhooks/{id}/rotate-secret".into(), json!({"post": {
+        "operationId": "rotate_webhook_secret", "tags": tags,
+        "summary": "A new signing secret, shown once; the old one keeps signing for overlap_seconds (default a day)",
+        "parameters": [endpoint, id],
+        "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+            "properties": {"overlap_seconds": {"type": "integer", "minimum": 0, "maximum": 604800}}}}}},
+        "responses": responses("200", subscription.clone()),
+    }}));
+    paths.insert("/api/public/{endpoint}/webhooks/{id}/deliveries".into(), json!({"get": {
+        "operationId": "list_webhook_deliveries", "tags": tags,
+        "summary": "The delivery log, newest first: state, attempts, last status, latency and the start of the answer",
+        "parameters": [endpoint, id,
+            {"name": "before", "in": "query", "required": false, "schema": {"type": "string", "pattern": "^evt_[0-9]{1,18}$"}, "description": "next_before of the previous page"},
+            {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": webhooks::MAX_LOG_PAGE, "default": 50}}],
+        "responses": responses("200", json!({"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object"}},
+                                                                             "next_before": {"type": ["string", "null"]}}})),
+    }}));
+    paths.insert("/api/public/{endpoint}/webhooks/{id}/replay".into(), json!({"post": {
+        "operationId": "replay_webhook", "tags": tags,
+        "summary": "Send again one event (event_id) or every retained event after a change_seq (since_change_seq)",
+        "parameters": [endpoint, id],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+            "properties": {"event_id": {"type": "string", "pattern": "^evt_[0-9]{1,18}$"}, "since_change_seq": {"type": "integer", "minimum": 0, "maximum": i64::MAX}},
+            "oneOf": [{"required": ["event_id"]}, {"required": ["since_change_seq"]}]}}}},
+        "responses": responses("202", json!({"type": "object", "properties": {"queued": {"type": "integer"}}})),
+    }}));
 }
