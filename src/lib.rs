@@ -15,6 +15,7 @@ pub mod events;
 pub mod http;
 pub mod idempotency;
 pub mod provider_hooks;
+pub mod queue_worker;
 pub mod rate_limit;
 pub mod request_log;
 pub mod schedule;

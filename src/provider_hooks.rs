@@ -228,38 +228,23 @@ impl CallbackWorker {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&self.state.db).await {
-            Ok(mut l) => l.listen(NOTIFY_CHANNEL).await.ok().map(|()| l),
-            Err(_) => None,
+        let queue = crate::queue_worker::Queue {
+            name: "provider callbacks",
+            channel: NOTIFY_CHANNEL,
+            batch: BATCH as usize,
+            idle: IDLE,
+            housekeeping_every: PRUNE_EVERY,
         };
-        let mut pruned = std::time::Instant::now() - PRUNE_EVERY;
-        while !shutdown.is_cancelled() {
-            if pruned.elapsed() >= PRUNE_EVERY {
-                let _ = sqlx::query("delete from provider_callbacks where received_at < now() - $1::interval")
-                    .bind(KEEP_QUEUED)
-                    .execute(&self.state.db)
-                    .await;
-                pruned = std::time::Instant::now();
-            }
-            match self.tick().await {
-                Ok(n) if n as i64 >= BATCH => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "applying provider callbacks failed; retrying"),
-            }
-            let notified = async {
-                match listener.as_mut() {
-                    Some(l) => {
-                        let _ = l.try_recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = notified => {}
-                _ = tokio::time::sleep(IDLE) => {}
-            }
-        }
+        queue.run(&self.state.db, shutdown, || self.tick(), || self.prune()).await;
+    }
+
+    /// Forgets records queued so long ago (a connection long inactive) that the poll has them.
+    async fn prune(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("delete from provider_callbacks where received_at < now() - $1::interval")
+            .bind(KEEP_QUEUED)
+            .execute(&self.state.db)
+            .await?;
+        Ok(())
     }
 
     /// Claims a batch of queued records, fetches and applies them; returns how many it claimed.

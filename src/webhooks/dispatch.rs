@@ -99,40 +99,14 @@ impl Dispatcher {
 
     /// Delivers until `shutdown`: at once when the outbox notifies, else every [`IDLE`].
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&self.state.db).await {
-            Ok(mut l) => match l.listen(clientapi_schema::outbox::NOTIFY_CHANNEL).await {
-                Ok(()) => Some(l),
-                Err(_) => None,
-            },
-            Err(_) => None,
+        let queue = crate::queue_worker::Queue {
+            name: "webhook deliveries",
+            channel: clientapi_schema::outbox::NOTIFY_CHANNEL,
+            batch: BATCH as usize,
+            idle: IDLE,
+            housekeeping_every: PRUNE_EVERY,
         };
-        let mut pruned = Instant::now() - PRUNE_EVERY;
-        while !shutdown.is_cancelled() {
-            if pruned.elapsed() >= PRUNE_EVERY {
-                if let Err(e) = self.prune().await {
-                    tracing::warn!(error = %e, "pruning webhook deliveries failed");
-                }
-                pruned = Instant::now();
-            }
-            match self.tick().await {
-                Ok(n) if n as i64 >= BATCH => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "webhook dispatch failed; retrying"),
-            }
-            let notified = async {
-                match listener.as_mut() {
-                    Some(l) => {
-                        let _ = l.try_recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = notified => {}
-                _ = tokio::time::sleep(IDLE) => {}
-            }
-        }
+        queue.run(&self.state.db, shutdown, || self.tick(), || self.prune()).await;
     }
 
     /// Claims one batch of due deliveries and attempts each; returns how many it attempted.
