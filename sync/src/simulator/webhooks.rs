@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
 /// ServiceM8 expects an answer within 10 s.
 const CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Records one callback names at most (a burst goes out as several callbacks).
+const MAX_ENTRIES: usize = 100;
 
 /// How callbacks misbehave, as probabilities from 0 to 1 (and a delay).
 #[derive(Debug, Clone, Default)]
@@ -206,17 +208,21 @@ impl Hooks {
         let subscriptions: Vec<Subscription> = self.lock().subscriptions.values().cloned().collect();
         let mut out = Vec::new();
         for (object, changes) in by_object {
-            let entry: Vec<Value> =
-                changes.iter().map(|c| json!({"uuid": c.uuid, "changed_fields": c.fields, "time": c.time})).collect();
-            let resource_url = match changes.as_slice() {
-                [one] => format!("{resource_base}/{object}/{}.json", one.uuid),
-                _ => format!("{resource_base}/{object}.json"),
-            };
-            for sub in subscriptions.iter().filter(|s| s.object == object) {
-                out.push((
-                    sub.callback_url.clone(),
-                    json!({"object": object, "entry": entry, "resource_url": resource_url}),
-                ));
+            for changes in changes.chunks(MAX_ENTRIES) {
+                let entry: Vec<Value> = changes
+                    .iter()
+                    .map(|c| json!({"uuid": c.uuid, "changed_fields": c.fields, "time": c.time}))
+                    .collect();
+                let resource_url = match changes {
+                    [one] => format!("{resource_base}/{object}/{}.json", one.uuid),
+                    _ => format!("{resource_base}/{object}.json"),
+                };
+                for sub in subscriptions.iter().filter(|s| s.object == object) {
+                    out.push((
+                        sub.callback_url.clone(),
+                        json!({"object": object, "entry": entry, "resource_url": resource_url}),
+                    ));
+                }
             }
         }
         out
