@@ -34,11 +34,13 @@ use crate::startup::AppState;
 pub const PATH_PREFIX: &str = "/hooks";
 /// The channel a queued callback notifies, so a worker wakes at once.
 pub const NOTIFY_CHANNEL: &str = "clientapi_callbacks";
-/// Queued records claimed at once.
-const BATCH: i64 = 500;
+/// Queued records claimed at once: fetched within the connection's budget (ServiceM8's 180 a
+/// minute take about 33 s for a full batch), then applied together.
+const BATCH: i64 = 100;
 /// Fetches in flight at once per connection (each still waits for the request budget).
 const FETCHES: usize = 8;
-const LEASE: Duration = Duration::from_secs(120);
+/// Longer than a full batch's fetches at the documented budget.
+const LEASE: Duration = Duration::from_secs(300);
 const IDLE: Duration = Duration::from_secs(1);
 /// Failed fetches of a record before it is left to the poll.
 const MAX_ATTEMPTS: i32 = 8;
