@@ -318,6 +318,9 @@ impl CallbackWorker {
             futures::stream::iter(fetches).buffered(FETCHES).collect().await;
 
         let (mut records, mut done, mut retry) = (Vec::new(), Vec::new(), Vec::new());
+        // Each fetched record named by a callback (not what derives from it), to check it found
+        // its company: (its queued row, resource, id).
+        let mut named: Vec<(&Queued, &'static str, String)> = Vec::new();
         for (q, result) in queued.iter().zip(fetched) {
             match result {
                 Ok(found) => {
@@ -325,7 +328,11 @@ impl CallbackWorker {
                     // reconciliation tombstones a hard delete.
                     metrics::counter!("provider_callback_fetches_total", "result" => if found.is_some() { "found" } else { "not_found" })
                         .increment(1);
-                    records.extend(found.unwrap_or_default());
+                    let found = found.unwrap_or_default();
+                    if let Some(own) = found.iter().find(|r| r.external_id == q.external_id && !r.deleted) {
+                        named.push((q, own.resource().singular(), own.external_id.clone()));
+                    }
+                    records.extend(found);
                     done.push(q);
                 }
                 Err(e)
@@ -345,7 +352,30 @@ impl CallbackWorker {
 
         let mut tx = state.db.begin().await?;
         mirror::lock_connection(&mut tx, connection).await?;
-        mirror::apply(&mut tx, connection, &mirror::stage(records), &mut mirror::Expectation::default()).await?;
+        let applied =
+            mirror::apply(&mut tx, connection, &mirror::stage(records), &mut mirror::Expectation::default()).await?;
+        // A record whose owner the mirror does not know yet (a job whose new client's callback is
+        // behind it) was left out: it is fetched again shortly, when its owner may be there.
+        if applied.unowned > 0 && !named.is_empty() {
+            let (resources, ids): (Vec<&str>, Vec<&str>) = named.iter().map(|(_, r, id)| (*r, id.as_str())).unzip();
+            let present: Vec<(String, String)> = sqlx::query_as(
+                "select k.resource, k.external_id from mirror_keys k join unnest($2::text[], $3::text[]) as n(r, x)
+                   on k.resource = n.r and k.external_id = n.x
+                 where k.connection_id = $1",
+            )
+            .bind(connection)
+            .bind(&resources)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (q, resource, id) in &named {
+                let mirrored = present.iter().any(|(r, x)| r == resource && x == id);
+                if !mirrored && q.attempts < MAX_ATTEMPTS {
+                    done.retain(|d| !std::ptr::eq(*d, *q));
+                    retry.push((*q, "its owner is not mirrored yet".to_owned()));
+                }
+            }
+        }
         // Done at the generation fetched: a callback that came in meanwhile stays queued.
         let (streams, ids, generations): (Vec<&str>, Vec<&str>, Vec<i32>) =
             done.iter().map(|q| (q.stream.as_str(), q.external_id.as_str(), q.generation)).collect();

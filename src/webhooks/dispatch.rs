@@ -389,8 +389,11 @@ impl Dispatcher {
             sent.iter().map(|i| v[*i].clone()).collect()
         }
         sqlx::query(
+            // A subscription deleted while its events were in flight takes its log with it.
             "insert into webhook_attempts (company_id, subscription_id, event_id, attempt, status, latency_ms, response, error)
-             select * from unnest($1::bigint[], $2::text[], $3::bigint[], $4::int[], $5::smallint[], $6::real[], $7::text[], $8::text[])
+             select u.* from unnest($1::bigint[], $2::text[], $3::bigint[], $4::int[], $5::smallint[], $6::real[], $7::text[], $8::text[])
+                  as u(c, s, e, a, status, latency, response, error)
+             where exists (select 1 from webhook_subscriptions w where w.company_id = u.c and w.public_id = u.s)
              on conflict do nothing",
         )
         .bind(pick(&sent, &companies))

@@ -457,6 +457,36 @@ async fn forged_duplicated_replayed_reordered_and_lost_provider_callbacks_change
     assert_eq!(rest_get(&app, &ep, &key, &format!("/jobs/{job}")).await["data"]["description"], mirrored);
     app.state.engine.sync_connection(conn, false, None).await.unwrap();
     assert_eq!(rest_get(&app, &ep, &key, &format!("/jobs/{job}")).await["data"]["description"], "lost callback");
+
+    // Out of order across objects: a new customer's job arrives before the customer. The job
+    // waits for its owner rather than being lost until the next poll.
+    let mut company = sim.sim.record("company", &offices[1]).unwrap();
+    let new_company = "0c0ffee0-0000-4000-8000-000000000001";
+    company["uuid"] = json!(new_company);
+    company["name"] = json!("Arrived Late Pty Ltd");
+    let mut new_job = sim.sim.record("job", &job_of(&sim, &offices[1])).unwrap();
+    let late_job = "0c0ffee0-0000-4000-8000-000000000002";
+    new_job["uuid"] = json!(late_job);
+    new_job["company_uuid"] = json!(new_company);
+    sim.sim.put("company", company);
+    sim.sim.put("job", new_job);
+    assert_eq!(app.client.post(&callback).json(&payload(late_job)).send().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let company_callback = json!({"object": "company", "entry": [{"uuid": new_company, "changed_fields": ["name"], "time": "2026-12-02 10:00:00"}]});
+    assert_eq!(app.client.post(&callback).json(&company_callback).send().await.unwrap().status(), 200);
+    let db = app.db.clone();
+    eventually(Duration::from_secs(20), "the early job to be mirrored once its customer is", || {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select count(*) from jobs where external_id = $1 and deleted_at is null")
+                .bind(late_job)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+                == 1
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

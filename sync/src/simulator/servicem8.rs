@@ -1276,32 +1276,6 @@ async fn delete_object(
     finish(lose, ok_body(None)).await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filters_support_eq_ne_gt_lt_and_refuse_ge_le() {
-        let clauses = parse_filter("edit_date gt '2026-01-01 00:00:00' and active eq 1").unwrap();
-        assert_eq!(clauses.len(), 2);
-        let record: Map<String, Value> =
-            serde_json::from_value(json!({"edit_date":"2026-02-01 00:00:00","active":"1"})).unwrap();
-        assert!(matches(&record, &clauses));
-        assert!(parse_filter("edit_date ge '2026-01-01 00:00:00'").is_err());
-        assert!(parse_filter("edit_date le '2026-01-01 00:00:00'").is_err());
-    }
-
-    #[test]
-    fn generation_is_deterministic_for_a_seed() {
-        let config = SimConfig { companies: 3, jobs_per_company: 4, ..SimConfig::default() };
-        let a = Simulator::new(config.clone());
-        let b = Simulator::new(config);
-        assert_eq!(a.records("job"), b.records("job"));
-        assert_eq!(a.records("company").len(), 3);
-        assert_eq!(a.records("job").len(), 12);
-    }
-}
-
 // ---- webhook subscriptions (form-encoded, like ServiceM8's) ---------------------------------
 
 fn form_fields(body: &[u8]) -> HashMap<String, String> {
@@ -1395,4 +1369,30 @@ async fn record_ids(State(sim): State<Arc<Simulator>>, Path(object): Path<String
         .map(|(k, _)| k)
         .collect();
     axum::Json(ids).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_support_eq_ne_gt_lt_and_refuse_ge_le() {
+        let clauses = parse_filter("edit_date gt '2026-01-01 00:00:00' and active eq 1").unwrap();
+        assert_eq!(clauses.len(), 2);
+        let record: Map<String, Value> =
+            serde_json::from_value(json!({"edit_date":"2026-02-01 00:00:00","active":"1"})).unwrap();
+        assert!(matches(&record, &clauses));
+        assert!(parse_filter("edit_date ge '2026-01-01 00:00:00'").is_err());
+        assert!(parse_filter("edit_date le '2026-01-01 00:00:00'").is_err());
+    }
+
+    #[test]
+    fn generation_is_deterministic_for_a_seed() {
+        let config = SimConfig { companies: 3, jobs_per_company: 4, ..SimConfig::default() };
+        let a = Simulator::new(config.clone());
+        let b = Simulator::new(config);
+        assert_eq!(a.records("job"), b.records("job"));
+        assert_eq!(a.records("company").len(), 3);
+        assert_eq!(a.records("job").len(), 12);
+    }
 }
