@@ -196,6 +196,12 @@ async fn a_second_account_gets_404_for_every_page_form_and_event_of_the_first() 
     for path in &pages {
         let (status, html) = get_page(&app, &owner, path).await;
         assert_eq!(status, 200, "the owner sees {path}");
+        if path == &format!("/connections/{connection}") {
+            assert!(html.contains("Provider webhooks"), "the connection page shows its webhooks");
+        }
+        if path == &format!("/endpoints/{endpoint}") {
+            assert!(html.contains("Webhook subscriptions"), "the endpoint page shows its subscriptions");
+        }
         let (status, eve_html) = get_page(&app, &eve, path).await;
         if path.starts_with("/endpoints/new") {
             // The form itself is anyone's; it offers only the viewer's own connections.
@@ -207,8 +213,9 @@ async fn a_second_account_gets_404_for_every_page_form_and_event_of_the_first() 
         assert_eq!(status, 404, "{path}");
         assert!(!eve_html.contains(&endpoint) || path.contains(&endpoint), "nothing of the first account on {path}");
     }
-    let forms: [(String, Vec<(&str, &str)>); 9] = [
+    let forms: [(String, Vec<(&str, &str)>); 10] = [
         (format!("/connections/{connection}/sync"), vec![]),
+        (format!("/connections/{connection}/webhooks"), vec![]),
         (format!("/connections/{connection}/schedule"), vec![("paused", "1")]),
         (format!("/connections/{connection}/disconnect"), vec![]),
         (format!("/endpoints/{endpoint}/edit"), vec![("name", "Taken over")]),
