@@ -52,6 +52,16 @@ pub enum ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        // The database went away under the request (a restart, a failover, a killed backend):
+        // not our fault to report as one, and worth a retry (a write's Idempotency-Key makes it
+        // safe). Logged like a 5xx cause all the same.
+        if clientapi_schema::read::connection_lost(&e) {
+            tracing::warn!(error = %e, "the database connection was lost under a request");
+            return ApiError::Unavailable {
+                detail: "The database connection was lost; retry shortly.".into(),
+                retry_after_secs: Some(1),
+            };
+        }
         ApiError::Internal(anyhow::Error::new(e).context("database error"))
     }
 }
@@ -276,7 +286,7 @@ pub const PROBLEMS: &[ProblemDoc] = &[
     doc(
         "unavailable",
         503,
-        "The provider cannot be reached right now: its request budget is spent, it answered 429, or the connection needs the operator. Retry after the `Retry-After` seconds. (One condition, one status: a spent provider budget is always a 503, on reads of attachment content and on writes alike.)",
+        "The provider cannot be reached right now: its request budget is spent, it answered 429, or the connection needs the operator. Retry after the `Retry-After` seconds. (One condition, one status: a spent provider budget is always a 503, on reads of attachment content and on writes alike.) Also when the database connection is lost under a request (a restart or failover) and a read's one retry on a fresh connection failed too: retry after `Retry-After`; a write's `Idempotency-Key` makes its retry safe.",
     ),
 ];
 

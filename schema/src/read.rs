@@ -23,6 +23,8 @@ const READER_CONNECTIONS: u32 = 32;
 /// A pool for the public read path: every connection runs as `clientapi_reader`. Lazy: no
 /// connection is made until the first read.
 pub fn reader_pool(options: PgConnectOptions) -> PgPool {
+    // Named, so an operator (and a test) can tell the read path's backends from the rest.
+    let options = options.application_name(READER_APPLICATION);
     PgPoolOptions::new()
         .max_connections(READER_CONNECTIONS)
         .acquire_timeout(Duration::from_secs(5))
@@ -33,6 +35,54 @@ pub fn reader_pool(options: PgConnectOptions) -> PgPool {
             })
         })
         .connect_lazy_with(options)
+}
+
+/// The read path's backends' `application_name`.
+pub const READER_APPLICATION: &str = "clientapi-reader";
+
+/// Whether `e` says the connection itself was lost (its backend terminated, the server shutting
+/// down or restarting, a broken socket) rather than anything about the statement: the same read
+/// on a fresh connection may well succeed.
+pub fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
+    }
+}
+
+/// A statement run on a connection of the scoped transaction, for [`scoped_read`].
+pub type Statement<'c, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'c>>;
+
+/// Runs `run` inside a scoped read transaction; when the connection was lost under it (a killed
+/// backend, a failover), once more on a fresh one, so a dropped connection costs no failed read.
+pub async fn scoped_read<T, F>(reader: &PgPool, scope: Scope, mut run: F) -> Result<T, sqlx::Error>
+where
+    F: for<'c> FnMut(&'c mut PgConnection) -> Statement<'c, T>,
+{
+    // A pooled connection whose backend died while idle fails at `begin`, before the statement:
+    // the next one is taken, up to the whole pool (after a failover every idle one is dead).
+    let (mut dead, mut retried) = (0, false);
+    loop {
+        let mut scoped = match Scoped::begin(reader, scope).await {
+            Ok(scoped) => scoped,
+            Err(e) if connection_lost(&e) && dead <= READER_CONNECTIONS => {
+                dead += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let result = run(scoped.conn()).await;
+        match scoped.finish(result).await {
+            Err(e) if !retried && connection_lost(&e) => {
+                metrics::counter!("read_retries_total").increment(1);
+                retried = true;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Sort orders; every one ends with the id, so pages are stable and keysets unique.
@@ -596,9 +646,11 @@ pub async fn list_page_rendering(
     select: &str,
 ) -> Result<PageRows, sqlx::Error> {
     let (sql, binds) = list_sql_rendering(query, select);
-    let mut scoped = Scoped::begin(reader, scope).await?;
-    let fetched = bind_all::<(String, String, String)>(sql, scope.company, binds).fetch_all(scoped.conn()).await;
-    let mut fetched = scoped.finish(fetched).await?;
+    let mut fetched = scoped_read(reader, scope, |conn| {
+        let (sql, binds) = (sql.clone(), binds.clone());
+        Box::pin(async move { bind_all::<(String, String, String)>(sql, scope.company, binds).fetch_all(conn).await })
+    })
+    .await?;
     let page_size = query.page_size as usize;
     let more = fetched.len() > page_size;
     fetched.truncate(page_size);
@@ -613,9 +665,12 @@ pub async fn count(reader: &PgPool, scope: Scope, query: &ListQuery) -> Result<i
     let query = ListQuery { after: None, ..query.clone() };
     let (conditions, binds) = list_conditions(&query);
     let sql = format!("select count(*) from {} t where {conditions}", query.resource.plural());
-    let mut scoped = Scoped::begin(reader, scope).await?;
-    let counted = bind_all::<(i64,)>(sql, scope.company, binds).fetch_one(scoped.conn()).await;
-    Ok(scoped.finish(counted).await?.0)
+    let counted = scoped_read(reader, scope, |conn| {
+        let (sql, binds) = (sql.clone(), binds.clone());
+        Box::pin(async move { bind_all::<(i64,)>(sql, scope.company, binds).fetch_one(conn).await })
+    })
+    .await?;
+    Ok(counted.0)
 }
 
 /// One record by id, or `None` (missing and foreign look the same).
@@ -668,14 +723,19 @@ pub async fn changes(
         })
         .collect();
     let sql = format!("select * from ({}) c order by 1 limit $3", branches.join(" union all "));
-    let mut scoped = Scoped::begin(reader, scope).await?;
-    let rows: Result<Vec<(i64, String)>, sqlx::Error> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(scope.company)
-        .bind(since)
-        .bind(i64::from(limit))
-        .fetch_all(scoped.conn())
-        .await;
-    Ok(scoped.finish(rows).await?.into_iter().map(|(seq, json)| Change { seq, json }).collect())
+    let rows: Vec<(i64, String)> = scoped_read(reader, scope, |conn| {
+        let sql = sql.clone();
+        Box::pin(async move {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(scope.company)
+                .bind(since)
+                .bind(i64::from(limit))
+                .fetch_all(conn)
+                .await
+        })
+    })
+    .await?;
+    Ok(rows.into_iter().map(|(seq, json)| Change { seq, json }).collect())
 }
 
 /// The whole filtered scope as one "page", for the exports.
@@ -794,16 +854,25 @@ pub async fn load_related(
         })
         .collect();
     let sql = format!("select * from ({}) x order by 1, 2, 4", branches.join(" union all "));
-    let mut q = sqlx::query_as::<_, (i32, String, String, String)>(sqlx::AssertSqlSafe(sql)).bind(scope.company);
-    for (_, values) in &groups {
-        let mut values = values.clone();
-        values.sort_unstable();
-        values.dedup();
-        q = q.bind(values);
-    }
-    let mut scoped = Scoped::begin(reader, scope).await?;
-    let rows = q.fetch_all(scoped.conn()).await;
-    for (n, parent, row, _) in scoped.finish(rows).await? {
+    let values: Vec<Vec<String>> = groups
+        .iter()
+        .map(|(_, values)| {
+            let mut values = values.clone();
+            values.sort_unstable();
+            values.dedup();
+            values
+        })
+        .collect();
+    let rows = scoped_read(reader, scope, |conn| {
+        let mut q =
+            sqlx::query_as::<_, (i32, String, String, String)>(sqlx::AssertSqlSafe(sql.clone())).bind(scope.company);
+        for v in &values {
+            q = q.bind(v.clone());
+        }
+        Box::pin(async move { q.fetch_all(conn).await })
+    })
+    .await?;
+    for (n, parent, row, _) in rows {
         let Some(((resource, link, limit, include_remote_data), _)) = groups.get(n as usize) else { continue };
         let key = RelatedKey {
             resource: *resource,

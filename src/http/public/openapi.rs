@@ -246,6 +246,7 @@ fn problems() -> Value {
     let problem = json!({"description": "Problem", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
     json!({
         "400": problem, "401": problem, "403": problem, "404": problem, "422": problem, "429": problem,
+        "503": problem,
         "414": {"description": "The URL is longer than 65,534 bytes: refused by the HTTP layer before the service reads it, without a body"}
     })
 }

@@ -185,6 +185,7 @@ pub fn openapi(paths: &mut serde_json::Map<String, Value>, schemas: &mut serde_j
     let responses = |ok: &str, schema: Value| {
         let mut r = json!({
             "400": problem, "401": problem, "403": problem, "404": problem, "422": problem, "429": problem,
+            "503": problem,
         });
         r[ok] = if ok == "204" {
             json!({"description": "Done"})
