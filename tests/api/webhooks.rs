@@ -185,9 +185,13 @@ fn job_of(sim: &Running, company: &str) -> String {
         .expect("the company has a job")
 }
 
+/// `GET path` with a bearer token (a key or an admin token), as JSON.
+async fn get_json(app: &TestApp, path: &str, bearer: &str) -> Value {
+    app.client.get(app.url(path)).bearer_auth(bearer).send().await.unwrap().json().await.unwrap()
+}
+
 async fn rest_get(app: &TestApp, ep: &str, key: &str, path: &str) -> Value {
-    let response = app.client.get(app.url(&format!("/api/public/{ep}{path}"))).bearer_auth(key).send().await.unwrap();
-    response.json().await.unwrap()
+    get_json(app, &format!("/api/public/{ep}{path}"), key).await
 }
 
 #[tokio::test]
@@ -251,16 +255,7 @@ async fn a_change_at_the_provider_reaches_the_mirror_and_only_its_companys_subsc
     assert!(crossed[0].starts_with("bad "), "{crossed:?}");
 
     // Visible: the connection's last callback and its lag; the subscription's health.
-    let connection: Value = app
-        .client
-        .get(app.url(&format!("/api/admin/connections/{}", conn.0)))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let connection: Value = get_json(&app, &format!("/api/admin/connections/{}", conn.0), &token).await;
     assert_eq!(connection["webhooks"]["status"], "subscribed");
     assert!(connection["webhooks"]["last_callback_at"].is_string());
     assert!(connection["webhooks"]["last_callback_lag_ms"].is_number());
@@ -585,16 +580,7 @@ async fn subscriptions_belong_to_their_endpoint_and_its_admins_and_ask_only_for_
     let path = format!("/api/public/{ep_b}/webhooks/{sub}");
     assert_eq!(app.client.get(app.url(&path)).bearer_auth(&key_b).send().await.unwrap().status(), 404);
     assert_eq!(app.client.delete(app.url(&path)).bearer_auth(&key_b).send().await.unwrap().status(), 404);
-    let listed: Value = app
-        .client
-        .get(app.url(&format!("/api/public/{ep_b}/webhooks")))
-        .bearer_auth(&key_b)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(&app, &format!("/api/public/{ep_b}/webhooks"), &key_b).await;
     assert_eq!(listed["data"], json!([]));
 
     // Its admins see and manage it; another account's admin does not.
@@ -606,16 +592,7 @@ async fn subscriptions_belong_to_their_endpoint_and_its_admins_and_ask_only_for_
     let response =
         app.client.get(app.url(&format!("/api/admin/webhooks/{sub}"))).bearer_auth(&stranger).send().await.unwrap();
     assert_eq!(response.status(), 404);
-    let stranger_list: Value = app
-        .client
-        .get(app.url("/api/admin/webhooks"))
-        .bearer_auth(&stranger)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stranger_list: Value = get_json(&app, "/api/admin/webhooks", &stranger).await;
     assert_eq!(stranger_list["data"], json!([]));
     let paused = app
         .client
@@ -742,29 +719,11 @@ async fn secrets_rotate_with_an_overlap_events_replay_pause_waits_and_a_failing_
     receiver.set(ANSWER_503);
     assert!(sim.sim.modify("job", &job, json!({"job_description": "never delivered"})));
     eventually(Duration::from_secs(30), "the subscription to be disabled", || async {
-        let s: Value = app
-            .client
-            .get(app.url(&format!("/api/admin/webhooks/{sub}")))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s: Value = get_json(&app, &format!("/api/admin/webhooks/{sub}"), &token).await;
         s["status"] == "disabled"
     })
     .await;
-    let s: Value = app
-        .client
-        .get(app.url(&format!("/api/admin/webhooks/{sub}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let s: Value = get_json(&app, &format!("/api/admin/webhooks/{sub}"), &token).await;
     let reason = s["disabled_reason"].as_str().unwrap();
     assert!(reason.contains("No delivery succeeded since") && reason.contains("503"), "{reason}");
     let log = rest_get(&app, &ep, &key, &format!("{own}/deliveries")).await;
