@@ -53,7 +53,7 @@ fn token_hash(token: &str) -> Vec<u8> {
 }
 
 /// The connection's callback token, created on first use.
-async fn callback_token(state: &AppState, connection: ConnectionId) -> Result<Secret<String>, sqlx::Error> {
+async fn callback_token(state: &AppState, connection: ConnectionId) -> anyhow::Result<Secret<String>> {
     let aad = token_aad(connection.0, "webhook_token");
     let sealed: Option<Vec<u8>> = sqlx::query_scalar("select webhook_token_enc from connections where id = $1")
         .bind(connection)
@@ -79,7 +79,8 @@ async fn callback_token(state: &AppState, connection: ConnectionId) -> Result<Se
         .bind(connection)
         .fetch_one(&state.db)
         .await?;
-    Ok(state.tokens.cipher().decrypt(&sealed, &aad).unwrap_or(Secret::new(token)))
+    // Whichever token was stored first (ours, or a concurrent caller's) is the connection's.
+    state.tokens.cipher().decrypt(&sealed, &aad).map_err(|_| anyhow::anyhow!("the callback token cannot be opened"))
 }
 
 /// The URL the provider posts to for `connection` (it holds the connection's secret token).

@@ -63,6 +63,10 @@ struct Claimed {
     scopes: Vec<String>,
 }
 
+/// A rendered record's key: company, technicians shown (two endpoints of a company may see a
+/// job differently), resource, id.
+type RecordKey = (i64, bool, Resource, String);
+
 /// What one attempt came to.
 enum Outcome {
     Delivered { status: u16 },
@@ -155,7 +159,7 @@ impl Dispatcher {
 
     /// The records the batch's record events carry, as the REST API renders them, each read in
     /// its endpoint's scope: one statement per company and resource.
-    async fn render(&self, claimed: &[Claimed]) -> Result<HashMap<(i64, String, String), String>, sqlx::Error> {
+    async fn render(&self, claimed: &[Claimed]) -> Result<HashMap<RecordKey, String>, sqlx::Error> {
         let mut wanted: HashMap<(i64, bool, Resource), Vec<String>> = HashMap::new();
         for c in claimed.iter().filter(|c| c.payload == "record") {
             if let (Some(resource), Some(id)) = (c.resource.as_deref().and_then(Resource::parse), &c.external_id) {
@@ -180,8 +184,7 @@ impl Dispatcher {
                 let scope = Scope::new(CompanyId(company), technicians);
                 let page = read::list_page(&self.state.reader, scope, &query).await?;
                 for (json, (_, id)) in page.rows.into_iter().zip(page.keys) {
-                    // Keyed by the technicians flag too: two endpoints of a company may see a job differently.
-                    out.insert((company, format!("{technicians}:{}", resource.singular()), id), json);
+                    out.insert((company, technicians, resource, id), json);
                 }
             }
         }
@@ -189,7 +192,7 @@ impl Dispatcher {
     }
 
     /// The event as it goes out, or why it no longer should.
-    fn body(&self, c: &Claimed, records: &HashMap<(i64, String, String), String>) -> Result<String, String> {
+    fn body(&self, c: &Claimed, records: &HashMap<RecordKey, String>) -> Result<String, String> {
         let event_id = format!("evt_{}", c.event_id);
         let timestamp = c.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let Some(resource_name) = &c.resource else {
@@ -211,7 +214,7 @@ impl Dispatcher {
         });
         if c.payload == "record" {
             let technicians = c.scopes.iter().any(|s| s == crate::auth::TECHNICIANS_READ);
-            let key = (c.company_id.0, format!("{technicians}:{}", resource.singular()), id.clone());
+            let key = (c.company_id.0, technicians, resource, id.clone());
             match records.get(&key) {
                 Some(json) => {
                     let raw = RawValue::from_string(json.clone()).map_err(|e| e.to_string())?;
@@ -240,7 +243,7 @@ impl Dispatcher {
         Ok(secrets)
     }
 
-    async fn attempt(&self, c: &Claimed, records: &HashMap<(i64, String, String), String>) -> Attempt {
+    async fn attempt(&self, c: &Claimed, records: &HashMap<RecordKey, String>) -> Attempt {
         let body = match self.body(c, records) {
             Ok(body) => body,
             Err(reason) => return Attempt { outcome: Outcome::Dropped { reason }, latency_ms: 0.0, response: None },
