@@ -204,8 +204,9 @@ async fn each_writable_resource_is_created_updated_and_deleted_and_read_back_at_
         assert_eq!(response.headers()["allow"], "GET,HEAD", "{path}");
     }
     // The provider rate-limiting the download is the same 503 with Retry-After as for a write.
-    f.sim.sim.schedule_fault(
-        1,
+    // (Aimed at the download's own path: a webhook fetch in the background must not take it.)
+    f.sim.sim.schedule_fault_at(
+        &format!("GET attachment/{file}.file"),
         clientapi_sync::simulator::servicem8::Fault::TooManyRequests { retry_after_secs: Some(7), text_body: false },
     );
     let limited = f.download(&file).await;
@@ -393,8 +394,8 @@ async fn one_idempotency_key_sent_ten_times_at_once_creates_one_record() {
 async fn a_lost_provider_answer_is_looked_up_and_creates_no_duplicate() {
     let f = fixture(&[("CLIENTAPI_PROVIDER_TIMEOUT_SECS", "1")]).await;
     let creates_before = f.sim.sim.stats().creates;
-    // The next provider request (the create) is applied, but its answer arrives too late.
-    f.sim.sim.schedule_fault(1, Fault::LoseResponse(Duration::from_secs(3)));
+    // The create is applied at the provider, but its answer arrives too late.
+    f.sim.sim.schedule_fault_at("POST job.json", Fault::LoseResponse(Duration::from_secs(3)));
     let (status, created) = f.post("/jobs", json!({"status": "Quote", "description": "Lost in transit"})).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(f.sim.sim.stats().creates, creates_before + 1, "no second create");

@@ -146,6 +146,8 @@ struct State_ {
     minute_window: VecDeque<Instant>,
     day_count: u32,
     scheduled: BTreeMap<u64, Fault>,
+    /// Faults for the next request to one method and path (`GET object/file`), whoever sends it.
+    aimed: Vec<(String, Fault)>,
     /// The next create lands under this company, whatever it asked for.
     misplace: Option<String>,
     stats: Stats,
@@ -462,6 +464,7 @@ impl Simulator {
                 minute_window: VecDeque::new(),
                 day_count: 0,
                 scheduled: BTreeMap::new(),
+                aimed: Vec::new(),
                 misplace: None,
                 stats: Stats::default(),
                 rng,
@@ -583,6 +586,14 @@ impl Simulator {
         let mut state = self.lock();
         let at = state.stats.api_requests + after;
         state.scheduled.insert(at, fault);
+    }
+
+    /// Makes the next API request to `request` (method and path under `/api_1.0/`, e.g.
+    /// `GET attachment/{uuid}.file` or `POST job.json`; `GET /webhook_subscriptions`) fail with `fault`, whatever other
+    /// requests arrive first: the service's background work (polls, webhook fetches) cannot
+    /// take it.
+    pub fn schedule_fault_at(&self, path: &str, fault: Fault) {
+        self.lock().aimed.push((path.to_owned(), fault));
     }
 
     /// Makes the next create land under `company_uuid` instead of where it was asked to, as a
@@ -745,12 +756,15 @@ enum Gate {
 }
 
 /// Auth, rate limits and faults, applied to every API request in order.
-async fn gate(sim: &Simulator, headers: &HeaderMap) -> Gate {
+async fn gate(sim: &Simulator, headers: &HeaderMap, request: &str) -> Gate {
     let (fault, delay, gate) = {
         let mut state = sim.lock();
         state.stats.api_requests += 1;
         let n = state.stats.api_requests;
-        let fault = state.scheduled.remove(&n);
+        let fault = state.scheduled.remove(&n).or_else(|| {
+            let aimed = state.aimed.iter().position(|(r, _)| r == request)?;
+            Some(state.aimed.remove(aimed).1)
+        });
         let knobs = state.knobs.clone();
         let token = headers
             .get(header::AUTHORIZATION)
@@ -910,7 +924,7 @@ async fn list_objects(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let truncate = match gate(&sim, &headers).await {
+    let truncate = match gate(&sim, &headers, &format!("GET {file}")).await {
         Gate::Reject(r) => return r,
         Gate::Proceed { truncate, .. } => truncate,
     };
@@ -981,7 +995,7 @@ async fn get_object(
     Path((object, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let truncate = match gate(&sim, &headers).await {
+    let truncate = match gate(&sim, &headers, &format!("GET {object}/{file}")).await {
         Gate::Reject(r) => return r,
         Gate::Proceed { truncate, .. } => truncate,
     };
@@ -1174,7 +1188,7 @@ async fn create_object(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let lose = match gate(&sim, &headers).await {
+    let lose = match gate(&sim, &headers, &format!("POST {file}")).await {
         Gate::Reject(r) => return r,
         Gate::Proceed { lose, .. } => lose,
     };
@@ -1206,7 +1220,7 @@ async fn update_object(
     Path((object, file)): Path<(String, String)>,
     request: axum::extract::Request,
 ) -> Response {
-    let lose = match gate(&sim, request.headers()).await {
+    let lose = match gate(&sim, request.headers(), &format!("POST {object}/{file}")).await {
         Gate::Reject(r) => return r,
         Gate::Proceed { lose, .. } => lose,
     };
@@ -1261,7 +1275,7 @@ async fn delete_object(
     Path((object, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let lose = match gate(&sim, &headers).await {
+    let lose = match gate(&sim, &headers, &format!("DELETE {object}/{file}")).await {
         Gate::Reject(r) => return r,
         Gate::Proceed { lose, .. } => lose,
     };
@@ -1291,7 +1305,7 @@ fn success(ok: bool, message: Option<String>) -> Response {
 }
 
 async fn list_subscriptions(State(sim): State<Arc<Simulator>>, headers: HeaderMap) -> Response {
-    if let Gate::Reject(r) = gate(&sim, &headers).await {
+    if let Gate::Reject(r) = gate(&sim, &headers, "GET /webhook_subscriptions").await {
         return r;
     }
     axum::Json(sim.hooks.subscriptions()).into_response()
@@ -1302,7 +1316,7 @@ async fn create_subscription(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Gate::Reject(r) = gate(&sim, &headers).await {
+    if let Gate::Reject(r) = gate(&sim, &headers, "POST /webhook_subscriptions").await {
         return r;
     }
     let form = form_fields(&body);
@@ -1332,7 +1346,7 @@ async fn delete_subscription(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Gate::Reject(r) = gate(&sim, &headers).await {
+    if let Gate::Reject(r) = gate(&sim, &headers, "DELETE /webhook_subscriptions").await {
         return r;
     }
     let form = form_fields(&body);
