@@ -394,9 +394,12 @@ impl KeyVerifier {
                         // The connection dropped and is being re-established: notifications
                         // may have been missed, so trust nothing cached.
                         Ok(None) => self.invalidate_all(),
+                        // The database went away (a restart, a failover). Keys keep their
+                        // cached verdicts meanwhile, so reads served elsewhere (a replica) go on:
+                        // nothing can be revoked while the primary is down, and everything
+                        // cached is dropped once we listen again (above), or after CACHE_TTL.
                         Err(e) => {
                             tracing::warn!(error = %e, "key invalidation listener lost its connection; reconnecting");
-                            self.invalidate_all();
                             break;
                         }
                     },

@@ -31,11 +31,19 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Run the service until Ctrl-C or SIGTERM: the API, and the sync workers (scheduler).
+    /// Run the service until Ctrl-C or SIGTERM: the API, and the workers (sync scheduler,
+    /// provider callbacks, webhook delivery). Any number of processes may share one database.
     Serve {
-        /// Serve the API only; another process runs the sync workers.
+        /// Serve the API only; other processes run the workers.
+        #[arg(long, alias = "no-workers", conflicts_with = "workers_only")]
+        api_only: bool,
+        /// Run the workers only (HTTP serves just /healthz, /readyz and /metrics).
         #[arg(long)]
-        no_workers: bool,
+        workers_only: bool,
+        /// Start this many hot standbys of the local Postgres (pg_basebackup, in the data
+        /// directory) and serve customer reads from them (CLIENTAPI_LOCAL_REPLICAS).
+        #[arg(long, value_name = "N")]
+        local_replicas: Option<usize>,
     },
     /// Apply pending database migrations and exit.
     Migrate,
@@ -274,8 +282,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { companies, jobs_per_company, seed } => {
             crate::demo::run(config, crate::demo::DemoOptions { companies, jobs_per_company, seed }).await
         }
-        Command::Serve { no_workers } => {
-            let app = Application::build(config).await?.with_workers(!no_workers);
+        Command::Serve { api_only, workers_only, local_replicas } => {
+            let mut config = config;
+            if let Some(n) = local_replicas {
+                if config.database_url.is_some() {
+                    anyhow::bail!("--local-replicas needs the local Postgres: unset DATABASE_URL");
+                }
+                if n > 8 {
+                    anyhow::bail!("--local-replicas: at most 8 (got {n})");
+                }
+                config.local_replicas = n;
+            }
+            let role = match (api_only, workers_only) {
+                (true, _) => crate::startup::Role::Api,
+                (_, true) => crate::startup::Role::Workers,
+                _ => crate::startup::Role::All,
+            };
+            let app = Application::build(config).await?.with_role(role);
             app.run_until_stopped(shutdown_on_signals()).await
         }
         Command::Migrate => {
@@ -322,7 +345,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn open_state(config: Config) -> anyhow::Result<(Database, crate::startup::AppState)> {
     let master_key = config.master_key()?;
     let db = Database::open(&config).await?;
-    let state = crate::startup::AppState::new(db.pool.clone(), db.reader.clone(), config, master_key);
+    let state =
+        crate::startup::AppState::new(db.pool.clone(), db.reader.clone(), db.replicas.clone(), config, master_key);
     Ok((db, state))
 }
 

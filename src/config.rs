@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -48,6 +49,15 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Customer webhooks (DESIGN.md §8).
     pub webhooks: WebhookSettings,
+    /// Hot standbys that serve customer reads (`CLIENTAPI_READ_REPLICA_URLS`, comma-separated).
+    pub read_replica_urls: Vec<Secret<String>>,
+    /// A standby serves reads only while its replay is this far behind the primary, or less.
+    pub replica_max_lag_ms: u64,
+    /// Hot standbys of the local cluster started beside it (`serve --local-replicas N`).
+    pub local_replicas: usize,
+    /// API processes sharing each endpoint's rate limit: each admits `limit / N` of it, so all
+    /// of them together never admit more than the limit.
+    pub api_processes: u32,
 }
 
 /// How customer webhooks are delivered.
@@ -86,6 +96,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("CLIENTAPI_WEBHOOK_RETRY_FOR_SECS", "webhook_retry_for_secs"),
     ("CLIENTAPI_WEBHOOK_RETRY_BASE_MS", "webhook_retry_base_ms"),
     ("CLIENTAPI_WEBHOOK_TIMEOUT_SECS", "webhook_timeout_secs"),
+    ("CLIENTAPI_READ_REPLICA_URLS", "read_replica_urls"),
+    ("CLIENTAPI_REPLICA_MAX_LAG_MS", "replica_max_lag_ms"),
+    ("CLIENTAPI_LOCAL_REPLICAS", "local_replicas"),
+    ("CLIENTAPI_API_PROCESSES", "api_processes"),
 ];
 
 pub const DEFAULT_FAILED_AUTH_DELAY_MS: u64 = 500;
@@ -237,6 +251,34 @@ impl Config {
         let webhook_timeout =
             get("webhook_timeout_secs").map_or(Some(10), |(s, v)| parse_number(&s, &v, 1..=60, "seconds", &mut errors));
 
+        let read_replica_urls = get("read_replica_urls").map_or_else(Vec::new, |(src, v)| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .enumerate()
+                .filter_map(|(n, url)| {
+                    let parsed = (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+                        && sqlx::postgres::PgConnectOptions::from_str(url).is_ok();
+                    if !parsed {
+                        // Never echo the value: it may hold a password.
+                        errors.push((src.clone(), format!("entry {} is not a postgres:// URL", n + 1)));
+                    }
+                    parsed.then(|| Secret::new(url.to_owned()))
+                })
+                .collect()
+        });
+        let replica_max_lag = get("replica_max_lag_ms")
+            .map_or(Some(1_000), |(s, v)| parse_number(&s, &v, 1..=3_600_000, "milliseconds", &mut errors));
+        let local_replicas =
+            get("local_replicas").map_or(Some(0), |(s, v)| parse_number(&s, &v, 0..=8, "replicas", &mut errors));
+        if local_replicas.is_some_and(|n| n > 0)
+            && let (Some(_), Some((src, _))) = (&database_url, get("local_replicas"))
+        {
+            errors.push((src, "local replicas need the local Postgres: unset DATABASE_URL".into()));
+        }
+        let api_processes =
+            get("api_processes").map_or(Some(1), |(s, v)| parse_number(&s, &v, 1..=1_000, "processes", &mut errors));
+
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -264,6 +306,10 @@ impl Config {
                 retry_base: std::time::Duration::from_millis(retry_base.expect("checked above")),
                 timeout: std::time::Duration::from_secs(webhook_timeout.expect("checked above")),
             },
+            read_replica_urls,
+            replica_max_lag_ms: replica_max_lag.expect("checked above"),
+            local_replicas: local_replicas.expect("checked above"),
+            api_processes: api_processes.expect("checked above"),
         })
     }
 

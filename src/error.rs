@@ -52,10 +52,11 @@ pub enum ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        // The database went away under the request (a restart, a failover, a killed backend):
+        // The database went away under the request (a restart, a failover, a killed backend), or
+        // no connection to it could be had in time:
         // not our fault to report as one, and worth a retry (a write's Idempotency-Key makes it
         // safe). Logged like a 5xx cause all the same.
-        if clientapi_schema::read::connection_lost(&e) {
+        if clientapi_schema::read::connection_lost(&e) || matches!(e, sqlx::Error::PoolTimedOut) {
             tracing::warn!(error = %e, "the database connection was lost under a request");
             return ApiError::Unavailable {
                 detail: "The database connection was lost; retry shortly.".into(),

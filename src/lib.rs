@@ -17,6 +17,7 @@ pub mod idempotency;
 pub mod provider_hooks;
 pub mod queue_worker;
 pub mod rate_limit;
+pub mod replicas;
 pub mod request_log;
 pub mod schedule;
 pub mod startup;

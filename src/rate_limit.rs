@@ -33,8 +33,13 @@ impl RateInfo {
     }
 }
 
+/// Per process: with `processes` API processes sharing endpoints (`CLIENTAPI_API_PROCESSES`),
+/// each admits `per_minute / processes` (at least 1) of an endpoint's quota, so together they
+/// never admit more than the quota; a client whose requests reach only some of the processes
+/// meets a lower limit, and the headers say so (they report what this process admits).
 pub struct EndpointRateLimits {
     limiters: Cache<(i64, u32), Arc<Limiter>>,
+    processes: u32,
     /// One clock for "how long until": building a quanta clock calibrates it (measured at a
     /// quarter of the CPU of a rate-limited request).
     clock: DefaultClock,
@@ -44,15 +49,26 @@ impl Default for EndpointRateLimits {
     fn default() -> Self {
         Self {
             limiters: Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(600)).build(),
+            processes: 1,
             clock: DefaultClock::default(),
         }
     }
 }
 
 impl EndpointRateLimits {
+    /// Limits whose quotas `processes` API processes share.
+    pub fn shared_by(processes: u32) -> Self {
+        Self { processes: processes.max(1), ..Self::default() }
+    }
+
+    /// This process's share of a quota.
+    fn share(&self, per_minute: u32) -> u32 {
+        (per_minute / self.processes).max(1)
+    }
+
     /// Spends one request of `endpoint_id`'s quota (`per_minute`), if there is one left.
     pub fn check(&self, endpoint_id: i64, per_minute: u32) -> RateInfo {
-        let per_minute = per_minute.max(1);
+        let per_minute = self.share(per_minute);
         let limiter = self.limiter(endpoint_id, per_minute);
         let interval = 60.0 / f64::from(per_minute);
         match limiter.check() {
@@ -76,7 +92,7 @@ impl EndpointRateLimits {
     /// Spends `n` more requests of `endpoint_id`'s quota at once (a costly GraphQL query), or
     /// says in how many seconds it could be afforded.
     pub fn charge(&self, endpoint_id: i64, per_minute: u32, n: u32) -> Result<(), u64> {
-        let per_minute = per_minute.max(1);
+        let per_minute = self.share(per_minute);
         let limiter = self.limiter(endpoint_id, per_minute);
         let Some(n) = NonZeroU32::new(n) else { return Ok(()) };
         match limiter.check_n(n) {
@@ -92,5 +108,22 @@ impl EndpointRateLimits {
             let q = NonZeroU32::new(per_minute).expect("at least 1");
             Arc::new(RateLimiter::direct(Quota::per_minute(q)).with_middleware::<StateInformationMiddleware>())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_sharing_a_quota_never_admit_more_than_it_together() {
+        let processes: Vec<EndpointRateLimits> = (0..3).map(|_| EndpointRateLimits::shared_by(3)).collect();
+        let admitted = (0..300).filter(|n| processes[n % 3].check(7, 60).allowed).count();
+        assert_eq!(admitted, 60, "three processes share one quota of 60");
+        let first = EndpointRateLimits::shared_by(3).check(8, 60);
+        assert_eq!(first.limit, 20, "each admits a third, and says so");
+        // A quota smaller than the process count still admits one per process.
+        assert!(EndpointRateLimits::shared_by(5).check(9, 2).allowed);
+        assert_eq!(EndpointRateLimits::default().check(10, 60).limit, 60, "one process: the whole quota");
     }
 }

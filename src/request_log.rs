@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 const QUEUE: usize = 50_000;
 const BATCH: usize = 1_000;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// How often rows held through a database outage are tried again, and how many are held.
+const RETRY_HELD: Duration = Duration::from_secs(1);
+const HELD_MAX: usize = 100_000;
 /// Query parameters whose values never reach the log.
 const SECRET_PARAMS: [&str; 6] = ["key", "api_key", "apikey", "token", "password", "secret"];
 
@@ -94,6 +97,8 @@ async fn writer(db: PgPool, mut rx: mpsc::Receiver<LogRow>, retention_days: u32,
                 }
                 write(&db, &mut buffer).await;
             }
+            // Rows held while the database was unreachable are tried again.
+            _ = tokio::time::sleep(RETRY_HELD), if !buffer.is_empty() => write(&db, &mut buffer).await,
             _ = maintenance.tick() => {
                 if let Err(e) = maintain_partitions(&db, retention_days).await {
                     tracing::warn!(error = %e, "request log partition maintenance failed");
@@ -155,6 +160,16 @@ async fn write(db: &PgPool, rows: &mut Vec<LogRow>) {
                 && let Err(e) = crate::events::notify_requests(db, &endpoints).await
             {
                 tracing::debug!(error = %e, "request log event not sent");
+            }
+        }
+        // The database is away (a restart, a failover): the rows wait for it, up to a bound.
+        Err(e) if clientapi_schema::read::connection_lost(&e) || matches!(e, sqlx::Error::PoolTimedOut) => {
+            tracing::warn!(error = %e, rows = batch.len(), "request logs held until the database answers again");
+            *rows = batch;
+            if rows.len() > HELD_MAX {
+                let dropped = rows.len() - HELD_MAX;
+                rows.drain(..dropped);
+                metrics::counter!("request_log_dropped_total").increment(dropped as u64);
             }
         }
         Err(e) => tracing::error!(error = %e, rows = batch.len(), "writing request logs failed"),

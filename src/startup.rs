@@ -45,11 +45,15 @@ impl std::ops::Deref for AppState {
 /// What [`AppState`] shares.
 pub struct Shared {
     pub db: PgPool,
-    /// The public read path's pool: its connections act as the row-level-security role.
+    /// The public read path's pool on the primary: its connections act as the
+    /// row-level-security role.
     pub reader: PgPool,
+    /// Where customer reads run: a read replica within the lag bound, else the primary.
+    pub reads: crate::replicas::ReadRouter,
     pub cursors: CursorSigner,
     pub graphql: Arc<clientapi_graphql::GraphqlApi>,
-    freshness: moka::future::Cache<ConnectionId, Arc<Vec<StreamStatus>>>,
+    /// Per connection and per server read (the primary, or a replica by index).
+    freshness: moka::future::Cache<(ConnectionId, Option<usize>), Arc<Vec<StreamStatus>>>,
     pub config: Arc<Config>,
     pub master_key: Arc<MasterKey>,
     pub providers: Providers,
@@ -71,7 +75,15 @@ pub struct Shared {
 }
 
 impl AppState {
-    pub fn new(db: PgPool, reader: PgPool, config: Config, master_key: MasterKey) -> Self {
+    /// The state over `db` (the primary) and its reader pool, with reads on `replicas` when
+    /// there are any.
+    pub fn new(
+        db: PgPool,
+        reader: PgPool,
+        replicas: Vec<PgConnectOptions>,
+        config: Config,
+        master_key: MasterKey,
+    ) -> Self {
         let providers = providers(&config);
         let tokens = TokenManager::new(db.clone(), Cipher::new(master_key.expose()));
         let shutdown = CancellationToken::new();
@@ -82,9 +94,17 @@ impl AppState {
         let listener = tokio::spawn(verifier.clone().run(db.clone(), shutdown.clone()));
         let events = crate::events::AdminEvents::default();
         let events_listener = tokio::spawn(events.clone().run(db.clone(), shutdown.clone()));
+        let reads = crate::replicas::ReadRouter::new(
+            db.clone(),
+            reader.clone(),
+            replicas,
+            std::time::Duration::from_millis(config.replica_max_lag_ms),
+        );
+        let replica_checks = tokio::spawn(reads.clone().run(shutdown.clone()));
         Self(Arc::new(Shared {
             db,
             reader,
+            reads,
             cursors: CursorSigner::new(master_key.expose()),
             graphql: Arc::new(clientapi_graphql::GraphqlApi::new()),
             freshness: moka::future::Cache::builder().max_capacity(10_000).time_to_live(FRESHNESS_TTL).build(),
@@ -92,13 +112,13 @@ impl AppState {
             tokens,
             engine,
             verifier,
-            rate_limits: Arc::default(),
+            rate_limits: Arc::new(EndpointRateLimits::shared_by(config.api_processes)),
             write_queue: Arc::new(crate::writes::WriteQueue::new()),
             request_log,
             events,
             streams_closing: shutdown.child_token(),
             login_limits: Default::default(),
-            tasks: Arc::new(std::sync::Mutex::new(vec![writer, listener, events_listener])),
+            tasks: Arc::new(std::sync::Mutex::new(vec![writer, listener, events_listener, replica_checks])),
             config: Arc::new(config),
             master_key: Arc::new(master_key),
             shutdown,
@@ -106,11 +126,20 @@ impl AppState {
     }
 
     /// Per-stream sync status of a connection, cached briefly: the read path asks on every page.
-    pub async fn freshness(&self, connection: ConnectionId) -> Arc<Vec<StreamStatus>> {
-        let db = self.db.clone();
+    /// Read on the server the data comes from (`replica`, else the primary), so a replica's
+    /// envelope says how fresh *its* data is.
+    pub async fn freshness(&self, connection: ConnectionId, replica: Option<usize>) -> Arc<Vec<StreamStatus>> {
+        let (pool, primary) = (self.reads.status_pool(replica).clone(), self.db.clone());
         self.freshness
-            .get_with(connection, async move {
-                Arc::new(clientapi_sync::status::streams(&db, connection).await.unwrap_or_default())
+            .get_with((connection, replica), async move {
+                let streams = match clientapi_sync::status::streams(&pool, connection).await {
+                    Ok(streams) => Ok(streams),
+                    // A replica that cannot answer: the primary's status is at least as fresh
+                    // as the data the primary would serve instead.
+                    Err(_) if replica.is_some() => clientapi_sync::status::streams(&primary, connection).await,
+                    Err(e) => Err(e),
+                };
+                Arc::new(streams.unwrap_or_default())
             })
             .await
     }
@@ -129,7 +158,10 @@ impl AppState {
 pub struct Database {
     pub pool: PgPool,
     pub reader: PgPool,
+    /// Read replicas: configured (`CLIENTAPI_READ_REPLICA_URLS`) and local ones.
+    pub replicas: Vec<PgConnectOptions>,
     local: Option<LocalPostgres>,
+    local_replicas: Vec<LocalPostgres>,
 }
 
 impl Database {
@@ -155,13 +187,34 @@ impl Database {
         let pool = db::connect(options.clone()).await.context("connecting to Postgres")?;
         db::migrate(&pool).await.context("running migrations")?;
         let reader = clientapi_schema::read::reader_pool(options);
-        Ok(Self { pool, reader, local })
+        let mut replicas = crate::replicas::ReadRouter::options(&config.read_replica_urls)?;
+        let mut local_replicas = Vec::new();
+        let mut local = local;
+        for n in 1..=config.local_replicas {
+            let Some(primary) = local.take() else { break };
+            let dir = config.data_dir.join(format!("replica-{n}"));
+            let (primary, standby) = tokio::task::spawn_blocking(move || {
+                let standby = primary.start_replica(&dir, Durability::Durable);
+                (primary, standby)
+            })
+            .await
+            .context("local replica start-up task")?;
+            local = Some(primary);
+            let standby = standby.with_context(|| format!("starting local read replica {n}"))?;
+            tracing::info!(replica = n, port = standby.port(), "local read replica serving");
+            replicas.push(standby.connect_options(db::SERVICE_DATABASE));
+            local_replicas.push(standby);
+        }
+        Ok(Self { pool, reader, replicas, local, local_replicas })
     }
 
-    /// Closes the pool, then stops the local cluster if this process owns it.
+    /// Closes the pool, then stops the local cluster (its replicas first) if this process owns it.
     pub async fn close(self) -> anyhow::Result<()> {
         self.reader.close().await;
         self.pool.close().await;
+        for standby in self.local_replicas {
+            tokio::task::spawn_blocking(move || standby.stop()).await??;
+        }
         if let Some(local) = self.local {
             tokio::task::spawn_blocking(move || local.stop()).await??;
         }
@@ -169,13 +222,26 @@ impl Database {
     }
 }
 
+/// What one process runs. Any number of each may run against one database (README, "Past
+/// one machine"): the sync claims each connection's run through a lease, queues are claimed
+/// row by row, and caches hear every change through LISTEN/NOTIFY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The API and the workers (the default).
+    All,
+    /// The API alone (`serve --api-only`): public, admin and dashboard routes.
+    Api,
+    /// The workers alone (`serve --workers-only`): the sync scheduler, provider callbacks and
+    /// webhook delivery, with only `/healthz`, `/readyz` and `/metrics` on HTTP.
+    Workers,
+}
+
 /// A built, bound, not yet running service.
 pub struct Application {
     listener: TcpListener,
     state: AppState,
     database: Database,
-    /// Whether this process runs the sync scheduler beside the API.
-    workers: bool,
+    role: Role,
 }
 
 impl Application {
@@ -190,13 +256,19 @@ impl Application {
             let _ = config.public_url.set_port(Some(listener.local_addr()?.port()));
         }
         crate::telemetry::metrics_handle();
-        let state = AppState::new(database.pool.clone(), database.reader.clone(), config, master_key);
-        Ok(Self { listener, state, database, workers: true })
+        let state = AppState::new(
+            database.pool.clone(),
+            database.reader.clone(),
+            database.replicas.clone(),
+            config,
+            master_key,
+        );
+        Ok(Self { listener, state, database, role: Role::All })
     }
 
-    /// Runs (or not) the sync workers in this process.
-    pub fn with_workers(mut self, workers: bool) -> Self {
-        self.workers = workers;
+    /// What this process runs.
+    pub fn with_role(mut self, role: Role) -> Self {
+        self.role = role;
         self
     }
 
@@ -210,8 +282,12 @@ impl Application {
 
     /// Serves until `shutdown` fires, then drains in-flight requests and stops the database.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, state, database, workers } = self;
-        let router = crate::http::router(state.clone());
+        let Self { listener, state, database, role } = self;
+        let workers = role != Role::Api;
+        let router = match role {
+            Role::Workers => crate::http::health_router(state.clone()),
+            Role::All | Role::Api => crate::http::router(state.clone()),
+        };
         let scheduler = workers.then(|| {
             tokio::spawn(clientapi_sync::scheduler::run(
                 state.engine.clone(),
@@ -230,7 +306,7 @@ impl Application {
                 crate::webhooks::dispatch::Dispatcher::new(state.clone()).run(state.shutdown.clone()),
             ));
         }
-        tracing::info!(addr = %listener.local_addr()?, "serving");
+        tracing::info!(addr = %listener.local_addr()?, ?role, "serving");
         let (signal, streams) = (shutdown.clone(), state.streams_closing.clone());
         axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
@@ -241,6 +317,7 @@ impl Application {
             .await
             .context("HTTP server")?;
         state.stop_background().await;
+        state.reads.close().await;
         if let Some(scheduler) = scheduler {
             match scheduler.await {
                 Ok(Err(e)) => tracing::warn!(error = %e, "the sync scheduler stopped with an error"),

@@ -132,7 +132,8 @@ fn token_failure(e: TokenError) -> ApiError {
 
 /// A live record of the endpoint's company, or 404 exactly like a missing one.
 async fn own_record(state: &AppState, p: &Principal, resource: Resource, id: &str) -> Result<Value, ApiError> {
-    let row = read::get_one(&state.reader, p.read_scope(), resource, id, false).await?.ok_or(ApiError::NotFound)?;
+    let row =
+        read::get_one(&state.reads.primary(), p.read_scope(), resource, id, false).await?.ok_or(ApiError::NotFound)?;
     let record: Value = serde_json::from_str(&row).map_err(anyhow::Error::from)?;
     if record["deleted_at"].is_null() { Ok(record) } else { Err(ApiError::NotFound) }
 }
@@ -255,6 +256,10 @@ pub async fn perform(
         _ => None,
     };
     let stream = provider.stream_for(resource).ok_or(ApiError::MethodNotAllowed)?;
+    // The mirror must be able to take the write before the provider is asked: with the primary
+    // down (a restart, a failover) the write stops here, a 503 with Retry-After, instead of
+    // reaching the provider and coming back unmirrored.
+    sqlx::query("select 1").execute(&state.db).await?;
     let _turn = state.write_queue.turn(p.connection_id, p.company_id).await;
     let token = state.tokens.access_token(provider, p.connection_id).await.map_err(token_failure)?;
     let mut call = Call { state, provider, connection: p.connection_id, token };
@@ -338,11 +343,13 @@ pub async fn perform(
         mirror::apply(&mut tx, p.connection_id, &mirror::stage(batch), &mut mirror::Expectation::default()).await?;
     }
     tx.commit().await?;
+    // Read-your-writes through the read replicas, on this process and the others.
+    state.reads.wrote(p.endpoint_id).await;
     // The job itself is mirrored and readable; the answer says its window was not booked.
     if let Some(failed) = window_failed {
         return Err(failed);
     }
-    let Some(record) = read::get_one(&state.reader, p.read_scope(), resource, &id, false).await? else {
+    let Some(record) = read::get_one(&state.reads.primary(), p.read_scope(), resource, &id, false).await? else {
         // The provider put the record where this endpoint cannot see it: undo a create, and say
         // what happened either way.
         let what = format!("The provider placed {} {id} outside this endpoint's company", resource.singular());
@@ -381,7 +388,7 @@ async fn custom_field_definitions(
         after: None,
         include_remote_data: false,
     };
-    let page = read::list_page(&state.reader, p.read_scope(), &query).await?;
+    let page = read::list_page(&state.reads.primary(), p.read_scope(), &query).await?;
     let mut definitions = std::collections::HashMap::new();
     for row in page.rows {
         let field: Value = serde_json::from_str(&row).map_err(anyhow::Error::from)?;

@@ -11,14 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use clientapi_schema::read::{self, RelatedKey};
-use sqlx::PgPool;
 use tokio::sync::oneshot;
 
 type Answer = Result<Arc<Vec<String>>, Arc<sqlx::Error>>;
 
 /// One request's relation loader.
 pub(crate) struct Batcher {
-    reader: PgPool,
+    reader: read::Reader,
     company: read::Scope,
     state: Mutex<Pending>,
 }
@@ -30,7 +29,7 @@ struct Pending {
 }
 
 impl Batcher {
-    pub fn new(reader: PgPool, company: read::Scope) -> Self {
+    pub fn new(reader: read::Reader, company: read::Scope) -> Self {
         Self { reader, company, state: Mutex::default() }
     }
 

@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_graphql::{ErrorExtensionValues, Response, ServerError, Value};
 use clientapi_schema::cursor::CursorSigner;
 use clientapi_schema::model::Resource;
-use sqlx::PgPool;
 
 pub use limits::{
     Cost, DEFAULT_FIRST, DEFAULT_NESTED_FIRST, MAX_ALIASES, MAX_COMPLEXITY, MAX_DEPTH, MAX_RECORDS, RECORDS_PER_REQUEST,
@@ -57,7 +56,7 @@ pub type Writer = Box<dyn Fn(Resource, WriteOp, WriteFields) -> WriteFuture + Se
 
 /// One request's scope: the endpoint asking and what it may read.
 pub struct Scope {
-    pub reader: PgPool,
+    pub reader: clientapi_schema::read::Reader,
     /// The company read, and whether technicians are shown.
     pub company: clientapi_schema::read::Scope,
     /// The endpoint's public id, which cursors are bound to.

@@ -263,6 +263,51 @@ impl LocalPostgres {
         Ok(Self { data_dir, port, password, child: Some(child) })
     }
 
+    /// Starts a hot standby of this cluster in `dir` (first use: `pg_basebackup` from this
+    /// cluster, streaming, with `standby.signal`), or joins the one already serving `dir`. It
+    /// runs from the same binaries as its primary and follows it by streaming replication;
+    /// it shares the primary's superuser and password, copied with the data.
+    /// Blocking: call it from `spawn_blocking` in async code.
+    pub fn start_replica(&self, dir: &Path, durability: Durability) -> Result<Self, LocalPgError> {
+        let bin = find_bin_dir()?;
+        let run_as = RunAs::detect()?;
+        let dir = absolute(dir)?;
+        let cluster = dir.join("pg");
+        create_private_dir(&dir, run_as.user.is_some())?;
+        if !cluster.join("PG_VERSION").is_file() {
+            // A half-copied standby from an interrupted backup is useless: start over.
+            if cluster.exists() {
+                fs::remove_dir_all(&cluster).map_err(io_err(&cluster))?;
+            }
+            fs::create_dir_all(&cluster).map_err(io_err(&cluster))?;
+            fs::set_permissions(&cluster, fs::Permissions::from_mode(0o700)).map_err(io_err(&cluster))?;
+            run_as.hand_over(&cluster)?;
+            let mut cmd = run_as.command(&bin.join("pg_basebackup"));
+            cmd.arg("-D").arg(&cluster);
+            // -R writes standby.signal and primary_conninfo; the WAL made during the copy
+            // streams beside it, so the standby starts consistent.
+            cmd.args(["-R", "-X", "stream", "--checkpoint=fast", "-U", SUPERUSER, "-p", &self.port.to_string()]);
+            match self.socket_dir() {
+                Some(socket) => cmd.arg("-h").arg(socket),
+                None => cmd.args(["-h", "127.0.0.1"]).env("PGPASSWORD", &self.password),
+            };
+            let out = cmd
+                .current_dir(&cluster)
+                .output()
+                .map_err(|e| LocalPgError::Command { action: "running pg_basebackup", detail: e.to_string() })?;
+            if !out.status.success() {
+                let _ = fs::remove_dir_all(&cluster);
+                return Err(LocalPgError::Command {
+                    action: "pg_basebackup",
+                    detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                });
+            }
+            write_secret_file(&dir.join("pg.password"), &self.password)?;
+            tracing::info!(dir = %cluster.display(), "copied a hot standby from the local Postgres");
+        }
+        Self::start(&dir, durability)
+    }
+
     /// Connection options for `database` on this cluster, as its superuser: through the Unix
     /// socket when the cluster has one, else loopback TCP.
     ///

@@ -23,11 +23,17 @@ const READER_CONNECTIONS: u32 = 32;
 /// A pool for the public read path: every connection runs as `clientapi_reader`. Lazy: no
 /// connection is made until the first read.
 pub fn reader_pool(options: PgConnectOptions) -> PgPool {
+    reader_pool_with_timeout(options, Duration::from_secs(5))
+}
+
+/// [`reader_pool`] that gives up on a connection after `acquire_timeout` (a standby's is short:
+/// the primary can answer instead).
+pub fn reader_pool_with_timeout(options: PgConnectOptions, acquire_timeout: Duration) -> PgPool {
     // Named, so an operator (and a test) can tell the read path's backends from the rest.
     let options = options.application_name(READER_APPLICATION);
     PgPoolOptions::new()
         .max_connections(READER_CONNECTIONS)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(acquire_timeout)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 conn.execute("set role clientapi_reader").await?;
@@ -56,9 +62,79 @@ pub fn connection_lost(e: &sqlx::Error) -> bool {
 /// A statement run on a connection of the scoped transaction, for [`scoped_read`].
 pub type Statement<'c, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'c>>;
 
+/// Where the read path runs its statements: a reader pool (the primary's, or a hot standby's)
+/// and, when it is a standby's, the primary's behind it for when the standby cannot serve.
+#[derive(Clone)]
+pub struct Reader {
+    pool: PgPool,
+    fallback: Option<Fallback>,
+}
+
+#[derive(Clone)]
+struct Fallback {
+    primary: PgPool,
+    /// Told when the standby could not serve, so it is set aside until it answers again.
+    on_failure: std::sync::Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Reader {
+    /// Reads on the primary's reader pool.
+    pub fn primary(pool: PgPool) -> Self {
+        Self { pool, fallback: None }
+    }
+
+    /// Reads on a standby's reader pool; a read the standby cannot serve (down, unreachable,
+    /// its statement cancelled by replay) runs on `primary` instead, and `on_failure` is told.
+    pub fn standby(pool: PgPool, primary: PgPool, on_failure: std::sync::Arc<dyn Fn() + Send + Sync>) -> Self {
+        Self { pool, fallback: Some(Fallback { primary, on_failure }) }
+    }
+
+    /// The pool reads try first.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The primary to read from instead, when this reader is a standby's and `e` says the
+    /// standby could not serve (rather than anything about the statement).
+    fn fall_back(&self, e: &sqlx::Error) -> Option<&PgPool> {
+        let fallback = self.fallback.as_ref()?;
+        let standby_failed = connection_lost(e)
+            || matches!(e, sqlx::Error::PoolTimedOut)
+            // "canceling statement due to conflict with recovery": replay needed the rows.
+            || matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40001"));
+        if !standby_failed {
+            return None;
+        }
+        tracing::warn!(error = %e, "a read replica could not serve a read; reading from the primary");
+        metrics::counter!("replica_fallbacks_total").increment(1);
+        (fallback.on_failure)();
+        Some(&fallback.primary)
+    }
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("standby", &self.fallback.is_some()).finish_non_exhaustive()
+    }
+}
+
 /// Runs `run` inside a scoped read transaction; when the connection was lost under it (a killed
 /// backend, a failover), once more on a fresh one, so a dropped connection costs no failed read.
-pub async fn scoped_read<T, F>(reader: &PgPool, scope: Scope, mut run: F) -> Result<T, sqlx::Error>
+/// On a standby that cannot serve, the read runs on the primary.
+pub async fn scoped_read<T, F>(reader: &Reader, scope: Scope, mut run: F) -> Result<T, sqlx::Error>
+where
+    F: for<'c> FnMut(&'c mut PgConnection) -> Statement<'c, T>,
+{
+    match scoped_read_on(&reader.pool, scope, &mut run).await {
+        Err(e) => match reader.fall_back(&e) {
+            Some(primary) => scoped_read_on(primary, scope, &mut run).await,
+            None => Err(e),
+        },
+        done => done,
+    }
+}
+
+async fn scoped_read_on<T, F>(pool: &PgPool, scope: Scope, run: &mut F) -> Result<T, sqlx::Error>
 where
     F: for<'c> FnMut(&'c mut PgConnection) -> Statement<'c, T>,
 {
@@ -66,7 +142,7 @@ where
     // the next one is taken, up to the whole pool (after a failover every idle one is dead).
     let (mut dead, mut retried) = (0, false);
     loop {
-        let mut scoped = match Scoped::begin(reader, scope).await {
+        let mut scoped = match Scoped::begin_on(pool, scope).await {
             Ok(scoped) => scoped,
             Err(e) if connection_lost(&e) && dead <= READER_CONNECTIONS => {
                 dead += 1;
@@ -580,8 +656,19 @@ pub struct Scoped {
 }
 
 impl Scoped {
-    pub async fn begin(reader: &PgPool, scope: Scope) -> Result<Scoped, sqlx::Error> {
-        let mut scoped = Scoped { conn: reader.acquire().await?, open: true };
+    /// Begins on `reader`'s pool, or on the primary when a standby cannot serve.
+    pub async fn begin(reader: &Reader, scope: Scope) -> Result<Scoped, sqlx::Error> {
+        match Self::begin_on(&reader.pool, scope).await {
+            Err(e) => match reader.fall_back(&e) {
+                Some(primary) => Self::begin_on(primary, scope).await,
+                None => Err(e),
+            },
+            begun => begun,
+        }
+    }
+
+    async fn begin_on(pool: &PgPool, scope: Scope) -> Result<Scoped, sqlx::Error> {
+        let mut scoped = Scoped { conn: pool.acquire().await?, open: true };
         // The company id is our own integer, never caller text: safe to inline.
         scoped
             .conn
@@ -634,13 +721,13 @@ where
 }
 
 /// Runs one page: one data statement inside the scoped transaction.
-pub async fn list_page(reader: &PgPool, scope: Scope, query: &ListQuery) -> Result<PageRows, sqlx::Error> {
+pub async fn list_page(reader: &Reader, scope: Scope, query: &ListQuery) -> Result<PageRows, sqlx::Error> {
     list_page_rendering(reader, scope, query, json_select(query.resource, query.include_remote_data)).await
 }
 
 /// [`list_page`] with each row rendered by `select` (see [`list_sql_rendering`]).
 pub async fn list_page_rendering(
-    reader: &PgPool,
+    reader: &Reader,
     scope: Scope,
     query: &ListQuery,
     select: &str,
@@ -661,7 +748,7 @@ pub async fn list_page_rendering(
 }
 
 /// How many records the list's filters admit (ignoring its position and page size).
-pub async fn count(reader: &PgPool, scope: Scope, query: &ListQuery) -> Result<i64, sqlx::Error> {
+pub async fn count(reader: &Reader, scope: Scope, query: &ListQuery) -> Result<i64, sqlx::Error> {
     let query = ListQuery { after: None, ..query.clone() };
     let (conditions, binds) = list_conditions(&query);
     let sql = format!("select count(*) from {} t where {conditions}", query.resource.plural());
@@ -675,7 +762,7 @@ pub async fn count(reader: &PgPool, scope: Scope, query: &ListQuery) -> Result<i
 
 /// One record by id, or `None` (missing and foreign look the same).
 pub async fn get_one(
-    reader: &PgPool,
+    reader: &Reader,
     scope: Scope,
     resource: Resource,
     id: &str,
@@ -701,7 +788,7 @@ pub struct Change {
 
 /// Upserts and tombstones after `since` in `change_seq` order, across `resources`.
 pub async fn changes(
-    reader: &PgPool,
+    reader: &Reader,
     scope: Scope,
     resources: &[Resource],
     since: i64,
@@ -754,7 +841,7 @@ fn export_query(resource: Resource, filters: &Filters) -> ListQuery {
 /// memory: rows are handed over as Postgres sends them, and a slow reader (the bounded
 /// channel) slows the scan. Stops early when the receiver is gone. Returns the count sent.
 pub async fn export(
-    reader: &PgPool,
+    reader: &Reader,
     scope: Scope,
     resource: Resource,
     filters: &Filters,
@@ -818,7 +905,7 @@ pub struct RelatedKey {
 /// Answers any number of relation lookups, of any resources and links, in one statement
 /// inside the company's scoped transaction. Keys with no records are absent from the answer.
 pub async fn load_related(
-    reader: &PgPool,
+    reader: &Reader,
     scope: Scope,
     keys: &[RelatedKey],
 ) -> Result<HashMap<RelatedKey, Vec<String>>, sqlx::Error> {
@@ -891,7 +978,7 @@ pub async fn load_related(
 /// memory: chunks of about `chunk` bytes go to `out` as Postgres sends them. Values read as in
 /// the JSON (RFC 3339 times, `true`/`false`). Returns the bytes sent.
 pub async fn export_csv(
-    reader: &PgPool,
+    reader: &Reader,
     scope: Scope,
     resource: Resource,
     filters: &Filters,

@@ -28,7 +28,8 @@ async fn get_health() -> impl IntoResponse {
 async fn get_ready(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let check = sqlx::query_scalar::<_, i32>("select 1").fetch_one(&state.db);
     match tokio::time::timeout(READY_TIMEOUT, check).await {
-        Ok(Ok(_)) => Ok(Json(json!({ "status": "ready", "database": "ok" }))),
+        // Read replicas are reported, not required: reads move to the primary without them.
+        Ok(Ok(_)) => Ok(Json(json!({ "status": "ready", "database": "ok", "replicas": state.reads.status() }))),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check failed");
             Err(ApiError::Unavailable { detail: "The database is not reachable.".into(), retry_after_secs: Some(1) })

@@ -36,6 +36,11 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A workers-only process's router: health and metrics, nothing else.
+pub fn health_router(state: AppState) -> Router {
+    Router::new().merge(health::router()).fallback(|| async { ApiError::NotFound }).with_state(state)
+}
+
 fn docs_url(state: &AppState) -> std::sync::Arc<str> {
     let base = state.config.public_url.as_str().trim_end_matches('/');
     format!("{base}{}", request_context::DOCS_PATH).into()

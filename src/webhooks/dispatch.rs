@@ -182,7 +182,7 @@ impl Dispatcher {
                     include_remote_data: false,
                 };
                 let scope = Scope::new(CompanyId(company), technicians);
-                let page = read::list_page(&self.state.reader, scope, &query).await?;
+                let page = read::list_page(&self.state.reads.primary(), scope, &query).await?;
                 for (json, (_, id)) in page.rows.into_iter().zip(page.keys) {
                     out.insert((company, technicians, resource, id), json);
                 }

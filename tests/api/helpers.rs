@@ -156,6 +156,11 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     let name = fresh_database().await;
     let (_, database_url) = database_target(&name);
+    spawn_app_on(database_url, extra).await
+}
+
+/// Spawns the app on the database at `database_url` (migrated on start) with extra settings.
+pub async fn spawn_app_on(database_url: String, extra: &[(&str, &str)]) -> TestApp {
     let data_dir = tempfile::tempdir().unwrap();
     let config = test_config(&database_url, data_dir.path(), extra);
     let app = Application::build(config).await.expect("building the app");

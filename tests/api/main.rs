@@ -12,6 +12,7 @@ mod health;
 mod helpers;
 mod local_postgres;
 mod migrations;
+mod replicas;
 mod resilience;
 mod rest;
 mod servicem8;

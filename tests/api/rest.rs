@@ -515,7 +515,7 @@ async fn a_read_abandoned_inside_its_transaction_never_goes_back_to_the_pool_ope
     };
     // A caller that goes away between `begin` and `finish` (a dropped request future).
     let scoped = clientapi_schema::read::Scoped::begin(
-        &app.state.reader,
+        &app.state.reads.primary(),
         clientapi_schema::read::Scope::new(clientapi_schema::CompanyId(1), false),
     )
     .await

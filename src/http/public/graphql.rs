@@ -221,7 +221,7 @@ fn scope(state: &AppState, auth: &EndpointAuth) -> Scope {
     let limits = Arc::clone(&state.rate_limits);
     let (endpoint_id, per_minute) = (p.endpoint_id, p.rate_limit_per_minute);
     Scope {
-        reader: state.reader.clone(),
+        reader: state.reads.route(p.endpoint_id).reader,
         company: p.read_scope(),
         endpoint: p.public_id.clone(),
         readable,

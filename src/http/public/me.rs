@@ -16,9 +16,15 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/public/{endpoint}/me", get(get_me))
 }
 
-/// When `resource`'s stream last completed, and whether a scan is running (cached briefly).
-pub async fn resource_freshness(state: &AppState, p: &Principal, resource: Resource) -> (Value, &'static str) {
-    let streams = state.freshness(p.connection_id).await;
+/// When `resource`'s stream last completed, and whether a scan is running (cached briefly), as
+/// the server the data comes from (`replica`, else the primary) has it.
+pub async fn resource_freshness(
+    state: &AppState,
+    p: &Principal,
+    resource: Resource,
+    replica: Option<usize>,
+) -> (Value, &'static str) {
+    let streams = state.freshness(p.connection_id, replica).await;
     let Some(kind) = ProviderKind::parse(&p.provider) else { return (Value::Null, "never_synced") };
     let stream = state.providers.get(kind).streams().iter().find(|s| s.resources.contains(&resource)).map(|s| s.name);
     match streams.iter().find(|s| Some(s.stream.as_str()) == stream) {
@@ -35,7 +41,7 @@ async fn get_me(State(state): State<AppState>, auth: EndpointAuth) -> Result<Jso
 pub async fn me(state: &AppState, p: &Principal) -> Result<Value, ApiError> {
     let mut freshness = Vec::new();
     for resource in Resource::ALL {
-        let (synced_at, sync_status) = resource_freshness(state, p, resource).await;
+        let (synced_at, sync_status) = resource_freshness(state, p, resource, None).await;
         freshness.push(json!({ "resource": resource.singular(), "synced_at": synced_at, "sync_status": sync_status }));
     }
     let company_name: Option<String> = sqlx::query_scalar("select name from companies where id = $1")

@@ -287,10 +287,12 @@ fn json_response(body: String) -> Response {
 pub async fn render_list(state: &AppState, auth: &EndpointAuth, request: ListRequest) -> Result<Response, ApiError> {
     let resource = request.query.resource;
     auth.require_read(resource)?;
-    let page = read::list_page(&state.reader, auth.principal.read_scope(), &request.query).await?;
+    let routed = state.reads.route(auth.principal.endpoint_id);
+    // Freshness first: the data read after it is at least as fresh as it says.
+    let (synced_at, sync_status) = resource_freshness(state, &auth.principal, resource, routed.replica).await;
+    let page = read::list_page(&routed.reader, auth.principal.read_scope(), &request.query).await?;
     let next_cursor = page.next.map(|next| state.cursors.list_cursor(&auth.principal.public_id, &request.query, next));
     auth.set_item_count(page.rows.len());
-    let (synced_at, sync_status) = resource_freshness(state, &auth.principal, resource).await;
     Ok(json_response(format!(
         "{{\"provider\":{},\"company_external_id\":{},\"resource\":\"{}\",\"count\":{},\"data\":[{}],\"next_cursor\":{},\"synced_at\":{},\"sync_status\":\"{}\"}}",
         json!(auth.principal.provider),
@@ -360,11 +362,12 @@ async fn get_record(
         return Err(ApiError::Invalid(errors));
     }
     // Another company's id is not found, exactly like a missing one.
-    let row = read::get_one(&state.reader, auth.principal.read_scope(), resource, id, include_remote_data)
+    let routed = state.reads.route(auth.principal.endpoint_id);
+    let (synced_at, sync_status) = resource_freshness(&state, &auth.principal, resource, routed.replica).await;
+    let row = read::get_one(&routed.reader, auth.principal.read_scope(), resource, id, include_remote_data)
         .await?
         .ok_or(ApiError::NotFound)?;
     auth.set_item_count(1);
-    let (synced_at, sync_status) = resource_freshness(&state, &auth.principal, resource).await;
     Ok(json_response(format!(
         "{{\"provider\":{},\"company_external_id\":{},\"resource\":\"{}\",\"data\":{row},\"synced_at\":{synced_at},\"sync_status\":\"{sync_status}\"}}",
         json!(auth.principal.provider),
@@ -451,7 +454,14 @@ async fn list_changes(
         Some(cursor) if cursor.r == key => cursor.c,
         Some(_) => return Err(invalid_cursor()),
     };
-    let changes = read::changes(&state.reader, auth.principal.read_scope(), &resources, from, limit).await?;
+    let changes = read::changes(
+        &state.reads.route(auth.principal.endpoint_id).reader,
+        auth.principal.read_scope(),
+        &resources,
+        from,
+        limit,
+    )
+    .await?;
     let last = changes.last().map_or(from, |c| c.seq);
     let next = state.cursors.sign(&ChangesCursor { e: auth.principal.public_id.clone(), r: key, c: last });
     auth.set_item_count(changes.len());
@@ -504,7 +514,7 @@ async fn export_records(
     let resource = request.query.resource;
     auth.require_read(resource)?;
     let csv = format == "csv";
-    let reader = state.reader.clone();
+    let reader = state.reads.route(auth.principal.endpoint_id).reader;
     let company = auth.principal.read_scope();
     let filters = request.query.filters.clone();
     let endpoint = auth.principal.public_id.clone();
@@ -570,9 +580,15 @@ async fn get_attachment_content(
         return Err(ApiError::NotFound);
     }
     // The same scope check as any read: the attachment must be this company's, and live.
-    let row = read::get_one(&state.reader, auth.principal.read_scope(), Resource::Attachment, id, false)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let row = read::get_one(
+        &state.reads.route(auth.principal.endpoint_id).reader,
+        auth.principal.read_scope(),
+        Resource::Attachment,
+        id,
+        false,
+    )
+    .await?
+    .ok_or(ApiError::NotFound)?;
     let record: Value = serde_json::from_str(&row).map_err(anyhow::Error::from)?;
     if !record["deleted_at"].is_null() {
         return Err(ApiError::NotFound);
