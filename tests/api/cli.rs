@@ -10,7 +10,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, Uid};
 
 use crate::helpers::{
-    clientapi, clientapi_at, database_target, free_port, fresh_database, read_stderr, spawn_serve, wait_ready,
+    clientapi, clientapi_at, database_target, free_port, fresh_database, http_get, read_stderr, spawn_serve, wait_ready,
 };
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -123,6 +123,42 @@ fn serve_works_as_an_unprivileged_user_too() {
     kill(Pid::from_raw(serve.id() as i32), Signal::SIGTERM).unwrap();
     assert!(serve.wait().unwrap().success(), "{}", read_stderr(&mut serve));
     wait_exit(postmaster);
+}
+
+#[test]
+fn serve_local_replicas_copies_the_cluster_serves_reads_from_it_and_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let envs = [("CLIENTAPI_DATA_DIR", data.to_str().unwrap()), ("CLIENTAPI_BIND", bind.as_str())];
+    let mut serve = clientapi(&["serve", "--api-only", "--local-replicas", "1"], &envs)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(&mut serve, port, READY_TIMEOUT);
+    let standby = data.join("replica-1");
+    assert!(standby.join("pg/standby.signal").is_file(), "pg_basebackup -R made a standby");
+    // The service finds it, measures it within the lag bound, and serves reads from it.
+    let mut serving = false;
+    for _ in 0..100 {
+        let ready = http_get(port, "/readyz").unwrap_or_default();
+        if ready.contains("\"serving\":true") {
+            serving = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(serving, "/readyz never showed the local replica serving");
+    let (primary, replica) = (postmaster_pid(&data).unwrap(), postmaster_pid(&standby).unwrap());
+    kill(Pid::from_raw(serve.id() as i32), Signal::SIGTERM).unwrap();
+    let status = serve.wait().unwrap();
+    assert!(status.success(), "serve exited with {status}: {}", read_stderr(&mut serve));
+    wait_exit(replica);
+    wait_exit(primary);
 }
 
 #[test]
