@@ -271,19 +271,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let config = match Config::from_env(cli.config.as_deref()) {
+    let mut config = match Config::from_env(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("clientapi: {e}");
             std::process::exit(2);
         }
     };
+    // Local replicas are the server's to start: a one-off command (user create, connection
+    // sync) works on the primary alone.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        config.local_replicas = 0;
+    }
     match cli.command {
         Command::Demo { companies, jobs_per_company, seed } => {
             crate::demo::run(config, crate::demo::DemoOptions { companies, jobs_per_company, seed }).await
         }
         Command::Serve { api_only, workers_only, local_replicas } => {
-            let mut config = config;
             if let Some(n) = local_replicas {
                 if config.database_url.is_some() {
                     anyhow::bail!("--local-replicas needs the local Postgres: unset DATABASE_URL");

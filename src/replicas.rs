@@ -145,17 +145,13 @@ impl ReadRouter {
             .collect()
     }
 
-    pub fn has_replicas(&self) -> bool {
-        !self.0.replicas.is_empty()
-    }
-
     /// The primary's reader: writes' read-backs and anything that must see its own write.
     pub fn primary(&self) -> Reader {
         Reader::primary(self.0.primary_reader.clone())
     }
 
-    /// Where `endpoint_id`'s next read runs: a usable standby (round robin) that has replayed
-    /// the endpoint's last write through this process, else the primary.
+    /// Where `endpoint_id`'s next read runs: a usable standby (round robin) known to have
+    /// replayed the endpoint's last write (this process's, or one announced), else the primary.
     pub fn route(&self, endpoint_id: i64) -> Routed {
         let inner = &self.0;
         if inner.replicas.is_empty() {
