@@ -382,10 +382,12 @@ impl Replica {
     }
 }
 
-/// The primary's WAL insert position: past the commit of anything committed before it.
+/// The primary's WAL write position: past the commit of anything committed (synchronously)
+/// before it. Not the insert position: that one skips a page header when the last record ends
+/// on a page boundary, so an idle standby that has replayed everything would never reach it.
 async fn primary_position(primary: &PgPool) -> Result<Option<u64>, sqlx::Error> {
     let (position,): (Option<i64>,) =
-        sqlx::query_as("select (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8").fetch_one(primary).await?;
+        sqlx::query_as("select (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8").fetch_one(primary).await?;
     Ok(position.map(|p| p as u64))
 }
 
