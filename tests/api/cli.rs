@@ -39,14 +39,35 @@ fn wait_exit(pid: i32) {
     panic!("pid {pid} did not exit");
 }
 
+/// A data directory the `postgres` user can reach and a free port, for `serve` as a child.
+struct Scratch {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    port: u16,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = dir.path().join("data");
+        Self { _dir: dir, data, port: free_port() }
+    }
+
+    fn envs(&self) -> [(&'static str, String); 2] {
+        [
+            ("CLIENTAPI_DATA_DIR", self.data.to_str().unwrap().to_owned()),
+            ("CLIENTAPI_BIND", format!("127.0.0.1:{}", self.port)),
+        ]
+    }
+}
+
 #[test]
 fn serve_runs_its_own_postgres_survives_sigkill_and_a_stale_pid_and_keeps_its_data() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let data = dir.path().join("data");
-    let port = free_port();
-    let bind = format!("127.0.0.1:{port}");
-    let envs = [("CLIENTAPI_DATA_DIR", data.to_str().unwrap()), ("CLIENTAPI_BIND", bind.as_str())];
+    let scratch = Scratch::new();
+    let (data, port) = (scratch.data.clone(), scratch.port);
+    let envs = scratch.envs();
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
 
     let mut serve = spawn_serve(&mut clientapi(&[], &envs));
     wait_ready(&mut serve, port, READY_TIMEOUT);
@@ -127,12 +148,10 @@ fn serve_works_as_an_unprivileged_user_too() {
 
 #[test]
 fn serve_local_replicas_copies_the_cluster_serves_reads_from_it_and_stops_it() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let data = dir.path().join("data");
-    let port = free_port();
-    let bind = format!("127.0.0.1:{port}");
-    let envs = [("CLIENTAPI_DATA_DIR", data.to_str().unwrap()), ("CLIENTAPI_BIND", bind.as_str())];
+    let scratch = Scratch::new();
+    let (data, port) = (scratch.data.clone(), scratch.port);
+    let envs = scratch.envs();
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut serve = clientapi(&["serve", "--api-only", "--local-replicas", "1"], &envs)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -289,6 +289,11 @@ pub async fn spawn_app_for_with(
     spawn_app_with(&settings).await
 }
 
+/// `GET path` with a bearer token (a key or an admin token), as JSON.
+pub async fn get_json(app: &TestApp, path: &str, bearer: &str) -> serde_json::Value {
+    app.client.get(app.url(path)).bearer_auth(bearer).send().await.unwrap().json().await.unwrap()
+}
+
 /// Creates an admin user in `account` and returns an `ak_` token for it.
 pub async fn admin_token(app: &TestApp, email: &str, account: &str) -> String {
     clientapi::accounts::create_user(&app.db, email, "a long enough password".into(), account).await.unwrap();

@@ -10,6 +10,7 @@ use clientapi_sync::simulator::servicem8::SimConfig;
 use serde_json::json;
 
 use crate::endpoints::{create_endpoint, head_offices};
+use crate::helpers::get_json;
 
 #[tokio::test]
 async fn reads_survive_their_database_backends_being_killed_under_load() {
@@ -17,16 +18,7 @@ async fn reads_survive_their_database_backends_being_killed_under_load() {
         crate::rest::synced(SimConfig { companies: 2, jobs_per_company: 30, ..SimConfig::default() }).await;
     let office = head_offices(&sim).remove(0);
     let (ep, key) = create_endpoint(&app, &token, conn, &office, json!({})).await;
-    let job: serde_json::Value = app
-        .client
-        .get(app.url(&format!("/api/public/{ep}/jobs?page_size=1")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = get_json(&app, &format!("/api/public/{ep}/jobs?page_size=1"), &key).await;
     let job = job["data"][0]["id"].as_str().unwrap().to_owned();
 
     // Every 250 ms, every backend of the read path is terminated, whatever it is doing.

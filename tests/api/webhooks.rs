@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::conformance::python_tool;
 use crate::endpoints::{create_endpoint, head_offices};
-use crate::helpers::{TestApp, admin_token, connect_servicem8, spawn_app_for_with, spawn_sim};
+use crate::helpers::{TestApp, admin_token, connect_servicem8, get_json, spawn_app_for_with, spawn_sim};
 
 /// Fast retries for tests; loopback receivers allowed.
 const SETTINGS: &[(&str, &str)] =
@@ -183,11 +183,6 @@ fn job_of(sim: &Running, company: &str) -> String {
         .find(|j| j["company_uuid"] == company && j["active"] != 0 && j["active"] != "0")
         .map(|j| j["uuid"].as_str().unwrap().to_owned())
         .expect("the company has a job")
-}
-
-/// `GET path` with a bearer token (a key or an admin token), as JSON.
-async fn get_json(app: &TestApp, path: &str, bearer: &str) -> Value {
-    app.client.get(app.url(path)).bearer_auth(bearer).send().await.unwrap().json().await.unwrap()
 }
 
 async fn rest_get(app: &TestApp, ep: &str, key: &str, path: &str) -> Value {
