@@ -19,6 +19,11 @@
 //!   NOTIFY on [`WRITES_CHANNEL`] that the writer hears itself before it answers, so they know
 //!   before the caller can ask them (delivery to every listener is the same step in Postgres;
 //!   what is left is each process reading its socket, well under the caller's next round trip).
+//!   A process that is not listening (its listener lost with a primary restart, or not yet
+//!   connected) cannot hear announcements: while the primary answers, it reads from the primary;
+//!   once listening again, it reads only from standbys that have replayed the primary's position
+//!   at the moment it started to listen, so no write announced while it was deaf is missed.
+//!   While the primary is down nothing is written, and the standbys keep serving.
 
 use std::collections::VecDeque;
 use std::str::FromStr;
@@ -43,6 +48,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(1_000);
 pub const WRITES_CHANNEL: &str = "clientapi_replica_writes";
 /// How long a writer waits to hear its own announcement.
 const HEAR_WAIT: Duration = Duration::from_millis(200);
+/// How soon a lost announcement listener tries again.
+const LISTEN_RETRY: Duration = Duration::from_millis(200);
 
 /// One hot standby.
 pub struct Replica {
@@ -89,6 +96,12 @@ struct Inner {
     /// The highest position heard on [`WRITES_CHANNEL`], and a wake-up when it moves.
     heard: AtomicU64,
     heard_moved: tokio::sync::Notify,
+    /// Whether the announcement listener is connected, and the primary's position when it
+    /// started to listen (every write announced before that is at or below it).
+    hearing: AtomicBool,
+    hearing_from: AtomicU64,
+    /// Whether the primary answered its last probe (the checker's, or the listener's loss).
+    primary_up: AtomicBool,
     next: AtomicUsize,
 }
 
@@ -130,6 +143,9 @@ impl ReadRouter {
             written: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(REMEMBER_WRITES).build(),
             heard: AtomicU64::new(0),
             heard_moved: tokio::sync::Notify::new(),
+            hearing: AtomicBool::new(false),
+            hearing_from: AtomicU64::new(0),
+            primary_up: AtomicBool::new(false),
             next: AtomicUsize::new(0),
         }))
     }
@@ -157,7 +173,14 @@ impl ReadRouter {
         if inner.replicas.is_empty() {
             return Routed { reader: self.primary(), replica: None };
         }
-        let needs = inner.written.get(&endpoint_id).unwrap_or(0);
+        let mut needs = inner.written.get(&endpoint_id).unwrap_or(0);
+        if inner.hearing.load(Ordering::Acquire) {
+            needs = needs.max(inner.hearing_from.load(Ordering::Acquire));
+        } else if inner.primary_up.load(Ordering::Acquire) {
+            // Deaf to the other processes' writes: only the primary is sure to have them.
+            metrics::counter!("reads_routed_total", "to" => "primary").increment(1);
+            return Routed { reader: self.primary(), replica: None };
+        }
         let max_lag = inner.max_lag.as_millis() as u64;
         let start = inner.next.fetch_add(1, Ordering::Relaxed);
         let count = inner.replicas.len();
@@ -245,6 +268,11 @@ impl ReadRouter {
             let listening = async {
                 let mut listener = sqlx::postgres::PgListener::connect_with(&inner.primary).await?;
                 listener.listen(WRITES_CHANNEL).await?;
+                // Announced before this point means committed before it: at or below this position.
+                if let Some(position) = primary_position(&inner.primary).await? {
+                    inner.hearing_from.fetch_max(position, Ordering::AcqRel);
+                }
+                inner.hearing.store(true, Ordering::Release);
                 loop {
                     let Some(notification) = listener.try_recv().await? else { continue };
                     let Some((endpoint, position)) = notification.payload().split_once(':') else { continue };
@@ -263,12 +291,15 @@ impl ReadRouter {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 Err(e) = listening => {
+                    // Deaf from here: reads go to the primary once a probe finds it answering.
+                    inner.hearing.store(false, Ordering::Release);
+                    inner.primary_up.store(false, Ordering::Release);
                     tracing::debug!(error = %e, "replica write announcements: listener lost; reconnecting");
                 }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(LISTEN_RETRY) => {}
             }
         }
     }
@@ -322,6 +353,7 @@ impl ReadRouter {
                 }
                 _ => false,
             };
+            inner.primary_up.store(primary_up, Ordering::Release);
             let probes = inner.replicas.iter().map(|replica| {
                 let samples = &samples;
                 async move {
