@@ -48,8 +48,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(1_000);
 pub const WRITES_CHANNEL: &str = "clientapi_replica_writes";
 /// How long a writer waits to hear its own announcement.
 const HEAR_WAIT: Duration = Duration::from_millis(200);
-/// How soon a lost announcement listener tries again.
-const LISTEN_RETRY: Duration = Duration::from_millis(200);
+/// How soon a lost announcement listener tries again, and how long one try may take: short,
+/// so it listens again within moments of the primary's return (a deaf process reads from the
+/// primary, or, while the primary is down, from standbys it cannot vouch for).
+const LISTEN_RETRY: Duration = Duration::from_millis(50);
+const LISTEN_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// One hot standby.
 pub struct Replica {
@@ -88,6 +91,8 @@ pub struct ReadRouter(Arc<Inner>);
 
 struct Inner {
     primary: PgPool,
+    /// The announcement listener's own connection to the primary (short connect timeout).
+    listen: PgPool,
     primary_reader: PgPool,
     replicas: Vec<Arc<Replica>>,
     max_lag: Duration,
@@ -135,8 +140,13 @@ impl ReadRouter {
                 })
             })
             .collect();
+        let listen = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(LISTEN_CONNECT_TIMEOUT)
+            .connect_lazy_with((*primary.connect_options()).clone().application_name("clientapi-replica-listener"));
         Self(Arc::new(Inner {
             primary,
+            listen,
             primary_reader,
             replicas,
             max_lag,
@@ -266,15 +276,22 @@ impl ReadRouter {
         let inner = &self.0;
         loop {
             let listening = async {
-                let mut listener = sqlx::postgres::PgListener::connect_with(&inner.primary).await?;
+                let mut listener = sqlx::postgres::PgListener::connect_with(&inner.listen).await?;
+                // A lost connection must come back here, not be re-established inside
+                // `try_recv`: announcements made while it was gone are missed, so listening again
+                // needs a new position to hold the standbys to.
+                listener.eager_reconnect(false);
                 listener.listen(WRITES_CHANNEL).await?;
                 // Announced before this point means committed before it: at or below this position.
-                if let Some(position) = primary_position(&inner.primary).await? {
+                let (position,): (Option<i64>,) = sqlx::query_as(PRIMARY_POSITION).fetch_one(&mut listener).await?;
+                if let Some(position) = position.map(|p| p as u64) {
                     inner.hearing_from.fetch_max(position, Ordering::AcqRel);
                 }
                 inner.hearing.store(true, Ordering::Release);
                 loop {
-                    let Some(notification) = listener.try_recv().await? else { continue };
+                    let Some(notification) = listener.try_recv().await? else {
+                        return Err(sqlx::Error::Protocol("the listener's connection was lost".into()));
+                    };
                     let Some((endpoint, position)) = notification.payload().split_once(':') else { continue };
                     let (Ok(endpoint), Ok(position)) = (endpoint.parse::<i64>(), position.parse::<u64>()) else {
                         continue;
@@ -395,6 +412,7 @@ impl ReadRouter {
 
     /// Closes every standby's pools.
     pub async fn close(&self) {
+        self.0.listen.close().await;
         for replica in &self.0.replicas {
             replica.reader.close().await;
             replica.service.close().await;
@@ -414,12 +432,13 @@ impl Replica {
     }
 }
 
+const PRIMARY_POSITION: &str = "select (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8";
+
 /// The primary's WAL write position: past the commit of anything committed (synchronously)
 /// before it. Not the insert position: that one skips a page header when the last record ends
 /// on a page boundary, so an idle standby that has replayed everything would never reach it.
 async fn primary_position(primary: &PgPool) -> Result<Option<u64>, sqlx::Error> {
-    let (position,): (Option<i64>,) =
-        sqlx::query_as("select (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8").fetch_one(primary).await?;
+    let (position,): (Option<i64>,) = sqlx::query_as(PRIMARY_POSITION).fetch_one(primary).await?;
     Ok(position.map(|p| p as u64))
 }
 
