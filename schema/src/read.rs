@@ -30,7 +30,11 @@ pub fn reader_pool(options: PgConnectOptions) -> PgPool {
 /// the primary can answer instead).
 pub fn reader_pool_with_timeout(options: PgConnectOptions, acquire_timeout: Duration) -> PgPool {
     // Named, so an operator (and a test) can tell the read path's backends from the rest.
-    let options = options.application_name(READER_APPLICATION);
+    // Generic plans: the read statements are prepared once per connection, but on tables
+    // hash-partitioned by company Postgres keeps choosing a custom plan (the generic plan's cost
+    // counts every partition; the executor prunes them to one at start-up), so each execution
+    // was planned again, and planning cost more than running (bench/README.md).
+    let options = options.application_name(READER_APPLICATION).options([("plan_cache_mode", "force_generic_plan")]);
     PgPoolOptions::new()
         .max_connections(READER_CONNECTIONS)
         .acquire_timeout(acquire_timeout)
@@ -321,6 +325,25 @@ pub struct Filters {
     pub invoice_id: Option<String>,
     pub include_deleted: bool,
 }
+
+impl Filters {
+    /// Whether how many rows the filters admit depends on their values and the company (a status,
+    /// a time range, a parent): the best plan then differs between a small company and a large
+    /// one, so such a statement is planned for its values, not by the generic plan the read path
+    /// otherwise reuses (see [`reader_pool`]).
+    pub fn value_dependent(&self) -> bool {
+        self.updated_since.is_some()
+            || self.updated_before.is_some()
+            || self.created_since.is_some()
+            || self.status.is_some()
+            || self.client_id.is_some()
+            || self.job_id.is_some()
+            || self.invoice_id.is_some()
+    }
+}
+
+/// Before a statement whose plan should follow its values (see [`Filters::value_dependent`]).
+const CUSTOM_PLANS: &str = "set local plan_cache_mode = auto";
 
 /// One page request.
 #[derive(Debug, Clone)]
@@ -733,9 +756,15 @@ pub async fn list_page_rendering(
     select: &str,
 ) -> Result<PageRows, sqlx::Error> {
     let (sql, binds) = list_sql_rendering(query, select);
+    let custom_plan = query.filters.value_dependent();
     let mut fetched = scoped_read(reader, scope, |conn| {
         let (sql, binds) = (sql.clone(), binds.clone());
-        Box::pin(async move { bind_all::<(String, String, String)>(sql, scope.company, binds).fetch_all(conn).await })
+        Box::pin(async move {
+            if custom_plan {
+                conn.execute(CUSTOM_PLANS).await?;
+            }
+            bind_all::<(String, String, String)>(sql, scope.company, binds).fetch_all(conn).await
+        })
     })
     .await?;
     let page_size = query.page_size as usize;
@@ -752,9 +781,15 @@ pub async fn count(reader: &Reader, scope: Scope, query: &ListQuery) -> Result<i
     let query = ListQuery { after: None, ..query.clone() };
     let (conditions, binds) = list_conditions(&query);
     let sql = format!("select count(*) from {} t where {conditions}", query.resource.plural());
+    let custom_plan = query.filters.value_dependent();
     let counted = scoped_read(reader, scope, |conn| {
         let (sql, binds) = (sql.clone(), binds.clone());
-        Box::pin(async move { bind_all::<(i64,)>(sql, scope.company, binds).fetch_one(conn).await })
+        Box::pin(async move {
+            if custom_plan {
+                conn.execute(CUSTOM_PLANS).await?;
+            }
+            bind_all::<(i64,)>(sql, scope.company, binds).fetch_one(conn).await
+        })
     })
     .await?;
     Ok(counted.0)
