@@ -38,6 +38,8 @@ pub fn reader_pool_with_timeout(options: PgConnectOptions, acquire_timeout: Dura
     PgPoolOptions::new()
         .max_connections(READER_CONNECTIONS)
         .acquire_timeout(acquire_timeout)
+        // `Scoped::begin_on` finds a dead connection by its `begin` instead.
+        .test_before_acquire(false)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 conn.execute("set role clientapi_reader").await?;
@@ -142,18 +144,9 @@ async fn scoped_read_on<T, F>(pool: &PgPool, scope: Scope, run: &mut F) -> Resul
 where
     F: for<'c> FnMut(&'c mut PgConnection) -> Statement<'c, T>,
 {
-    // A pooled connection whose backend died while idle fails at `begin`, before the statement:
-    // the next one is taken, up to the whole pool (after a failover every idle one is dead).
-    let (mut dead, mut retried) = (0, false);
+    let mut retried = false;
     loop {
-        let mut scoped = match Scoped::begin_on(pool, scope).await {
-            Ok(scoped) => scoped,
-            Err(e) if connection_lost(&e) && dead <= READER_CONNECTIONS => {
-                dead += 1;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+        let mut scoped = Scoped::begin_on(pool, scope).await?;
         let result = run(scoped.conn()).await;
         match scoped.finish(result).await {
             Err(e) if !retried && connection_lost(&e) => {
@@ -690,18 +683,26 @@ impl Scoped {
         }
     }
 
+    /// The pool does not ping a connection before handing it out (a round trip on every read):
+    /// a pooled connection whose backend died while idle fails here instead, before any
+    /// statement, is closed (not returned), and the next one is taken, up to the whole pool
+    /// (after a failover every idle one is dead).
     async fn begin_on(pool: &PgPool, scope: Scope) -> Result<Scoped, sqlx::Error> {
-        let mut scoped = Scoped { conn: pool.acquire().await?, open: true };
         // The company id is our own integer, never caller text: safe to inline.
-        scoped
-            .conn
-            .execute(sqlx::AssertSqlSafe(format!(
-                "begin read only; select set_config('clientapi.company_id', '{}', true), set_config('clientapi.technicians', '{}', true)",
-                scope.company.0,
-                if scope.technicians { "on" } else { "off" }
-            )))
-            .await?;
-        Ok(scoped)
+        let begin = format!(
+            "begin read only; select set_config('clientapi.company_id', '{}', true), set_config('clientapi.technicians', '{}', true)",
+            scope.company.0,
+            if scope.technicians { "on" } else { "off" }
+        );
+        let mut dead = 0;
+        loop {
+            let mut scoped = Scoped { conn: pool.acquire().await?, open: true };
+            match scoped.conn.execute(sqlx::AssertSqlSafe(begin.as_str())).await {
+                Ok(_) => return Ok(scoped),
+                Err(e) if connection_lost(&e) && dead <= READER_CONNECTIONS => dead += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn conn(&mut self) -> &mut PgConnection {
