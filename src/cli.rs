@@ -142,6 +142,50 @@ pub enum EndpointCommand {
 pub enum SimulateCommand {
     /// ServiceM8's OAuth and api_1.0 REST shape, with generated data and fault knobs.
     Servicem8(SimulateArgs),
+    /// Jobber's OAuth (rotating refresh tokens, JWT expiry) and GraphQL shape, with its query-cost
+    /// bucket, `THROTTLED` answers, version headers, generated data and fault knobs.
+    Jobber(SimulateJobberArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateJobberArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// 0 picks a free port.
+    #[arg(long, default_value_t = 8091)]
+    pub port: u16,
+    #[arg(long, default_value_t = 30)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 20)]
+    pub jobs_per_client: usize,
+    /// Jobs carry from none to this many line items.
+    #[arg(long, default_value_t = 3)]
+    pub line_items_per_job: usize,
+    #[arg(long, default_value_t = 2)]
+    pub visits_per_job: usize,
+    #[arg(long, default_value_t = 1)]
+    pub properties_per_client: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value = "jobber-sim-client")]
+    pub client_id: String,
+    #[arg(long, default_value = "jobber-sim-secret")]
+    pub client_secret: String,
+    /// Access-token lifetime in seconds (Jobber's: 3,600).
+    #[arg(long, default_value_t = 3600)]
+    pub token_ttl: u64,
+    /// The query-cost bucket's size, in points (Jobber's: 10,000).
+    #[arg(long, default_value_t = 10_000.0)]
+    pub bucket: f64,
+    /// Points the bucket restores per second (Jobber's: 500).
+    #[arg(long, default_value_t = 500.0)]
+    pub restore_rate: f64,
+    /// Probability (0–1) of a 500 on each API request.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_5xx: f64,
+    /// Added latency per API request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -320,6 +364,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(SimulateCommand::Servicem8(args)) => simulate_servicem8(args).await,
+        Command::Simulate(SimulateCommand::Jobber(args)) => simulate_jobber(args).await,
         Command::Openapi | Command::GraphqlSchema | Command::BenchSupport(_) => {
             unreachable!("answered before configuration is loaded")
         }
@@ -598,6 +643,48 @@ async fn simulate_servicem8(args: SimulateArgs) -> anyhow::Result<()> {
     println!("  CLIENTAPI_SERVICEM8_OAUTH_URL={}", running.oauth_url());
     println!("  CLIENTAPI_SERVICEM8_CLIENT_ID={client_id}");
     println!("  CLIENTAPI_SERVICEM8_CLIENT_SECRET={client_secret}");
+    let shutdown = shutdown_on_signals();
+    shutdown.cancelled().await;
+    drop(running);
+    Ok(())
+}
+
+async fn simulate_jobber(args: SimulateJobberArgs) -> anyhow::Result<()> {
+    use clientapi_sync::simulator::jobber::{SimConfig, Simulator};
+    if !(0.0..=1.0).contains(&args.rate_5xx) {
+        bail!("--rate-5xx must be a probability from 0 to 1");
+    }
+    if !(args.bucket >= 1.0 && args.restore_rate > 0.0) {
+        bail!("--bucket must be at least 1 and --restore-rate above 0");
+    }
+    let config = SimConfig {
+        clients: args.clients,
+        jobs_per_client: args.jobs_per_client,
+        line_items_per_job: args.line_items_per_job,
+        visits_per_job: args.visits_per_job,
+        properties_per_client: args.properties_per_client,
+        seed: args.seed,
+        client_id: args.client_id,
+        client_secret: args.client_secret,
+        access_token_ttl: std::time::Duration::from_secs(args.token_ttl),
+        bucket_maximum: args.bucket,
+        restore_rate: args.restore_rate,
+        faults: clientapi_sync::simulator::servicem8::FaultKnobs {
+            rate_5xx: args.rate_5xx,
+            latency: std::time::Duration::from_millis(args.latency_ms),
+            ..Default::default()
+        },
+        ..SimConfig::default()
+    };
+    let (client_id, client_secret) = (config.client_id.clone(), config.client_secret.clone());
+    let running = Simulator::spawn(config, std::net::SocketAddr::new(args.host, args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+    println!("Jobber simulator on http://{}", running.addr);
+    println!("  CLIENTAPI_JOBBER_API_URL={}", running.api_url());
+    println!("  CLIENTAPI_JOBBER_OAUTH_URL={}", running.oauth_url());
+    println!("  CLIENTAPI_JOBBER_CLIENT_ID={client_id}");
+    println!("  CLIENTAPI_JOBBER_CLIENT_SECRET={client_secret}");
     let shutdown = shutdown_on_signals();
     shutdown.cancelled().await;
     drop(running);

@@ -37,6 +37,9 @@ pub struct Config {
     /// From `CLIENTAPI_SECRET_KEY`; `None` means "generate or read it in the data dir".
     pub secret_key: Option<MasterKey>,
     pub servicem8: ProviderSettings,
+    pub jobber: ProviderSettings,
+    /// The `X-JOBBER-GRAPHQL-VERSION` every Jobber request pins.
+    pub jobber_graphql_version: String,
     /// Days of request logs kept.
     pub request_log_retention_days: u32,
     /// Seconds one provider request may take, connect to last byte.
@@ -87,6 +90,11 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("CLIENTAPI_SERVICEM8_API_URL", "servicem8_api_url"),
     ("CLIENTAPI_SERVICEM8_OAUTH_URL", "servicem8_oauth_url"),
     ("CLIENTAPI_SERVICEM8_REQUESTS_PER_MINUTE", "servicem8_requests_per_minute"),
+    ("CLIENTAPI_JOBBER_CLIENT_ID", "jobber_client_id"),
+    ("CLIENTAPI_JOBBER_CLIENT_SECRET", "jobber_client_secret"),
+    ("CLIENTAPI_JOBBER_API_URL", "jobber_api_url"),
+    ("CLIENTAPI_JOBBER_OAUTH_URL", "jobber_oauth_url"),
+    ("CLIENTAPI_JOBBER_GRAPHQL_VERSION", "jobber_graphql_version"),
     ("CLIENTAPI_REQUEST_LOG_RETENTION_DAYS", "request_log_retention_days"),
     ("CLIENTAPI_PROVIDER_TIMEOUT_SECS", "provider_timeout_secs"),
     ("CLIENTAPI_FAILED_AUTH_DELAY_MS", "failed_auth_delay_ms"),
@@ -107,6 +115,8 @@ pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = ".clientapi";
 pub const DEFAULT_SERVICEM8_API_URL: &str = "https://api.servicem8.com/api_1.0";
 pub const DEFAULT_SERVICEM8_OAUTH_URL: &str = "https://go.servicem8.com/oauth";
+pub const DEFAULT_JOBBER_API_URL: &str = "https://api.getjobber.com/api/graphql";
+pub const DEFAULT_JOBBER_OAUTH_URL: &str = "https://api.getjobber.com/api/oauth";
 pub use clientapi_sync::engine::DEFAULT_WRITERS as DEFAULT_SYNC_WRITERS;
 pub use clientapi_sync::servicem8::REQUESTS_PER_MINUTE as SERVICEM8_REQUESTS_PER_MINUTE;
 
@@ -205,6 +215,18 @@ impl Config {
         let oauth_url = get("servicem8_oauth_url")
             .map_or_else(|| Url::parse(DEFAULT_SERVICEM8_OAUTH_URL).ok(), |(s, v)| parse_url(&s, &v, &mut errors));
 
+        let jobber_api_url = get("jobber_api_url")
+            .map_or_else(|| Url::parse(DEFAULT_JOBBER_API_URL).ok(), |(s, v)| parse_url(&s, &v, &mut errors));
+        let jobber_oauth_url = get("jobber_oauth_url")
+            .map_or_else(|| Url::parse(DEFAULT_JOBBER_OAUTH_URL).ok(), |(s, v)| parse_url(&s, &v, &mut errors));
+        let jobber_version = match get("jobber_graphql_version") {
+            None => Some(clientapi_sync::jobber::GRAPHQL_VERSION.to_owned()),
+            Some((_, v)) if chrono::NaiveDate::parse_from_str(&v, "%Y-%m-%d").is_ok() => Some(v),
+            Some((s, v)) => {
+                errors.push((s, format!("expected a Jobber API version as YYYY-MM-DD, got `{v}`")));
+                None
+            }
+        };
         let servicem8_per_minute = get("servicem8_requests_per_minute")
             .map_or(Some(SERVICEM8_REQUESTS_PER_MINUTE), |(s, v)| {
                 parse_number(&s, &v, 1..=1_000_000, "requests per minute", &mut errors)
@@ -295,6 +317,14 @@ impl Config {
                 oauth_url: oauth_url.expect("checked above"),
                 requests_per_minute: servicem8_per_minute.expect("checked above"),
             },
+            jobber: ProviderSettings {
+                client_id: get("jobber_client_id").map(|(_, v)| v),
+                client_secret: get("jobber_client_secret").map(|(_, v)| Secret::new(v)),
+                api_url: jobber_api_url.expect("checked above"),
+                oauth_url: jobber_oauth_url.expect("checked above"),
+                requests_per_minute: clientapi_sync::jobber::REQUESTS_PER_MINUTE,
+            },
+            jobber_graphql_version: jobber_version.expect("checked above"),
             request_log_retention_days: retention.expect("checked above"),
             provider_timeout_secs: provider_timeout.expect("checked above"),
             failed_auth_delay_ms: failed_auth_delay.expect("checked above"),

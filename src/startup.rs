@@ -27,6 +27,7 @@ use clientapi_sync::Providers;
 use clientapi_sync::connections::TokenManager;
 use clientapi_sync::crypto::Cipher;
 use clientapi_sync::engine::SyncEngine;
+use clientapi_sync::jobber::{Jobber, JobberConfig};
 use clientapi_sync::servicem8::{ServiceM8, ServiceM8Config};
 
 /// Everything a handler or worker needs: one shared allocation, so the clone every request
@@ -341,6 +342,16 @@ pub fn providers(config: &Config) -> Providers {
                 config.servicem8.oauth_url.clone(),
                 config.servicem8.client_id.clone(),
                 config.servicem8.client_secret.clone(),
+            )
+        })),
+        jobber: Arc::new(Jobber::new(JobberConfig {
+            request_timeout: std::time::Duration::from_secs(config.provider_timeout_secs),
+            graphql_version: config.jobber_graphql_version.clone(),
+            ..JobberConfig::new(
+                config.jobber.api_url.clone(),
+                config.jobber.oauth_url.clone(),
+                config.jobber.client_id.clone(),
+                config.jobber.client_secret.clone(),
             )
         })),
     }

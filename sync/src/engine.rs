@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use clientapi_schema::ConnectionId;
 use clientapi_schema::mirror::{self, ApplyStats};
-use clientapi_schema::model::Resource;
 use clientapi_schema::secret::Secret;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
@@ -390,9 +389,8 @@ impl SyncEngine {
         if full {
             // Only a scan that reached its last page may conclude anything is gone.
             for resource in stream.resources {
-                if *resource == Resource::Invoice {
-                    continue; // derived from jobs: follows its job's tombstone
-                }
+                // Every resource of the stream, derived ones too: a ServiceM8 invoice has its job's
+                // id, so a job gone from the complete scan takes its invoice with it.
                 let deleted = mirror::tombstone_missing(&mut tx, id, *resource, &seen_ids).await?;
                 run.summary.stats.deleted += deleted;
                 run.summary.streams.entry(stream.name).or_default().stats.deleted += deleted;

@@ -15,17 +15,20 @@ use url::Url;
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     ServiceM8,
+    Jobber,
 }
 
 impl ProviderKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::ServiceM8 => "servicem8",
+            ProviderKind::Jobber => "jobber",
         }
     }
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "servicem8" => Some(ProviderKind::ServiceM8),
+            "jobber" => Some(ProviderKind::Jobber),
             _ => None,
         }
     }

@@ -289,6 +289,27 @@ pub async fn spawn_app_for_with(
     spawn_app_with(&settings).await
 }
 
+/// A Jobber simulator on a loopback port.
+pub async fn spawn_jobber(
+    config: clientapi_sync::simulator::jobber::SimConfig,
+) -> clientapi_sync::simulator::jobber::Running {
+    clientapi_sync::simulator::jobber::Simulator::spawn(config, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+/// The app, configured to use `sim` as Jobber.
+pub async fn spawn_app_for_jobber(sim: &clientapi_sync::simulator::jobber::Running, extra: &[(&str, &str)]) -> TestApp {
+    let (api, oauth) = (sim.api_url(), sim.oauth_url());
+    let config = sim.sim.config().clone();
+    let mut settings = vec![
+        ("CLIENTAPI_JOBBER_API_URL", api.as_str()),
+        ("CLIENTAPI_JOBBER_OAUTH_URL", oauth.as_str()),
+        ("CLIENTAPI_JOBBER_CLIENT_ID", config.client_id.as_str()),
+        ("CLIENTAPI_JOBBER_CLIENT_SECRET", config.client_secret.as_str()),
+    ];
+    settings.extend_from_slice(extra);
+    spawn_app_with(&settings).await
+}
+
 /// `GET path` with a bearer token (a key or an admin token), as JSON.
 pub async fn get_json(app: &TestApp, path: &str, bearer: &str) -> serde_json::Value {
     app.client.get(app.url(path)).bearer_auth(bearer).send().await.unwrap().json().await.unwrap()
@@ -302,8 +323,18 @@ pub async fn admin_token(app: &TestApp, email: &str, account: &str) -> String {
 
 /// Starts the OAuth flow as `token`'s admin; returns the provider's redirect back to us.
 pub async fn authorize_redirect(app: &TestApp, token: &str) -> String {
-    let response =
-        app.client.post(app.url("/api/admin/connections/servicem8/authorize")).bearer_auth(token).send().await.unwrap();
+    authorize_redirect_for(app, token, "servicem8").await
+}
+
+/// Starts `provider`'s OAuth flow as `token`'s admin; returns the provider's redirect back to us.
+pub async fn authorize_redirect_for(app: &TestApp, token: &str, provider: &str) -> String {
+    let response = app
+        .client
+        .post(app.url(&format!("/api/admin/connections/{provider}/authorize")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
     let body: serde_json::Value = response.json().await.unwrap();
     let authorize_url = body["authorize_url"].as_str().unwrap().to_owned();
@@ -315,7 +346,12 @@ pub async fn authorize_redirect(app: &TestApp, token: &str) -> String {
 
 /// Runs the whole OAuth flow over HTTP; returns the new connection.
 pub async fn connect_servicem8(app: &TestApp, token: &str) -> serde_json::Value {
-    let callback = authorize_redirect(app, token).await;
+    connect_provider(app, token, "servicem8").await
+}
+
+/// Runs `provider`'s whole OAuth flow over HTTP; returns the new connection.
+pub async fn connect_provider(app: &TestApp, token: &str, provider: &str) -> serde_json::Value {
+    let callback = authorize_redirect_for(app, token, provider).await;
     let response = app.client.get(&callback).bearer_auth(token).send().await.unwrap();
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
     response.json().await.unwrap()

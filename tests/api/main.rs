@@ -3,6 +3,7 @@
 mod browser;
 mod cli;
 mod conformance;
+mod contract;
 mod dashboard;
 mod demo;
 mod docs;
@@ -10,6 +11,7 @@ mod endpoints;
 mod graphql;
 mod health;
 mod helpers;
+mod jobber;
 mod local_postgres;
 mod migrations;
 mod replicas;

@@ -32,7 +32,7 @@ fn engine(app: &TestApp, sim: &Running) -> SyncEngine {
         Some(clientapi_schema::secret::Secret::new(config.client_secret.clone())),
     );
     sm8.request_timeout = Duration::from_secs(2);
-    let providers = Providers { servicem8: Arc::new(ServiceM8::new(sm8)) };
+    let providers = Providers { servicem8: Arc::new(ServiceM8::new(sm8)), jobber: crate::jobber::unused_adapter() };
     SyncEngine::new(app.db.clone(), app.state.tokens.clone(), providers, Default::default())
 }
 
@@ -49,7 +49,7 @@ fn job_record(value: &Value) -> clientapi_schema::model::Record {
 
 /// What the mirror must hold for `resource`: (id, company external id, raw record) of every
 /// live record, derived from the simulator's data with the adapter's own mapping.
-fn expected(sim: &Running, resource: Resource) -> BTreeSet<(String, String, String)> {
+pub(crate) fn expected(sim: &Running, resource: Resource) -> BTreeSet<(String, String, String)> {
     let s = &sim.sim;
     // Sites live with their head office (followed up the chain of parents).
     let head_office = |company: &str| {

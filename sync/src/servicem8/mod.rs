@@ -291,7 +291,7 @@ fn token_error<E: std::error::Error>(e: RequestTokenError<E, oauth2::basic::Basi
 }
 
 /// Maps a ServiceM8 status to a classified error (bodies are `{errorCode, message}` or text).
-async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, ProviderError> {
+pub(crate) async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, ProviderError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);

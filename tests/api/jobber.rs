@@ -1,0 +1,185 @@
+//! What only Jobber has: rotating refresh tokens raced by many callers, the query-cost bucket,
+//! jobs read newest first down to the watermark, nested connections longer than a page, the
+//! pinned API version and its warning, and money sent as floats.
+
+use std::sync::Arc;
+
+use clientapi_schema::ConnectionId;
+use clientapi_sync::jobber::{Jobber, JobberConfig};
+use clientapi_sync::simulator::jobber::{Running, SimConfig};
+
+use crate::helpers::{TestApp, admin_token, connect_provider, spawn_app_for_jobber, spawn_jobber};
+
+/// A Jobber adapter nobody calls: for engines built for the ServiceM8 tests.
+pub fn unused_adapter() -> Arc<Jobber> {
+    Arc::new(Jobber::new(JobberConfig::new(
+        "http://127.0.0.1:9/api/graphql".parse().unwrap(),
+        "http://127.0.0.1:9/api/oauth".parse().unwrap(),
+        None,
+        None,
+    )))
+}
+
+async fn connected(config: SimConfig) -> (Running, TestApp, ConnectionId) {
+    let sim = spawn_jobber(config).await;
+    let app = spawn_app_for_jobber(&sim, &[]).await;
+    let token = admin_token(&app, "ops@example.com", "acme").await;
+    let id = ConnectionId(connect_provider(&app, &token, "jobber").await["id"].as_i64().unwrap());
+    (sim, app, id)
+}
+
+#[tokio::test]
+async fn fifty_callers_on_an_expiring_token_cause_one_refresh_and_the_rotated_token_is_stored_first() {
+    let (sim, app, id) = connected(SimConfig { clients: 2, ..SimConfig::default() }).await;
+    let provider: Arc<dyn clientapi_sync::provider::Provider> = app.state.providers.jobber.clone();
+    // The stored access token is about to expire.
+    sqlx::query("update connections set token_expires_at = now() + interval '10 seconds' where id = $1")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let before = sim.sim.stats();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (tokens, provider) = (app.state.tokens.clone(), provider.clone());
+            tokio::spawn(async move { tokens.access_token(provider.as_ref(), id).await.unwrap().expose().clone() })
+        })
+        .collect();
+    let mut handed_out = std::collections::BTreeSet::new();
+    for task in tasks {
+        handed_out.insert(task.await.unwrap());
+    }
+    let after = sim.sim.stats();
+    assert_eq!(after.refresh_attempts - before.refresh_attempts, 1, "exactly one refresh");
+    assert_eq!(handed_out.len(), 1, "every caller got the same new token");
+    // The rotated refresh token was committed: the next refresh (with whatever is stored) works,
+    // which it could not if the old, now dead, token were still stored.
+    sqlx::query("update connections set token_expires_at = now() where id = $1")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    app.state.tokens.access_token(provider.as_ref(), id).await.unwrap();
+    assert_eq!(sim.sim.stats().refreshes - after.refreshes, 1);
+    let run = app.state.engine.sync_connection(id, false, None).await.unwrap();
+    assert!(run.fetched > 0);
+}
+
+#[tokio::test]
+async fn a_refresh_whose_commit_was_lost_leaves_a_connection_marked_needs_reauth_with_its_reason_not_a_loop() {
+    let (sim, app, id) = connected(SimConfig { clients: 2, ..SimConfig::default() }).await;
+    let provider: Arc<dyn clientapi_sync::provider::Provider> = app.state.providers.jobber.clone();
+    // A process refreshed (rotating the refresh token at Jobber) and died before committing:
+    // what is stored is the dead token.
+    let sealed: Vec<u8> = sqlx::query_scalar("select refresh_token_enc from connections where id = $1")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let stored =
+        app.state.tokens.cipher().decrypt(&sealed, &clientapi_sync::crypto::token_aad(id.0, "refresh")).unwrap();
+    provider.refresh(&stored).await.unwrap();
+    sqlx::query("update connections set token_expires_at = now() where id = $1")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let before = sim.sim.stats().refresh_attempts;
+    let run = app.state.engine.sync_connection(id, false, None).await;
+    assert!(run.is_err(), "{run:?}");
+    let (status, error): (String, Option<String>) =
+        sqlx::query_as("select status, last_error from connections where id = $1")
+            .bind(id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(status, "needs_reauth");
+    assert!(error.unwrap_or_default().contains("refresh"), "the reason names the refused refresh");
+    // Later syncs do not try again and again.
+    let _ = app.state.engine.sync_connection(id, false, None).await;
+    let _ = app.state.engine.sync_connection(id, false, None).await;
+    assert_eq!(sim.sim.stats().refresh_attempts - before, 1, "one refused refresh, then no more attempts");
+}
+
+#[tokio::test]
+async fn a_sync_paces_itself_to_the_cost_bucket_and_is_never_throttled() {
+    // A small bucket, so the pacing shows within a test: the same arithmetic as Jobber's 10,000
+    // points at 500/s (the bench runs that one).
+    let config = SimConfig {
+        clients: 60,
+        jobs_per_client: 3,
+        bucket_maximum: 6_000.0,
+        restore_rate: 4_000.0,
+        ..SimConfig::default()
+    };
+    let (sim, app, id) = connected(config).await;
+    let started = std::time::Instant::now();
+    let run = app.state.engine.sync_connection(id, false, None).await.unwrap();
+    let took = started.elapsed().as_secs_f64();
+    let stats = sim.sim.stats();
+    assert_eq!(stats.throttled, 0, "no THROTTLED answer");
+    assert!(stats.cost as f64 > 6_000.0 * 2.0, "the sync must cost several buckets ({})", stats.cost);
+    let allowed = (stats.cost as f64 - 6_000.0) / 4_000.0;
+    let counters = app.state.providers.jobber.counters();
+    assert!(counters.paced_ms > 0, "the adapter waited for the bucket");
+    eprintln!(
+        "jobber throttle: {} records, {} points, {took:.2}s against {allowed:.2}s the bucket allows ({:.0}%), paced {} ms",
+        run.fetched,
+        stats.cost,
+        100.0 * took / allowed,
+        counters.paced_ms
+    );
+}
+
+#[tokio::test]
+async fn jobs_are_read_newest_first_down_to_the_watermark_and_long_nested_lists_are_read_to_their_end() {
+    let config = SimConfig { clients: 10, jobs_per_client: 15, line_items_per_job: 14, ..SimConfig::default() };
+    let (sim, app, id) = connected(config).await;
+    app.state.engine.sync_connection(id, false, None).await.unwrap();
+    // A job with more line items than a page of its nested connection.
+    let long = sim.sim.records("jobs").into_iter().find(|j| j["lineItems"].as_array().unwrap().len() > 10).unwrap();
+    let job_id = long["id"].as_str().unwrap().to_owned();
+    let mirrored: i64 = sqlx::query_scalar("select count(*) from line_items where job_id = $1 and deleted_at is null")
+        .bind(&job_id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(mirrored, long["lineItems"].as_array().unwrap().len() as i64);
+
+    // A new line item bumps its job; the incremental run reads only the newest jobs.
+    assert!(sim.sim.modify_nested(
+        "jobs",
+        &job_id,
+        "lineItems",
+        "bmV3LWxpbmUtaXRlbQ==",
+        Some(serde_json::json!({"name": "Added", "quantity": 2.0, "unitPrice": 0.1, "totalPrice": 0.2}))
+    ));
+    let before = sim.sim.stats().api_requests;
+    let run = app.state.engine.sync_connection(id, false, None).await.unwrap();
+    let requests = sim.sim.stats().api_requests - before;
+    assert!(run.stats.inserted >= 1, "{run:?}");
+    assert!(requests <= 6, "one page per stream, the long job's nested pages: {requests} requests");
+    // Money arrived as floats and is stored as the exact decimal sent.
+    let total: String =
+        sqlx::query_scalar("select total::text from line_items where external_id = 'bmV3LWxpbmUtaXRlbQ=='")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(total, "0.2000", "numeric(18, 4) of the exact 0.2");
+}
+
+#[tokio::test]
+async fn the_pinned_version_is_sent_and_a_deprecation_warning_is_kept() {
+    let sim = spawn_jobber(SimConfig { clients: 2, ..SimConfig::default() }).await;
+    // Pinned to the simulator's oldest version, which it warns is going away.
+    let app = spawn_app_for_jobber(&sim, &[("CLIENTAPI_JOBBER_GRAPHQL_VERSION", "2025-01-20")]).await;
+    let token = admin_token(&app, "ops@example.com", "acme").await;
+    let id = ConnectionId(connect_provider(&app, &token, "jobber").await["id"].as_i64().unwrap());
+    app.state.engine.sync_connection(id, false, None).await.unwrap();
+    let warning = app.state.providers.jobber.version_warning().expect("a warning");
+    assert!(warning.contains("2025-01-20"), "{warning}");
+    // A version that is not a date is refused at start-up.
+    let env = std::collections::HashMap::from([("CLIENTAPI_JOBBER_GRAPHQL_VERSION".to_owned(), "latest".to_owned())]);
+    let bad = clientapi::config::Config::load(None, &env).unwrap_err().to_string();
+    assert!(bad.contains("CLIENTAPI_JOBBER_GRAPHQL_VERSION"), "{bad}");
+}
