@@ -24,6 +24,9 @@ pub enum Command {
     /// The first command to run: local Postgres, a ServiceM8 simulator, an admin, a connection
     /// through OAuth, a first sync, two endpoints with keys, and commands to paste; then serves.
     Demo {
+        /// Which provider's simulator to connect: `servicem8` or `jobber`.
+        #[arg(long, default_value = "servicem8", value_parser = parse_provider)]
+        provider: clientapi_sync::provider::ProviderKind,
         #[arg(long, default_value_t = 30)]
         companies: usize,
         #[arg(long, default_value_t = 100)]
@@ -328,8 +331,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         config.local_replicas = 0;
     }
     match cli.command {
-        Command::Demo { companies, jobs_per_company, seed } => {
-            crate::demo::run(config, crate::demo::DemoOptions { companies, jobs_per_company, seed }).await
+        Command::Demo { provider, companies, jobs_per_company, seed } => {
+            crate::demo::run(config, crate::demo::DemoOptions { provider, companies, jobs_per_company, seed }).await
         }
         Command::Serve { api_only, workers_only, local_replicas } => {
             if let Some(n) = local_replicas {
@@ -647,6 +650,11 @@ async fn simulate_servicem8(args: SimulateArgs) -> anyhow::Result<()> {
     shutdown.cancelled().await;
     drop(running);
     Ok(())
+}
+
+fn parse_provider(name: &str) -> Result<clientapi_sync::provider::ProviderKind, String> {
+    clientapi_sync::provider::ProviderKind::parse(name)
+        .ok_or_else(|| format!("unknown provider `{name}` (expected servicem8 or jobber)"))
 }
 
 async fn simulate_jobber(args: SimulateJobberArgs) -> anyhow::Result<()> {

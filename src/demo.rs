@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clientapi_schema::{AccountId, ConnectionId};
-use clientapi_sync::simulator::servicem8::{SimConfig, Simulator};
+use clientapi_sync::provider::ProviderKind;
+use clientapi_sync::simulator::{jobber, servicem8};
 use serde_json::{Value, json};
 
 use crate::config::Config;
@@ -23,35 +24,102 @@ const READ_WRITE: &str = "Demo booking widget (read-write)";
 /// Demo knobs (CLI flags).
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
+    /// `servicem8` or `jobber`: which provider's simulator the demo connects.
+    pub provider: ProviderKind,
     pub companies: usize,
     pub jobs_per_company: usize,
     pub seed: u64,
 }
 
+/// The simulator the demo runs, kept alive while it serves.
+enum Sim {
+    ServiceM8(servicem8::Running),
+    Jobber(jobber::Running),
+}
+
+impl Sim {
+    fn label(&self) -> &'static str {
+        match self {
+            Sim::ServiceM8(_) => "ServiceM8",
+            Sim::Jobber(_) => "Jobber",
+        }
+    }
+
+    fn provider(&self) -> &'static str {
+        match self {
+            Sim::ServiceM8(_) => "servicem8",
+            Sim::Jobber(_) => "jobber",
+        }
+    }
+
+    /// The first customer company (a head office, for ServiceM8).
+    fn first_company(&self) -> Option<String> {
+        match self {
+            Sim::ServiceM8(sim) => sim
+                .sim
+                .records("company")
+                .iter()
+                .find(|c| c["parent_company_uuid"] == "")
+                .and_then(|c| c["uuid"].as_str().map(str::to_owned)),
+            Sim::Jobber(sim) => sim.sim.records("clients").first().and_then(|c| c["id"].as_str().map(str::to_owned)),
+        }
+    }
+}
+
 pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()> {
-    let sim_config = SimConfig {
-        companies: options.companies,
-        jobs_per_company: options.jobs_per_company,
-        // Some customers have sites, as field-service customers do.
-        sites_per_company: 1,
-        seed: options.seed,
-        ..SimConfig::default()
+    let sim = match options.provider {
+        ProviderKind::ServiceM8 => {
+            let sim_config = servicem8::SimConfig {
+                companies: options.companies,
+                jobs_per_company: options.jobs_per_company,
+                // Some customers have sites, as field-service customers do.
+                sites_per_company: 1,
+                seed: options.seed,
+                ..servicem8::SimConfig::default()
+            };
+            let (client_id, client_secret) = (sim_config.client_id.clone(), sim_config.client_secret.clone());
+            let sim = servicem8::Simulator::spawn(sim_config, "127.0.0.1:0".parse().expect("valid"))
+                .await
+                .context("starting the ServiceM8 simulator")?;
+            eprintln!(
+                "• ServiceM8 simulator on {} ({} companies × {} jobs, seed {})",
+                sim.base_url(),
+                options.companies,
+                options.jobs_per_company,
+                options.seed
+            );
+            config.servicem8.api_url = sim.api_url().parse()?;
+            config.servicem8.oauth_url = sim.oauth_url().parse()?;
+            config.servicem8.client_id = Some(client_id);
+            config.servicem8.client_secret = Some(crate::config::Secret::new(client_secret));
+            Sim::ServiceM8(sim)
+        }
+        ProviderKind::Jobber => {
+            let sim_config = jobber::SimConfig {
+                clients: options.companies,
+                jobs_per_client: options.jobs_per_company,
+                seed: options.seed,
+                // Jobber's documented bucket restores 500 points a second: a first sync of the
+                // demo's thousands of jobs would take many minutes. The demo's bucket restores
+                // faster; `clientapi simulate jobber` keeps Jobber's figures.
+                restore_rate: 50_000.0,
+                ..jobber::SimConfig::default()
+            };
+            let (client_id, client_secret) = (sim_config.client_id.clone(), sim_config.client_secret.clone());
+            let sim = jobber::Simulator::spawn(sim_config, "127.0.0.1:0".parse().expect("valid"))
+                .await
+                .context("starting the Jobber simulator")?;
+            eprintln!(
+                "• Jobber simulator on http://{} ({} clients × {} jobs, seed {}, cost bucket restoring 50,000 points/s)",
+                sim.addr, options.companies, options.jobs_per_company, options.seed
+            );
+            config.jobber.api_url = sim.api_url().parse()?;
+            config.jobber.oauth_url = sim.oauth_url().parse()?;
+            config.jobber.client_id = Some(client_id);
+            config.jobber.client_secret = Some(crate::config::Secret::new(client_secret));
+            Sim::Jobber(sim)
+        }
     };
-    let (client_id, client_secret) = (sim_config.client_id.clone(), sim_config.client_secret.clone());
-    let sim = Simulator::spawn(sim_config, "127.0.0.1:0".parse().expect("valid"))
-        .await
-        .context("starting the ServiceM8 simulator")?;
-    eprintln!(
-        "• ServiceM8 simulator on {} ({} companies × {} jobs, seed {})",
-        sim.base_url(),
-        options.companies,
-        options.jobs_per_company,
-        options.seed
-    );
-    config.servicem8.api_url = sim.api_url().parse()?;
-    config.servicem8.oauth_url = sim.oauth_url().parse()?;
-    config.servicem8.client_id = Some(client_id);
-    config.servicem8.client_secret = Some(crate::config::Secret::new(client_secret));
 
     let data_dir = config.data_dir.clone();
     let app = Application::build(config).await?;
@@ -71,11 +139,8 @@ pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()>
     result
 }
 
-async fn set_up(
-    state: &crate::startup::AppState,
-    base: &str,
-    sim: &clientapi_sync::simulator::servicem8::Running,
-) -> anyhow::Result<()> {
+async fn set_up(state: &crate::startup::AppState, base: &str, sim: &Sim) -> anyhow::Result<()> {
+    let (label, provider) = (sim.label(), sim.provider());
     let db = &state.db;
     let existing: Option<AccountId> =
         sqlx::query_scalar("select account_id from users where email = $1").bind(DEMO_EMAIL).fetch_optional(db).await?;
@@ -112,7 +177,7 @@ async fn set_up(
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
     // The simulator is a sandbox: its endpoints get test keys, which touch only its data.
     let authorize: Value = http
-        .post(format!("{base}/api/admin/connections/servicem8/authorize"))
+        .post(format!("{base}/api/admin/connections/{provider}/authorize"))
         .bearer_auth(&admin)
         .json(&json!({ "environment": "sandbox" }))
         .send()
@@ -133,7 +198,7 @@ async fn set_up(
     let connection: Value = response.json().await?;
     let connection_id = ConnectionId(connection["id"].as_i64().context("no connection id")?);
     eprintln!(
-        "• Connected ServiceM8 sandbox account \"{}\" through OAuth (connection {connection_id})",
+        "• Connected {label} sandbox account \"{}\" through OAuth (connection {connection_id})",
         connection["name"].as_str().unwrap_or("")
     );
 
@@ -154,7 +219,7 @@ async fn set_up(
         bar.finish_and_clear();
     }
     eprintln!(
-        "• Synced {} ServiceM8 records in {:.1} s: {} mirror rows written, {} already current",
+        "• Synced {} {label} records in {:.1} s: {} mirror rows written, {} already current",
         run.fetched,
         started.elapsed().as_secs_f64(),
         run.stats.inserted + run.stats.updated + run.stats.deleted,
@@ -162,13 +227,7 @@ async fn set_up(
     );
 
     // The first head office gets the endpoints (its sites come with it).
-    let company = sim
-        .sim
-        .records("company")
-        .iter()
-        .find(|c| c["parent_company_uuid"] == "")
-        .and_then(|c| c["uuid"].as_str().map(str::to_owned))
-        .context("the simulator has no companies")?;
+    let company = sim.first_company().context("the simulator has no companies")?;
     let read_only = endpoint_key(state, account, connection_id, &company, READ_ONLY, "read_only").await?;
     let read_write = endpoint_key(state, account, connection_id, &company, READ_WRITE, "read_write").await?;
 
@@ -196,7 +255,7 @@ async fn set_up(
     println!("curl -s -H 'Authorization: Bearer {ro_key}' '{ro_url}/jobs?page_size=5&sort=-updated_at'");
     println!("# The canonical form, with filters:");
     println!("curl -s -H 'X-API-Key: {ro_key}' '{ro_url}/query/?resource=invoice&status=paid&page_size=5'");
-    println!("# One job, with its raw ServiceM8 record:");
+    println!("# One job, with its raw {label} record:");
     println!("curl -s -H 'Authorization: Bearer {ro_key}' '{ro_url}/jobs/{job}?include=remote_data'");
     println!("# Everything that changed since your last pull (pass next_cursor back as since=):");
     println!("curl -s -H 'Authorization: Bearer {ro_key}' '{ro_url}/changes?page_size=20'");
@@ -206,12 +265,14 @@ async fn set_up(
     println!(
         "curl -s -H 'Authorization: Bearer {ro_key}' -H 'Content-Type: application/json' -d '{{\"query\": \"{{ jobs(first: 3) {{ nodes {{ id number status client {{ name }} lineItems {{ name total {{ amount currency }} }} }} }} }}\"}}' '{ro_url}/graphql'"
     );
-    println!(
-        "# Create a job (read-write key; written to ServiceM8, then readable at once; the key makes retries safe):"
-    );
-    println!(
-        "curl -s -X POST -H 'Authorization: Bearer {rw_key}' -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-booking-1' -d '{{\"status\": \"Quote\", \"description\": \"Booked through the demo\"}}' '{rw_url}/jobs'"
-    );
+    if matches!(sim, Sim::ServiceM8(_)) {
+        println!(
+            "# Create a job (read-write key; written to ServiceM8, then readable at once; the key makes retries safe):"
+        );
+        println!(
+            "curl -s -X POST -H 'Authorization: Bearer {rw_key}' -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-booking-1' -d '{{\"status\": \"Quote\", \"description\": \"Booked through the demo\"}}' '{rw_url}/jobs'"
+        );
+    }
     println!("# The endpoint itself and how fresh its data is:");
     println!("curl -s -H 'Authorization: Bearer {rw_key}' '{rw_url}/me'");
     println!("# Sync status (admin):");

@@ -169,6 +169,7 @@ impl WebhooksView {
 fn provider_label(provider: &str) -> &'static str {
     match provider {
         "servicem8" => "ServiceM8",
+        "jobber" => "Jobber",
         _ => "Provider",
     }
 }

@@ -47,8 +47,14 @@ pub fn router(state: &AppState) -> Router<AppState> {
 /// Scripts, styles and images from this origin only; forms may post here and to the
 /// providers' OAuth pages (a connect form's answer redirects there).
 fn content_security_policy(state: &AppState) -> HeaderValue {
-    let oauth = state.config.servicem8.oauth_url.origin().ascii_serialization();
-    let form_action = if oauth == "null" { "'self'".to_owned() } else { format!("'self' {oauth}") };
+    let mut sources = vec!["'self'".to_owned()];
+    for settings in [&state.config.servicem8, &state.config.jobber] {
+        let origin = settings.oauth_url.origin().ascii_serialization();
+        if origin != "null" && !sources.contains(&origin) {
+            sources.push(origin);
+        }
+    }
+    let form_action = sources.join(" ");
     let policy = format!(
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
          form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"

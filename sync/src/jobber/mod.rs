@@ -42,7 +42,7 @@ use crate::provider::*;
 use mapping::Obj;
 
 /// The API version this adapter is written against (`X-JOBBER-GRAPHQL-VERSION`).
-pub const GRAPHQL_VERSION: &str = "2025-01-20";
+pub const GRAPHQL_VERSION: &str = "2026-05-12";
 /// How far before the stored watermark an incremental scan starts.
 pub const OVERLAP: Duration = Duration::from_secs(10 * 60);
 /// Jobber's documented bucket, assumed until an answer states it.
@@ -371,8 +371,11 @@ impl Jobber {
                 counters.cost += cost as u64;
             }
             if let Some(warning) = parsed.extensions.versioning.and_then(|v| v.warning) {
-                tracing::warn!(%warning, version = %self.config.graphql_version, "Jobber says the pinned API version is going away");
-                *self.version_warning.lock().unwrap_or_else(|e| e.into_inner()) = Some(warning);
+                let mut kept = self.version_warning.lock().unwrap_or_else(|e| e.into_inner());
+                if kept.as_deref() != Some(warning.as_str()) {
+                    tracing::warn!(%warning, version = %self.config.graphql_version, "Jobber says the pinned API version is going away");
+                    *kept = Some(warning);
+                }
             }
             let mut requested = cost;
             if let Some(c) = parsed.extensions.cost {
