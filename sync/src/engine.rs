@@ -256,7 +256,7 @@ impl SyncEngine {
         let finished = sqlx::query(
             "update sync_runs set status = $2, finished_at = now(), pages = $3, fetched = $4, inserted = $5, updated = $6,
              unchanged = $7, deleted = $8, unowned = $9, record_errors = $10, error = $11,
-             lag_seconds = extract(epoch from now() - started_at), streams = $12 where id = $1",
+             lag_seconds = extract(epoch from now() - started_at), streams = $12, notices = $13 where id = $1",
         )
         .bind(run_id)
         .bind(status)
@@ -270,6 +270,7 @@ impl SyncEngine {
         .bind(serde_json::to_value(&summary.record_errors).unwrap_or_default())
         .bind(error)
         .bind(serde_json::to_value(&summary.streams).unwrap_or_default())
+        .bind(provider.notices())
         .execute(&self.db)
         .await;
         self.release(id).await;

@@ -266,6 +266,11 @@ pub trait Provider: Send + Sync {
         Err(ProviderError::NotConfigured("this provider sends no webhooks".into()))
     }
 
+    /// What the provider has said that an admin should act on (kept with each run).
+    fn notices(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Reads a webhook callback's body, or says what is wrong with it.
     fn parse_callback(&self, _content_type: Option<&str>, _body: &[u8]) -> Result<Callback, String> {
         Err("this provider sends no webhooks".into())

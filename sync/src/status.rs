@@ -37,6 +37,9 @@ pub struct SyncRun {
     pub stream: Option<String>,
     /// Counts per stream: `{"job": {"pages", "fetched", "inserted", …}}`.
     pub streams: serde_json::Value,
+    /// What the provider said that needs acting on though the run went well (Jobber: the pinned
+    /// API version is going away).
+    pub notices: Vec<String>,
 }
 
 pub async fn streams(db: &PgPool, id: ConnectionId) -> Result<Vec<StreamStatus>, sqlx::Error> {
@@ -59,7 +62,8 @@ pub async fn runs(
 ) -> Result<Vec<SyncRun>, sqlx::Error> {
     sqlx::query_as(
         "select r.id, r.connection_id, r.kind, r.status, r.started_at, r.finished_at, r.pages, r.fetched, r.inserted,
-                r.updated, r.unchanged, r.deleted, r.unowned, r.record_errors, r.error, r.lag_seconds, r.stream, r.streams
+                r.updated, r.unchanged, r.deleted, r.unowned, r.record_errors, r.error, r.lag_seconds, r.stream, r.streams,
+                r.notices
          from sync_runs r join connections c on c.id = r.connection_id
          where c.account_id = $1 and ($2::bigint is null or r.connection_id = $2)
          order by r.id desc limit $3",

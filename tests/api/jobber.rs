@@ -178,6 +178,10 @@ async fn the_pinned_version_is_sent_and_a_deprecation_warning_is_kept() {
     app.state.engine.sync_connection(id, false, None).await.unwrap();
     let warning = app.state.providers.jobber.version_warning().expect("a warning");
     assert!(warning.contains("2025-01-20"), "{warning}");
+    // … and shown with the run, in the admin API's sync status.
+    let status = crate::helpers::get_json(&app, &format!("/api/admin/connections/{}", id.0), &token).await;
+    let notices = &status["sync"]["recent_runs"][0]["notices"];
+    assert!(notices[0].as_str().is_some_and(|n| n.contains("2025-01-20") && n.contains("deprecated")), "{status}");
     // A version that is not a date is refused at start-up.
     let env = std::collections::HashMap::from([("CLIENTAPI_JOBBER_GRAPHQL_VERSION".to_owned(), "latest".to_owned())]);
     let bad = clientapi::config::Config::load(None, &env).unwrap_err().to_string();

@@ -672,6 +672,13 @@ impl Provider for Jobber {
         let name = data["account"]["name"].as_str().unwrap_or("Jobber account");
         Ok((id.to_owned(), name.to_owned()))
     }
+
+    fn notices(&self) -> Vec<String> {
+        self.version_warning()
+            .map(|w| format!("Jobber API version {} (X-JOBBER-GRAPHQL-VERSION): {w}", self.config.graphql_version))
+            .into_iter()
+            .collect()
+    }
 }
 
 fn writes_not_offered() -> ProviderError {

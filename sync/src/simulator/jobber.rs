@@ -83,6 +83,7 @@ pub struct Stats {
     pub api_requests: u64,
     pub throttled: u64,
     pub guarded: u64,
+    /// Points charged (the actual cost of each answered query).
     pub cost: u64,
     pub token_exchanges: u64,
     pub refreshes: u64,
@@ -323,6 +324,8 @@ impl Simulator {
             .route("/api/oauth/authorize", get(authorize))
             .route("/api/oauth/token", post(token))
             .route("/api/graphql", post(graphql_endpoint))
+            // The simulator's own controls (not Jobber's): the bench reads its counters.
+            .route("/_sim/stats", get(stats_route))
             .with_state(self)
     }
 
@@ -449,6 +452,15 @@ impl Simulator {
         // Jobber's answer: no `expires_in`; the expiry is in the JWT.
         json!({"access_token": access, "refresh_token": refresh})
     }
+}
+
+async fn stats_route(State(sim): State<Arc<Simulator>>) -> Response {
+    let s = sim.stats();
+    axum::Json(json!({
+        "api_requests": s.api_requests, "throttled": s.throttled, "guarded": s.guarded, "cost": s.cost,
+        "refreshes": s.refreshes, "bucket_maximum": sim.config.bucket_maximum, "restore_rate": sim.config.restore_rate,
+    }))
+    .into_response()
 }
 
 // ---- OAuth -------------------------------------------------------------------------------
@@ -622,15 +634,21 @@ async fn graphql_endpoint(State(sim): State<Arc<Simulator>>, headers: HeaderMap,
         let cost = json!({"requestedQueryCost": requested, "actualQueryCost": 0, "throttleStatus": status(available)});
         return errors("Throttled", Some("THROTTLED"), json!({"cost": cost, "versioning": versioning}));
     }
-    state.bucket = available - requested;
-    state.bucket_at = Instant::now();
-    state.stats.cost += requested as u64;
-    let cost =
-        json!({"requestedQueryCost": requested, "actualQueryCost": requested, "throttleStatus": status(state.bucket)});
     let data = match op.ty {
         OperationType::Query => execute(&state, &doc, &op.selection_set.node, &variables),
         _ => Err("mutations are not simulated".into()),
     };
+    // Jobber checks the requested cost up front and charges the actual one: connections cost
+    // what they returned, not what `first` allowed.
+    let actual = match &data {
+        Ok(data) => actual_cost(&op.selection_set.node, &doc, data) as f64,
+        Err(_) => 0.0,
+    };
+    state.bucket = available - actual;
+    state.bucket_at = Instant::now();
+    state.stats.cost += actual as u64;
+    let cost =
+        json!({"requestedQueryCost": requested, "actualQueryCost": actual, "throttleStatus": status(state.bucket)});
     drop(state);
     let body = match data {
         Ok(data) => json!({"data": data, "extensions": {"cost": cost, "versioning": versioning}}),
@@ -741,6 +759,31 @@ fn project(value: &Value, set: &SelectionSet, doc: &ExecutableDocument, vars: &M
         out.insert(key, projected);
     }
     Value::Object(out)
+}
+
+/// What a query cost once answered: every field 1, `nodes`/`edges`/`node` nothing, and a
+/// connection the nodes it returned (the requested cost is the same with `first` nodes).
+fn actual_cost(set: &SelectionSet, doc: &ExecutableDocument, value: &Value) -> u64 {
+    let mut total = 0;
+    for field in graphql::fields(set, doc) {
+        let f = &field.node;
+        let key = f.response_key().node.as_str();
+        let children = &f.selection_set.node;
+        let v = value.get(key).unwrap_or(&Value::Null);
+        let each = |v: &Value| match v {
+            Value::Array(items) => items.iter().map(|i| actual_cost(children, doc, i)).sum(),
+            Value::Null => 0,
+            other => actual_cost(children, doc, other),
+        };
+        total += match f.name.node.as_str() {
+            "__typename" => 0,
+            "nodes" | "edges" | "node" => each(v),
+            _ if children.items.is_empty() => 1,
+            _ if graphql::is_connection(children, doc) => actual_cost(children, doc, v),
+            _ => 1 + each(v),
+        };
+    }
+    total
 }
 
 fn cursor(index: usize) -> String {
