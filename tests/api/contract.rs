@@ -389,6 +389,61 @@ pub async fn a_key_sees_its_own_company_only(kind: Kind) {
     }
 }
 
+pub async fn a_write_is_read_back_at_once_and_never_reaches_another_company(kind: Kind) {
+    let c = connect(kind).await;
+    sync(&c, false).await;
+    let companies = c.sim.companies();
+    let (mine, theirs) = (&companies[0], &companies[1]);
+    let (ep, key) = create_endpoint(
+        &c.app,
+        &c.token,
+        c.id,
+        mine,
+        json!({"access": "read_write", "scopes": crate::endpoints::every_scope()}),
+    )
+    .await;
+    let send = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let (app, key, ep) = (&c.app, key.clone(), ep.clone());
+        async move {
+            let mut request = app.client.request(method, app.url(&format!("/api/public/{ep}{path}"))).bearer_auth(key);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let status = match kind {
+        Kind::ServiceM8 => "Quote",
+        Kind::Jobber => "Work Order",
+    };
+    let (code, created) =
+        send(reqwest::Method::POST, "/jobs".into(), Some(json!({"status": status, "description": "Booked"}))).await;
+    assert_eq!(code, 201, "{created}");
+    let job = created["data"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["data"]["client_id"], mine.as_str(), "placed under the endpoint's company");
+    let (code, read) = send(reqwest::Method::GET, format!("/jobs/{job}"), None).await;
+    assert_eq!((code, &read["data"]), (200, &created["data"]), "read back at once");
+    let (code, changed) =
+        send(reqwest::Method::PATCH, format!("/jobs/{job}"), Some(json!({"description": "Booked, then changed"})))
+            .await;
+    assert_eq!((code, &changed["data"]["description"]), (200, &json!("Booked, then changed")), "{changed}");
+    // Another company's job cannot be changed, and the answer is the same as for no job at all.
+    let theirs_job = c.sim.expected(Resource::Job).into_iter().find(|(_, company)| company == theirs).unwrap().0;
+    let (code, other) =
+        send(reqwest::Method::PATCH, format!("/jobs/{theirs_job}"), Some(json!({"description": "Not yours"}))).await;
+    let (code_missing, missing) =
+        send(reqwest::Method::PATCH, "/jobs/no-such-job".into(), Some(json!({"description": "Not yours"}))).await;
+    assert_eq!((code, code_missing), (404, 404), "{other} {missing}");
+    let description: Option<String> = sqlx::query_scalar("select description from jobs where external_id = $1")
+        .bind(&theirs_job)
+        .fetch_one(&c.app.db)
+        .await
+        .unwrap();
+    assert_ne!(description.as_deref(), Some("Not yours"), "the other company's job is unchanged");
+}
+
 /// Runs each contract test against each provider.
 macro_rules! contract {
     ($($test:ident),* $(,)?) => {
@@ -407,4 +462,5 @@ contract!(
     reconciliation_finds_hard_deletes_only_on_a_complete_scan,
     faults_at_the_first_a_middle_and_the_last_request_lose_nothing,
     a_key_sees_its_own_company_only,
+    a_write_is_read_back_at_once_and_never_reaches_another_company,
 );

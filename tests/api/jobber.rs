@@ -8,6 +8,9 @@ use clientapi_schema::ConnectionId;
 use clientapi_sync::jobber::{Jobber, JobberConfig};
 use clientapi_sync::simulator::jobber::{Running, SimConfig};
 
+use serde_json::{Value, json};
+
+use crate::endpoints::{create_endpoint, every_scope};
 use crate::helpers::{TestApp, admin_token, connect_provider, spawn_app_for_jobber, spawn_jobber};
 
 /// A Jobber adapter nobody calls: for engines built for the ServiceM8 tests.
@@ -186,4 +189,99 @@ async fn the_pinned_version_is_sent_and_a_deprecation_warning_is_kept() {
     let env = std::collections::HashMap::from([("CLIENTAPI_JOBBER_GRAPHQL_VERSION".to_owned(), "latest".to_owned())]);
     let bad = clientapi::config::Config::load(None, &env).unwrap_err().to_string();
     assert!(bad.contains("CLIENTAPI_JOBBER_GRAPHQL_VERSION"), "{bad}");
+}
+
+#[tokio::test]
+async fn writes_become_jobber_mutations_read_back_at_once_and_what_jobber_refuses_is_a_422_in_its_words() {
+    let sim = spawn_jobber(SimConfig { clients: 3, ..SimConfig::default() }).await;
+    let app = spawn_app_for_jobber(&sim, &[]).await;
+    let token = admin_token(&app, "ops@example.com", "acme").await;
+    let id = ConnectionId(connect_provider(&app, &token, "jobber").await["id"].as_i64().unwrap());
+    app.state.engine.sync_connection(id, false, None).await.unwrap();
+    let client = sim.sim.records("clients")[0].clone();
+    let company = client["id"].as_str().unwrap().to_owned();
+    let (ep, key) =
+        create_endpoint(&app, &token, id, &company, json!({"access": "read_write", "scopes": every_scope()})).await;
+    let send = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let (app, key, ep) = (&app, key.clone(), ep.clone());
+        async move {
+            let mut request = app.client.request(method, app.url(&format!("/api/public/{ep}{path}"))).bearer_auth(key);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    // A job: created at the client's first property, read back at once.
+    let (status, created) = send(
+        reqwest::Method::POST,
+        "/jobs".into(),
+        Some(json!({"status": "Work Order", "description": "Fix the gate"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let job = created["data"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["data"]["client_id"], company.as_str());
+    let at_jobber = sim.sim.record("jobs", &job).expect("created at Jobber");
+    assert_eq!(at_jobber["title"], "Fix the gate");
+    assert_eq!(at_jobber["property"]["id"], client["properties"][0]["id"]);
+    let (status, read) = send(reqwest::Method::GET, format!("/jobs/{job}"), None).await;
+    assert_eq!((status, &read["data"]["description"]), (200, &json!("Fix the gate")));
+
+    let (status, updated) =
+        send(reqwest::Method::PATCH, format!("/jobs/{job}"), Some(json!({"description": "Fix the gate and fence"})))
+            .await;
+    assert_eq!((status, &updated["data"]["description"]), (200, &json!("Fix the gate and fence")), "{updated}");
+
+    // A line item: Jobber recomputes the job's total; both are read back.
+    let (status, item) = send(
+        reqwest::Method::POST,
+        "/line_items".into(),
+        Some(json!({"job_id": job, "name": "Hinge", "quantity": "2", "unit_price": "12.55"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{item}");
+    assert_eq!(item["data"]["job_id"], job.as_str());
+    let (_, read) = send(reqwest::Method::GET, format!("/jobs/{job}"), None).await;
+    assert_eq!(read["data"]["total"], "25.10", "{read}");
+
+    // The client itself.
+    let (status, renamed) =
+        send(reqwest::Method::PATCH, format!("/clients/{company}"), Some(json!({"name": "Renamed Through The API"})))
+            .await;
+    assert_eq!((status, &renamed["data"]["name"]), (200, &json!("Renamed Through The API")), "{renamed}");
+    assert_eq!(sim.sim.record("clients", &company).unwrap()["companyName"], "Renamed Through The API");
+
+    // What Jobber cannot store is refused before anything is sent, naming it.
+    let before = sim.sim.stats().api_requests;
+    let (status, refused) =
+        send(reqwest::Method::PATCH, format!("/clients/{company}"), Some(json!({"website": "https://x.test"}))).await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(refused.to_string().contains("website"), "{refused}");
+    let (status, refused) = send(reqwest::Method::POST, "/contacts".into(), Some(json!({"first_name": "Ann"}))).await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(refused.to_string().contains("contacts"), "{refused}");
+    let (status, refused) = send(reqwest::Method::POST, "/clients".into(), Some(json!({"name": "Another"}))).await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(sim.sim.stats().api_requests, before, "nothing was sent to Jobber");
+
+    // Jobber's userErrors come back in its own words.
+    let provider = app.state.providers.jobber.clone();
+    let access = app.state.tokens.access_token(provider.as_ref(), id).await.unwrap();
+    let stream =
+        clientapi_sync::provider::Provider::stream_for(provider.as_ref(), clientapi_schema::model::Resource::Job)
+            .unwrap();
+    let error = clientapi_sync::provider::Provider::update(
+        provider.as_ref(),
+        &access,
+        stream,
+        &job,
+        json!({"mutation": "jobEdit", "input": {"title": "  "}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("input.title: Title can't be blank"), "{error}");
 }

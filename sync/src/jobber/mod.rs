@@ -22,6 +22,7 @@
 
 pub mod graphql;
 pub mod mapping;
+pub mod write;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -227,6 +228,8 @@ pub struct Jobber {
     buckets: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Bucket>>>>,
     version_warning: Mutex<Option<String>>,
     counters: Mutex<Counters>,
+    /// Line items this process created, by id: their job (their read-back reads it).
+    line_item_jobs: Mutex<HashMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -305,7 +308,14 @@ impl Jobber {
             .user_agent(concat!("clientapi/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("static reqwest configuration");
-        Self { config, http, buckets: Mutex::default(), version_warning: Mutex::default(), counters: Mutex::default() }
+        Self {
+            config,
+            http,
+            buckets: Mutex::default(),
+            version_warning: Mutex::default(),
+            counters: Mutex::default(),
+            line_item_jobs: Mutex::default(),
+        }
     }
 
     pub fn config(&self) -> &JobberConfig {
@@ -567,6 +577,8 @@ impl Provider for Jobber {
         stream: Stream,
         id: &str,
     ) -> Result<Option<Vec<Record>>, ProviderError> {
+        let job = self.line_item_jobs.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
+        let id = job.as_deref().filter(|_| stream.name == "jobs").unwrap_or(id);
         let data = self.query(token, &get_query(stream.name), json!({"id": id})).await?;
         let data: HashMap<&str, &RawValue> =
             serde_json::from_str(&data).map_err(|e| ProviderError::Malformed(e.to_string()))?;
@@ -582,22 +594,53 @@ impl Provider for Jobber {
         }
     }
 
-    async fn create(&self, _token: &Secret<String>, _stream: Stream, _body: Value) -> Result<String, ProviderError> {
-        Err(writes_not_offered())
+    async fn create(&self, token: &Secret<String>, _stream: Stream, body: Value) -> Result<String, ProviderError> {
+        let (query, mut variables, path) = write::mutation(&body, None)?;
+        if body["mutation"] == "jobCreate" && variables["input"]["propertyId"].is_null() {
+            // A Jobber job lives at a property: the client's first, unless the write named a site.
+            let data = self
+                .query(
+                    token,
+                    "query Properties($id: EncodedId!) { client(id: $id) { properties { id } } }",
+                    json!({"id": body["client"]}),
+                )
+                .await?;
+            let data: Value = serde_json::from_str(&data).map_err(|e| ProviderError::Malformed(e.to_string()))?;
+            let property = data["client"]["properties"][0]["id"].as_str().ok_or_else(|| ProviderError::Rejected {
+                status: 422,
+                message: "the client has no property to put a job at; add a site (property) in Jobber first".into(),
+            })?;
+            variables["input"]["propertyId"] = json!(property);
+        }
+        let data = self.query(token, &query, variables).await?;
+        let data: Value = serde_json::from_str(&data).map_err(|e| ProviderError::Malformed(e.to_string()))?;
+        let id = write::outcome(&data, path)?;
+        if let Some(job) = body["job"].as_str() {
+            // Jobber has no query for one line item: its read-back reads its job.
+            let mut known = self.line_item_jobs.lock().unwrap_or_else(|e| e.into_inner());
+            if known.len() > 10_000 {
+                known.clear();
+            }
+            known.insert(id.clone(), job.to_owned());
+        }
+        Ok(id)
     }
 
     async fn update(
         &self,
-        _token: &Secret<String>,
+        token: &Secret<String>,
         _stream: Stream,
-        _id: &str,
-        _body: Value,
+        id: &str,
+        body: Value,
     ) -> Result<(), ProviderError> {
-        Err(writes_not_offered())
+        let (query, variables, path) = write::mutation(&body, Some(id))?;
+        let data = self.query(token, &query, variables).await?;
+        let data: Value = serde_json::from_str(&data).map_err(|e| ProviderError::Malformed(e.to_string()))?;
+        write::outcome(&data, path).map(drop)
     }
 
     async fn delete(&self, _token: &Secret<String>, _stream: Stream, _id: &str) -> Result<(), ProviderError> {
-        Err(writes_not_offered())
+        Err(ProviderError::Rejected { status: 422, message: "a Jobber connection does not offer deletes".into() })
     }
 
     async fn download(&self, _token: &Secret<String>, _attachment_id: &str) -> Result<Download, ProviderError> {
@@ -616,17 +659,17 @@ impl Provider for Jobber {
     }
 
     fn job_statuses(&self) -> &'static [&'static str] {
-        &["Work Order", "Completed"]
+        write::JOB_STATUSES
     }
 
     fn write_body(
         &self,
-        _resource: Resource,
-        _company: &str,
+        resource: Resource,
+        company: &str,
         fields: &serde_json::Map<String, Value>,
-        _create: bool,
+        create: bool,
     ) -> Value {
-        Value::Object(fields.clone())
+        write::body(resource, company, fields, create)
     }
 
     fn new_id(&self) -> Option<String> {
@@ -679,10 +722,6 @@ impl Provider for Jobber {
             .into_iter()
             .collect()
     }
-}
-
-fn writes_not_offered() -> ProviderError {
-    ProviderError::Rejected { status: 405, message: "writes through a Jobber connection are not offered yet".into() }
 }
 
 fn not_configured() -> ProviderError {

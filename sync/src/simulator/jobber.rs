@@ -636,7 +636,8 @@ async fn graphql_endpoint(State(sim): State<Arc<Simulator>>, headers: HeaderMap,
     }
     let data = match op.ty {
         OperationType::Query => execute(&state, &doc, &op.selection_set.node, &variables),
-        _ => Err("mutations are not simulated".into()),
+        OperationType::Mutation => mutate(&mut state, &doc, &op.selection_set.node, &variables),
+        OperationType::Subscription => Err("subscriptions are not served".into()),
     };
     // Jobber checks the requested cost up front and charges the actual one: connections cost
     // what they returned, not what `first` allowed.
@@ -732,6 +733,138 @@ fn execute(
             other => return Err(format!("Field '{other}' doesn't exist on type 'Query'")),
         };
         data.insert(key, value);
+    }
+    Ok(Value::Object(data))
+}
+
+fn user_error(message: &str, path: &[&str]) -> Value {
+    json!([{"message": message, "path": path}])
+}
+
+/// The mutations the adapter sends (PROVIDERS.md §2, "Writes"), with Jobber's `userErrors`.
+fn mutate(
+    state: &mut State_,
+    doc: &ExecutableDocument,
+    set: &SelectionSet,
+    vars: &Map<String, Value>,
+) -> Result<Value, String> {
+    let mut data = Map::new();
+    for field in graphql::fields(set, doc) {
+        let f = &field.node;
+        let key = f.response_key().node.to_string();
+        let arg = |name: &str| graphql::argument(f, name, vars).unwrap_or(Value::Null);
+        let input = arg("input");
+        let now = Simulator::tick(state);
+        let payload = match f.name.node.as_str() {
+            "clientEdit" => {
+                let id = arg("clientId").as_str().unwrap_or_default().to_owned();
+                match state.tables.get_mut("clients").and_then(|t| t.get_mut(&id)) {
+                    None => json!({"client": null, "userErrors": user_error("Client not found", &["clientId"])}),
+                    Some(_) if input["companyName"].as_str().is_some_and(|n| n.trim().is_empty()) => {
+                        json!({"client": null, "userErrors": user_error("Company name can't be blank", &["input", "companyName"])})
+                    }
+                    Some(row) => {
+                        if let Some(name) = input["companyName"].as_str() {
+                            row["companyName"] = json!(name);
+                            row["name"] = json!(name);
+                        }
+                        if let Some(address) = input["billingAddress"].as_object() {
+                            for (k, v) in address {
+                                row["billingAddress"][k] = v.clone();
+                            }
+                        }
+                        row["updatedAt"] = json!(now);
+                        json!({"client": row.clone(), "userErrors": []})
+                    }
+                }
+            }
+            "jobCreate" => {
+                let property = input["propertyId"].as_str().unwrap_or_default();
+                let owner = state.tables["clients"].rows.values().find_map(|c| {
+                    let props = c["properties"].as_array()?;
+                    let p = props.iter().find(|p| p["id"] == property)?;
+                    Some((c["id"].clone(), p.clone()))
+                });
+                let title = input["title"].as_str().unwrap_or_default().trim().to_owned();
+                match owner {
+                    None => {
+                        json!({"job": null, "userErrors": user_error("Property not found", &["input", "propertyId"])})
+                    }
+                    Some(_) if title.is_empty() => {
+                        json!({"job": null, "userErrors": user_error("Title can't be blank", &["input", "title"])})
+                    }
+                    Some((client, property)) => {
+                        let seq = state.next_seq;
+                        state.next_seq += 1;
+                        let number = state.tables["jobs"]
+                            .rows
+                            .values()
+                            .filter_map(|j| j["jobNumber"].as_u64())
+                            .max()
+                            .unwrap_or(0)
+                            + 1;
+                        let row = json!({
+                            "id": encoded_id("Job", seq), "jobNumber": number, "title": title, "instructions": input["instructions"],
+                            "jobStatus": "unscheduled", "jobType": "ONE_OFF", "billingType": input["invoicing"]["invoicingType"],
+                            "startAt": null, "endAt": null, "completedAt": null, "total": 0.0,
+                            "client": {"id": client}, "property": property, "lineItems": [], "visits": [],
+                            "createdAt": now, "updatedAt": now,
+                        });
+                        state.tables.get_mut("jobs").expect("table").insert(seq, row.clone());
+                        json!({"job": row, "userErrors": []})
+                    }
+                }
+            }
+            "jobEdit" => {
+                let id = arg("jobId").as_str().unwrap_or_default().to_owned();
+                match state.tables.get_mut("jobs").and_then(|t| t.get_mut(&id)) {
+                    None => json!({"job": null, "userErrors": user_error("Job not found", &["jobId"])}),
+                    Some(_) if input["title"].as_str().is_some_and(|t| t.trim().is_empty()) => {
+                        json!({"job": null, "userErrors": user_error("Title can't be blank", &["input", "title"])})
+                    }
+                    Some(row) => {
+                        if let Some(title) = input["title"].as_str() {
+                            row["title"] = json!(title);
+                        }
+                        row["updatedAt"] = json!(now);
+                        json!({"job": row.clone(), "userErrors": []})
+                    }
+                }
+            }
+            "jobCreateLineItems" => {
+                let id = arg("jobId").as_str().unwrap_or_default().to_owned();
+                let items = input["lineItems"].as_array().cloned().unwrap_or_default();
+                if let Some(at) = items.iter().position(|i| i["name"].as_str().is_none_or(|n| n.trim().is_empty())) {
+                    let at = at.to_string();
+                    json!({"lineItems": null, "userErrors": user_error("Name can't be blank", &["input", "lineItems", &at, "name"])})
+                } else if !state.tables["jobs"].ids.contains_key(&id) {
+                    json!({"lineItems": null, "userErrors": user_error("Job not found", &["jobId"])})
+                } else {
+                    let first = state.next_seq;
+                    state.next_seq += items.len() as u64;
+                    let created: Vec<Value> = items
+                        .iter()
+                        .enumerate()
+                        .map(|(n, i)| {
+                            let (q, p) = (i["quantity"].as_f64().unwrap_or(1.0), i["unitPrice"].as_f64().unwrap_or(0.0));
+                            json!({"id": encoded_id("JobLineItem", first + n as u64), "name": i["name"], "description": i["description"],
+                                   "quantity": q, "unitPrice": p, "totalPrice": (q * p * 100.0).round() / 100.0,
+                                   "createdAt": now, "updatedAt": now})
+                        })
+                        .collect();
+                    let row = state.tables.get_mut("jobs").and_then(|t| t.get_mut(&id)).expect("checked above");
+                    let list = row["lineItems"].as_array_mut().expect("generated jobs have line items");
+                    list.extend(created.iter().cloned());
+                    let cents: i64 =
+                        list.iter().map(|i| (i["totalPrice"].as_f64().unwrap_or(0.0) * 100.0).round() as i64).sum();
+                    row["total"] = money(cents);
+                    row["updatedAt"] = json!(now);
+                    json!({"lineItems": created, "userErrors": []})
+                }
+            }
+            other => return Err(format!("Field '{other}' doesn't exist on type 'Mutation'")),
+        };
+        data.insert(key, project(&payload, &f.selection_set.node, doc, vars));
     }
     Ok(Value::Object(data))
 }
