@@ -189,6 +189,18 @@ pub struct SimulateJobberArgs {
     /// Added latency per API request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// Probability (0–1) that a webhook is never sent.
+    #[arg(long, default_value_t = 0.0)]
+    pub webhook_drop: f64,
+    /// Probability (0–1) that a webhook is sent twice.
+    #[arg(long, default_value_t = 0.0)]
+    pub webhook_duplicate: f64,
+    /// Webhooks leave in a shuffled order (each up to 200 ms late).
+    #[arg(long)]
+    pub webhook_reorder: bool,
+    /// Every webhook waits this long before it is sent, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub webhook_delay_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -659,8 +671,14 @@ fn parse_provider(name: &str) -> Result<clientapi_sync::provider::ProviderKind, 
 
 async fn simulate_jobber(args: SimulateJobberArgs) -> anyhow::Result<()> {
     use clientapi_sync::simulator::jobber::{SimConfig, Simulator};
-    if !(0.0..=1.0).contains(&args.rate_5xx) {
-        bail!("--rate-5xx must be a probability from 0 to 1");
+    for (name, p) in [
+        ("--rate-5xx", args.rate_5xx),
+        ("--webhook-drop", args.webhook_drop),
+        ("--webhook-duplicate", args.webhook_duplicate),
+    ] {
+        if !(0.0..=1.0).contains(&p) {
+            bail!("{name} must be a probability from 0 to 1");
+        }
     }
     if !(args.bucket >= 1.0 && args.restore_rate > 0.0) {
         bail!("--bucket must be at least 1 and --restore-rate above 0");
@@ -681,6 +699,12 @@ async fn simulate_jobber(args: SimulateJobberArgs) -> anyhow::Result<()> {
             rate_5xx: args.rate_5xx,
             latency: std::time::Duration::from_millis(args.latency_ms),
             ..Default::default()
+        },
+        webhooks: clientapi_sync::simulator::webhooks::WebhookKnobs {
+            drop: args.webhook_drop,
+            duplicate: args.webhook_duplicate,
+            reorder: args.webhook_reorder,
+            delay: std::time::Duration::from_millis(args.webhook_delay_ms),
         },
         ..SimConfig::default()
     };

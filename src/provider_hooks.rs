@@ -155,7 +155,7 @@ pub async fn receive(
     state: &AppState,
     provider: &str,
     token: &str,
-    content_type: Option<&str>,
+    headers: &axum::http::HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let kind = ProviderKind::parse(provider).ok_or(ApiError::NotFound)?;
@@ -177,7 +177,7 @@ pub async fn receive(
         metrics::counter!("provider_callbacks_total", "result" => "unknown").increment(1);
         return Err(ApiError::NotFound);
     };
-    let callback = state.providers.get(kind).parse_callback(content_type, body).map_err(|detail| {
+    let callback = state.providers.get(kind).parse_callback(headers, body).map_err(|detail| {
         metrics::counter!("provider_callbacks_total", "result" => "malformed").increment(1);
         ApiError::BadRequest { code: "invalid_callback", detail }
     })?;
@@ -319,6 +319,8 @@ impl CallbackWorker {
             futures::stream::iter(fetches).buffered(FETCHES).collect().await;
 
         let (mut records, mut done, mut retry) = (Vec::new(), Vec::new(), Vec::new());
+        // Named by a callback and no longer at a provider whose deletes arrive only that way.
+        let mut gone: Vec<&Queued> = Vec::new();
         // Each fetched record named by a callback (not what derives from it), to check it found
         // its company: (its queued row, resource, id).
         let mut named: Vec<(&Queued, &'static str, String)> = Vec::new();
@@ -329,6 +331,9 @@ impl CallbackWorker {
                     // reconciliation tombstones a hard delete.
                     metrics::counter!("provider_callback_fetches_total", "result" => if found.is_some() { "found" } else { "not_found" })
                         .increment(1);
+                    if found.is_none() && provider.missing_means_deleted() {
+                        gone.push(q);
+                    }
                     let found = found.unwrap_or_default();
                     if let Some(own) = found.iter().find(|r| r.external_id == q.external_id && !r.deleted) {
                         named.push((q, own.resource().singular(), own.external_id.clone()));
@@ -355,6 +360,12 @@ impl CallbackWorker {
         mirror::lock_connection(&mut tx, connection).await?;
         let applied =
             mirror::apply(&mut tx, connection, &mirror::stage(records), &mut mirror::Expectation::default()).await?;
+        for q in &gone {
+            if let Some(stream) = provider.streams().iter().find(|s| s.name == q.stream) {
+                let deleted = mirror::tombstone_named(&mut tx, connection, stream.resources, &q.external_id).await?;
+                metrics::counter!("provider_callback_deletes_total").increment(deleted);
+            }
+        }
         // A record whose owner the mirror does not know yet (a job whose new client's callback is
         // behind it) was left out: it is fetched again shortly, when its owner may be there.
         if applied.unowned > 0 && !named.is_empty() {

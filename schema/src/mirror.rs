@@ -1181,6 +1181,45 @@ pub async fn tombstone_missing(
     Ok(gone.len() as u64)
 }
 
+/// Tombstones the record `id` of each of `resources` and, of those owned through a parent
+/// (line items and visits through their job, payments through their invoice, contacts and sites
+/// through their client), the ones whose parent is `id`: a delete the provider announced (a
+/// verified callback naming a record the provider no longer returns). The caller holds the
+/// connection's lock (see `Outbox`). Returns how many records were tombstoned.
+pub async fn tombstone_named(
+    conn: &mut PgConnection,
+    connection: ConnectionId,
+    resources: &[Resource],
+    id: &str,
+) -> Result<u64, sqlx::Error> {
+    let outbox = Outbox::load(conn, connection).await?;
+    let mut total = 0;
+    for resource in resources {
+        let parent = match resource {
+            Resource::LineItem | Resource::Visit => Some("job_id"),
+            Resource::Payment => Some("invoice_id"),
+            Resource::Contact | Resource::Site => Some("client_id"),
+            _ => None,
+        };
+        let matches = match parent {
+            Some(column) => format!("(t.external_id = $2 or t.{column} = $2)"),
+            None => "t.external_id = $2".to_owned(),
+        };
+        let sql = format!(
+            "update {} t set deleted_at = now(), change_seq = nextval('mirror_change_seq'), synced_at = now()
+             from companies c
+             where c.id = t.company_id and c.connection_id = $1 and {matches} and t.deleted_at is null
+             returning t.company_id, t.external_id",
+            resource.plural()
+        );
+        let gone: Vec<(i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(connection).bind(id).fetch_all(&mut *conn).await?;
+        total += gone.len() as u64;
+        outbox.record(conn, *resource, gone.into_iter().map(|(c, id)| (c, id, Change::Deleted))).await?;
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::Value;

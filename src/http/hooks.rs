@@ -26,6 +26,5 @@ async fn receive_callback(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
-    crate::provider_hooks::receive(&state, &provider, &token, content_type, &body).await
+    crate::provider_hooks::receive(&state, &provider, &token, &headers, &body).await
 }

@@ -271,8 +271,15 @@ pub trait Provider: Send + Sync {
         Vec::new()
     }
 
-    /// Reads a webhook callback's body, or says what is wrong with it.
-    fn parse_callback(&self, _content_type: Option<&str>, _body: &[u8]) -> Result<Callback, String> {
+    /// Whether a record that a verified callback names and the provider no longer returns is
+    /// gone (Jobber: deletes arrive only as `*_DESTROY` callbacks, with no tombstone to fetch).
+    /// Otherwise the reconciliation finds hard deletes.
+    fn missing_means_deleted(&self) -> bool {
+        false
+    }
+
+    /// Reads a webhook callback (its headers and raw body), or says what is wrong with it.
+    fn parse_callback(&self, _headers: &http::HeaderMap, _body: &[u8]) -> Result<Callback, String> {
         Err("this provider sends no webhooks".into())
     }
 }

@@ -62,6 +62,8 @@ pub async fn connect(kind: Kind) -> Connected {
                 jobs_per_client: 3,
                 // The bucket's pacing has its own test; here it would only add minutes.
                 restore_rate: 1_000_000.0,
+                // Every webhook is lost: the contract is the sync's (webhooks have their own test).
+                webhooks: clientapi_sync::simulator::webhooks::WebhookKnobs { drop: 1.0, ..Default::default() },
                 ..Default::default()
             })
             .await;

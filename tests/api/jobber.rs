@@ -136,7 +136,14 @@ async fn a_sync_paces_itself_to_the_cost_bucket_and_is_never_throttled() {
 
 #[tokio::test]
 async fn jobs_are_read_newest_first_down_to_the_watermark_and_long_nested_lists_are_read_to_their_end() {
-    let config = SimConfig { clients: 10, jobs_per_client: 15, line_items_per_job: 14, ..SimConfig::default() };
+    let config = SimConfig {
+        clients: 10,
+        jobs_per_client: 15,
+        line_items_per_job: 14,
+        // Every webhook is lost: the sync alone brings the change.
+        webhooks: clientapi_sync::simulator::webhooks::WebhookKnobs { drop: 1.0, ..Default::default() },
+        ..SimConfig::default()
+    };
     let (sim, app, id) = connected(config).await;
     app.state.engine.sync_connection(id, false, None).await.unwrap();
     // A job with more line items than a page of its nested connection.
@@ -284,4 +291,110 @@ async fn writes_become_jobber_mutations_read_back_at_once_and_what_jobber_refuse
     .await
     .unwrap_err();
     assert!(error.to_string().contains("input.title: Title can't be blank"), "{error}");
+}
+
+#[tokio::test]
+async fn jobber_webhooks_bring_changes_and_destroys_without_a_sync_and_forged_ones_change_nothing() {
+    use std::time::Duration;
+
+    use crate::webhooks::eventually;
+    // Every callback is sent twice and out of order: duplicates and reordering change nothing.
+    let webhooks =
+        clientapi_sync::simulator::webhooks::WebhookKnobs { duplicate: 1.0, reorder: true, ..Default::default() };
+    let sim = spawn_jobber(SimConfig { clients: 3, webhooks, ..SimConfig::default() }).await;
+    let app = spawn_app_for_jobber(&sim, &[]).await;
+    let token = admin_token(&app, "ops@example.com", "acme").await;
+    let id = ConnectionId(connect_provider(&app, &token, "jobber").await["id"].as_i64().unwrap());
+    app.state.engine.sync_connection(id, false, None).await.unwrap();
+    let response = app
+        .client
+        .patch(app.url(&format!("/api/admin/connections/{}/schedule", id.0)))
+        .bearer_auth(&token)
+        .json(&json!({"paused": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let db = app.db.clone();
+    eventually(Duration::from_secs(20), "Jobber's webhooks to be subscribed", || {
+        let db = db.clone();
+        async move {
+            let status: String = sqlx::query_scalar("select webhook_status from connections where id = $1")
+                .bind(id)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            status == "subscribed"
+        }
+    })
+    .await;
+    let query = |sql: &'static str, bind: String| {
+        let db = app.db.clone();
+        async move { sqlx::query_scalar::<_, Option<String>>(sql).bind(bind).fetch_optional(&db).await.unwrap().flatten() }
+    };
+
+    // An update at Jobber reaches the mirror through its webhook alone.
+    let job = sim.sim.records("jobs")[0].clone();
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    assert!(sim.sim.modify("jobs", &job_id, json!({"title": "Changed at Jobber"})));
+    eventually(Duration::from_secs(20), "the JOB_UPDATE to be applied", || {
+        let q = query("select description from jobs where external_id = $1", job_id.clone());
+        async move { q.await.as_deref() == Some("Changed at Jobber") }
+    })
+    .await;
+
+    // A destroy: the job, its line items and its visits are tombstoned, without any sync.
+    let children: Vec<String> = ["lineItems", "visits"]
+        .iter()
+        .flat_map(|f| {
+            job[*f].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!children.is_empty());
+    assert!(sim.sim.destroy("jobs", &job_id));
+    eventually(Duration::from_secs(20), "the JOB_DESTROY to tombstone the job", || {
+        let q = query("select deleted_at::text from jobs where external_id = $1", job_id.clone());
+        async move { q.await.is_some() }
+    })
+    .await;
+    for child in &children {
+        let live: i64 = sqlx::query_scalar(
+            "select (select count(*) from line_items where external_id = $1 and deleted_at is null)
+                  + (select count(*) from visits where external_id = $1 and deleted_at is null)",
+        )
+        .bind(child)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        assert_eq!(live, 0, "{child} went with its job");
+    }
+    let runs: i64 = sqlx::query_scalar("select count(*) from sync_runs").fetch_one(&app.db).await.unwrap();
+    assert_eq!(runs, 1, "only the first sync ran: the webhooks did the rest");
+
+    // A forged callback (wrong signature) for a live job: refused, nothing queued, nothing deleted.
+    let other = sim.sim.records("jobs")[1]["id"].as_str().unwrap().to_owned();
+    let url: String = {
+        let token =
+            clientapi::provider_hooks::callback_url(&app.state, id, clientapi_sync::provider::ProviderKind::Jobber)
+                .await
+                .unwrap();
+        token.to_string()
+    };
+    let body = json!({"data": {"webHookEvent": {"topic": "JOB_DESTROY", "itemId": other}}}).to_string();
+    let forged = app
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-jobber-hmac-sha256", clientapi_sync::jobber::webhooks::sign("not the secret", body.as_bytes()))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    let unsigned = app.client.post(&url).header("content-type", "application/json").body(body).send().await.unwrap();
+    assert_eq!(unsigned.status(), 400);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(query("select deleted_at::text from jobs where external_id = $1", other).await.is_none());
+    let stats = sim.sim.stats();
+    assert!(stats.webhooks_sent >= 4, "{stats:?}");
 }

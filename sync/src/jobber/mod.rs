@@ -22,6 +22,7 @@
 
 pub mod graphql;
 pub mod mapping;
+pub mod webhooks;
 pub mod write;
 
 use std::collections::HashMap;
@@ -714,6 +715,33 @@ impl Provider for Jobber {
         let id = data["account"]["id"].as_str().ok_or_else(|| ProviderError::Malformed("account has no id".into()))?;
         let name = data["account"]["name"].as_str().unwrap_or("Jobber account");
         Ok((id.to_owned(), name.to_owned()))
+    }
+
+    fn missing_means_deleted(&self) -> bool {
+        true
+    }
+
+    async fn subscribe_webhooks(&self, token: &Secret<String>, callback: &Url) -> Result<Vec<String>, ProviderError> {
+        let mut subscribed = Vec::new();
+        for (topic, _) in webhooks::TOPICS {
+            let data = self
+                .query(
+                    token,
+                    "mutation Subscribe($input: WebhookEndpointCreateInput!) { webhookEndpointCreate(input: $input) { webhookEndpoint { id } userErrors { message path } } }",
+                    json!({"input": {"topic": topic, "url": callback.as_str()}}),
+                )
+                .await?;
+            let data: Value = serde_json::from_str(&data).map_err(|e| ProviderError::Malformed(e.to_string()))?;
+            write::outcome(&data, &["webhookEndpointCreate", "webhookEndpoint", "id"])?;
+            subscribed.push((*topic).to_owned());
+        }
+        Ok(subscribed)
+    }
+
+    fn parse_callback(&self, headers: &http::HeaderMap, body: &[u8]) -> Result<Callback, String> {
+        let secret = self.config.client_secret.as_ref().ok_or("no Jobber client secret is configured")?;
+        let signature = headers.get(webhooks::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+        webhooks::parse(secret.expose(), signature, body)
     }
 
     fn notices(&self) -> Vec<String> {

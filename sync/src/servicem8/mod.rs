@@ -590,7 +590,8 @@ impl Provider for ServiceM8 {
         Ok(subscribed)
     }
 
-    fn parse_callback(&self, content_type: Option<&str>, body: &[u8]) -> Result<Callback, String> {
+    fn parse_callback(&self, headers: &http::HeaderMap, body: &[u8]) -> Result<Callback, String> {
+        let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
         webhooks::parse(content_type, body)
     }
 }

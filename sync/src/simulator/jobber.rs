@@ -28,6 +28,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::servicem8::{Fault, FaultKnobs};
+use super::webhooks::WebhookKnobs;
 use crate::jobber::graphql;
 use crate::jobber::mapping::parse_datetime;
 
@@ -53,6 +54,8 @@ pub struct SimConfig {
     /// a warning, and the oldest carries a deprecation warning.
     pub versions: Vec<String>,
     pub faults: FaultKnobs,
+    /// How the simulated Jobber delivers webhooks: dropped, duplicated, reordered, late.
+    pub webhooks: WebhookKnobs,
 }
 
 impl Default for SimConfig {
@@ -73,6 +76,7 @@ impl Default for SimConfig {
             guard_window: Duration::from_secs(300),
             versions: vec!["2025-01-20".into(), "2026-03-10".into(), "2026-05-12".into()],
             faults: FaultKnobs::default(),
+            webhooks: WebhookKnobs::default(),
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct Stats {
     pub token_exchanges: u64,
     pub refreshes: u64,
     pub refresh_attempts: u64,
+    pub webhooks_sent: u64,
+    pub webhooks_dropped: u64,
 }
 
 /// One kind of top-level object: rows in creation order, and where each id is.
@@ -125,6 +131,10 @@ struct State_ {
     rng: StdRng,
     /// The clock records are stamped with: moves forward on every change.
     clock: DateTime<Utc>,
+    /// Webhook endpoints: one URL per topic (`webhookEndpointCreate`).
+    endpoints: BTreeMap<String, String>,
+    /// Events of the request being answered, sent once its lock is released.
+    events: Vec<(String, String)>,
 }
 
 pub struct Simulator {
@@ -151,6 +161,16 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A webhook topic: `JOB_UPDATE` for (`jobs`, `UPDATE`).
+fn topic(table: &str, event: &str) -> String {
+    let object = match table {
+        "clients" => "CLIENT",
+        "jobs" => "JOB",
+        _ => "INVOICE",
+    };
+    format!("{object}_{event}")
 }
 
 /// Jobber's `EncodedId`: base64 of a global id.
@@ -298,6 +318,8 @@ impl Simulator {
                 stats: Stats::default(),
                 rng,
                 clock: Utc::now(),
+                endpoints: BTreeMap::new(),
+                events: Vec::new(),
             }),
         })
     }
@@ -354,6 +376,14 @@ impl Simulator {
 
     /// Merges `patch` into a top-level object and stamps it changed.
     pub fn modify(&self, table: &str, id: &str, patch: Value) -> bool {
+        let changed = self.modify_quietly(table, id, patch);
+        if changed {
+            self.emit(topic(table, "UPDATE"), id);
+        }
+        changed
+    }
+
+    fn modify_quietly(&self, table: &str, id: &str, patch: Value) -> bool {
         let mut state = self.lock();
         let now = Self::tick(&mut state);
         let Some(row) = state.tables.get_mut(table).and_then(|t| t.get_mut(id)) else { return false };
@@ -369,6 +399,14 @@ impl Simulator {
     /// Changes, adds (`patch` with a new id) or removes (`None`) one nested node (`lineItems`,
     /// `visits`, `paymentRecords`, `properties`) and stamps its parent changed, as Jobber does.
     pub fn modify_nested(&self, table: &str, parent: &str, field: &str, id: &str, patch: Option<Value>) -> bool {
+        let changed = self.modify_nested_quietly(table, parent, field, id, patch);
+        if changed {
+            self.emit(topic(table, "UPDATE"), parent);
+        }
+        changed
+    }
+
+    fn modify_nested_quietly(&self, table: &str, parent: &str, field: &str, id: &str, patch: Option<Value>) -> bool {
         let mut state = self.lock();
         let now = Self::tick(&mut state);
         let Some(row) = state.tables.get_mut(table).and_then(|t| t.get_mut(parent)) else { return false };
@@ -404,16 +442,71 @@ impl Simulator {
                          "isCompany": true, "isArchived": false, "title": null, "billingAddress": address(seq as usize),
                          "emails": [], "phones": [], "properties": [], "createdAt": now, "updatedAt": now});
         state.tables.get_mut("clients").expect("table").insert(seq, row);
+        drop(state);
+        self.emit(topic("clients", "CREATE"), &id);
         id
     }
 
     /// Deletes a top-level object outright: Jobber keeps no tombstone.
     pub fn destroy(&self, table: &str, id: &str) -> bool {
-        let mut state = self.lock();
-        let Some(t) = state.tables.get_mut(table) else { return false };
-        match t.ids.remove(id) {
-            Some(seq) => t.rows.remove(&seq).is_some(),
-            None => false,
+        let removed = {
+            let mut state = self.lock();
+            let Some(t) = state.tables.get_mut(table) else { return false };
+            match t.ids.remove(id) {
+                Some(seq) => t.rows.remove(&seq).is_some(),
+                None => false,
+            }
+        };
+        if removed {
+            self.emit(topic(table, "DESTROY"), id);
+        }
+        removed
+    }
+
+    /// Sends `topic` for `item` to its webhook endpoint, signed as Jobber signs, through the
+    /// delivery knobs.
+    pub fn emit(&self, topic: String, item: &str) {
+        let (url, copies, delay) = {
+            let mut state = self.lock();
+            let Some(url) = state.endpoints.get(&topic).cloned() else { return };
+            let knobs = self.config.webhooks.clone();
+            if state.rng.random::<f64>() < knobs.drop {
+                state.stats.webhooks_dropped += 1;
+                return;
+            }
+            let copies = if state.rng.random::<f64>() < knobs.duplicate { 2 } else { 1 };
+            let jitter =
+                if knobs.reorder { Duration::from_millis(state.rng.random_range(0..200)) } else { Duration::ZERO };
+            state.stats.webhooks_sent += copies;
+            (url, copies, knobs.delay + jitter)
+        };
+        let body = json!({"data": {"webHookEvent": {
+            "topic": topic, "appId": self.config.client_id, "accountId": encoded_id("Account", 1),
+            "itemId": item, "occurredAt": stamp(Utc::now()),
+        }}})
+        .to_string();
+        let signature = crate::jobber::webhooks::sign(&self.config.client_secret, body.as_bytes());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let client = reqwest::Client::new();
+            for _ in 0..copies {
+                let _ = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header(crate::jobber::webhooks::SIGNATURE_HEADER, &signature)
+                    .body(body.clone())
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await;
+            }
+        });
+    }
+
+    fn flush_events(&self) {
+        let events = std::mem::take(&mut self.lock().events);
+        for (topic, item) in events {
+            self.emit(topic, &item);
         }
     }
 
@@ -651,6 +744,7 @@ async fn graphql_endpoint(State(sim): State<Arc<Simulator>>, headers: HeaderMap,
     let cost =
         json!({"requestedQueryCost": requested, "actualQueryCost": actual, "throttleStatus": status(state.bucket)});
     drop(state);
+    sim.flush_events();
     let body = match data {
         Ok(data) => json!({"data": data, "extensions": {"cost": cost, "versioning": versioning}}),
         Err(message) => {
@@ -774,7 +868,9 @@ fn mutate(
                             }
                         }
                         row["updatedAt"] = json!(now);
-                        json!({"client": row.clone(), "userErrors": []})
+                        let row = row.clone();
+                        state.events.push((topic("clients", "UPDATE"), id));
+                        json!({"client": row, "userErrors": []})
                     }
                 }
             }
@@ -811,6 +907,7 @@ fn mutate(
                             "createdAt": now, "updatedAt": now,
                         });
                         state.tables.get_mut("jobs").expect("table").insert(seq, row.clone());
+                        state.events.push((topic("jobs", "CREATE"), row["id"].as_str().expect("id").to_owned()));
                         json!({"job": row, "userErrors": []})
                     }
                 }
@@ -827,7 +924,9 @@ fn mutate(
                             row["title"] = json!(title);
                         }
                         row["updatedAt"] = json!(now);
-                        json!({"job": row.clone(), "userErrors": []})
+                        let row = row.clone();
+                        state.events.push((topic("jobs", "UPDATE"), id));
+                        json!({"job": row, "userErrors": []})
                     }
                 }
             }
@@ -859,7 +958,21 @@ fn mutate(
                         list.iter().map(|i| (i["totalPrice"].as_f64().unwrap_or(0.0) * 100.0).round() as i64).sum();
                     row["total"] = money(cents);
                     row["updatedAt"] = json!(now);
+                    state.events.push((topic("jobs", "UPDATE"), id));
                     json!({"lineItems": created, "userErrors": []})
+                }
+            }
+            "webhookEndpointCreate" => {
+                let (topic, url) =
+                    (input["topic"].as_str().unwrap_or_default(), input["url"].as_str().unwrap_or_default());
+                if crate::jobber::webhooks::TOPICS.iter().all(|(t, _)| *t != topic) {
+                    json!({"webhookEndpoint": null, "userErrors": user_error("Topic is not a webhook topic", &["input", "topic"])})
+                } else if url::Url::parse(url).is_err() {
+                    json!({"webhookEndpoint": null, "userErrors": user_error("Url is invalid", &["input", "url"])})
+                } else {
+                    // One endpoint per topic: a new one replaces the old.
+                    state.endpoints.insert(topic.to_owned(), url.to_owned());
+                    json!({"webhookEndpoint": {"id": encoded_id("WebhookEndpoint", state.endpoints.len() as u64), "topic": topic, "url": url}, "userErrors": []})
                 }
             }
             other => return Err(format!("Field '{other}' doesn't exist on type 'Mutation'")),
