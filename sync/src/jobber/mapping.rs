@@ -438,6 +438,54 @@ mod tests {
         RawValue::from_string(v.to_owned()).unwrap()
     }
 
+    fn fixture(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.trim().to_owned()).unwrap()
+    }
+
+    #[test]
+    fn the_documented_fixtures_map_exactly() {
+        let client_text = fixture(include_str!("../../../fixtures/jobber/client.json"));
+        let records = client(&Obj::parse(&client_text).unwrap()).unwrap();
+        assert_eq!(
+            records.iter().map(|r| r.resource()).collect::<Vec<_>>(),
+            [Resource::Client, Resource::Contact, Resource::Site]
+        );
+        assert_eq!(records[0].remote_updated_at.unwrap().to_rfc3339(), "2021-08-13T15:00:00+00:00");
+
+        let job_text = fixture(include_str!("../../../fixtures/jobber/job.json"));
+        let records = job(&Obj::parse(&job_text).unwrap(), "USD").unwrap();
+        let Fields::Job(j) = &records[0].fields else { panic!() };
+        assert_eq!(
+            (j.status.as_str(), j.number, j.total.unwrap().to_string()),
+            ("Completed", Some(42), "110.55".into())
+        );
+        let items: Vec<(String, String, String)> = records
+            .iter()
+            .filter_map(|r| match &r.fields {
+                Fields::LineItem(l) => {
+                    Some((l.quantity.to_string(), l.unit_price.unwrap().to_string(), l.total.unwrap().to_string()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(items, [("3".into(), "0.1".into(), "0.3".into()), ("2".into(), "55.125".into(), "110.25".into())]);
+        let Some(Fields::Visit(v)) = records.iter().map(|r| &r.fields).find(|f| matches!(f, Fields::Visit(_))) else {
+            panic!()
+        };
+        assert_eq!((v.status.as_str(), v.staff_id.as_deref()), ("recorded", Some("Z2lkOi8vSm9iYmVyL1VzZXIvMQ==")));
+        assert!(records[1..].iter().all(|r| r.owner == Owner::Company("Z2lkOi8vSm9iYmVyL0NsaWVudC8x".into())));
+
+        let invoice_text = fixture(include_str!("../../../fixtures/jobber/invoice.json"));
+        let records = invoice(&Obj::parse(&invoice_text).unwrap(), "USD").unwrap();
+        let Fields::Invoice(i) = &records[0].fields else { panic!() };
+        assert_eq!(
+            (i.number, i.status.as_str(), i.job_id.as_deref()),
+            (Some(1001), "paid", Some("Z2lkOi8vSm9iYmVyL0pvYi8x"))
+        );
+        let Fields::Payment(p) = &records[1].fields else { panic!() };
+        assert_eq!(p.amount.to_string(), "110.55");
+    }
+
     #[test]
     fn money_is_the_floats_digits_exactly() {
         for (text, want) in

@@ -838,5 +838,23 @@ mod tests {
         assert_eq!(jwt_expiry(&token).unwrap().timestamp(), 1_900_000_000);
         assert_eq!(bucket_key(&token), "7");
         assert_eq!(jwt_expiry("opaque"), None);
+        // The documented answer: no `expires_in`, the expiry only in the JWT.
+        let documented: Value = serde_json::from_str(include_str!("../../../fixtures/jobber/token.json")).unwrap();
+        assert!(documented.get("expires_in").is_none());
+        assert_eq!(jwt_expiry(documented["access_token"].as_str().unwrap()).unwrap().timestamp(), 1_900_000_000);
+    }
+
+    #[test]
+    fn the_documented_throttled_answer_is_read_as_throttled_with_its_bucket() {
+        let parsed: GqlResponse<'_> =
+            serde_json::from_str(include_str!("../../../fixtures/jobber/throttled.json")).unwrap();
+        assert_eq!(parsed.errors[0].extensions.as_ref().unwrap().code.as_deref(), Some("THROTTLED"));
+        let cost = parsed.extensions.cost.unwrap();
+        assert_eq!(cost.requested_query_cost, Some(10_001.0));
+        let status = cost.throttle_status.unwrap();
+        assert_eq!(
+            (status.maximum_available, status.currently_available, status.restore_rate),
+            (10_000.0, 9_875.0, 500.0)
+        );
     }
 }

@@ -224,6 +224,10 @@ mod tests {
         let data = json!({"jobCreate": {"job": null, "userErrors": [{"message": "can't be blank", "path": ["input", "title"]}]}});
         let e = outcome(&data, &["jobCreate", "job", "id"]).unwrap_err();
         assert!(e.to_string().contains("input.title: can't be blank"), "{e}");
+        let documented: Value =
+            serde_json::from_str(include_str!("../../../fixtures/jobber/user_errors.json")).unwrap();
+        let e = outcome(&documented["data"], &["jobCreate", "job", "id"]).unwrap_err();
+        assert!(e.to_string().contains("input.title: Title can't be blank"), "{e}");
         let data = json!({"jobCreateLineItems": {"lineItems": [{"id": "LI"}], "userErrors": []}});
         assert_eq!(outcome(&data, &["jobCreateLineItems", "lineItems", "0", "id"]).unwrap(), "LI");
     }

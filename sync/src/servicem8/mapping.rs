@@ -577,6 +577,15 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_job_fixture_maps_with_its_quirks_normalised() {
+        let records = from_text(include_str!("../../../fixtures/servicem8/job.json"), |o| job(o, "AUD")).unwrap();
+        let Fields::Job(j) = &records[0].fields else { panic!() };
+        assert_eq!((j.number, j.total.map(|t| t.to_string())), (Some(1042), Some("110.55".into())));
+        assert_eq!((j.scheduled_on, j.completed_at, j.purchase_order.as_deref()), (None, None, None));
+        assert!(records[1].deleted, "not invoiced: no invoice");
+    }
+
+    #[test]
     fn a_job_with_string_numbers_zero_dates_and_string_flags_maps_cleanly() {
         let value = json!({"uuid":"6f0c","active":"1","edit_date":"2026-03-01 12:00:00","status":"Work Order",
             "generated_job_id":"1042","company_uuid":"9a1b","date":"2026-02-27","job_description":"Fix tap",

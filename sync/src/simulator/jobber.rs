@@ -163,6 +163,10 @@ impl Drop for Running {
     }
 }
 
+/// Jobber's `THROTTLED` answer and webhook body, as documented (fixtures/).
+const THROTTLED: &str = include_str!("../../../fixtures/jobber/throttled.json");
+const WEBHOOK: &str = include_str!("../../../fixtures/jobber/webhook.json");
+
 /// A webhook topic: `JOB_UPDATE` for (`jobs`, `UPDATE`).
 fn topic(table: &str, event: &str) -> String {
     let object = match table {
@@ -480,11 +484,15 @@ impl Simulator {
             state.stats.webhooks_sent += copies;
             (url, copies, knobs.delay + jitter)
         };
-        let body = json!({"data": {"webHookEvent": {
-            "topic": topic, "appId": self.config.client_id, "accountId": encoded_id("Account", 1),
-            "itemId": item, "occurredAt": stamp(Utc::now()),
-        }}})
-        .to_string();
+        // Jobber's documented body (fixtures/), for this event.
+        let mut body: Value = serde_json::from_str(WEBHOOK).expect("the fixture is JSON");
+        let event = &mut body["data"]["webHookEvent"];
+        event["topic"] = json!(topic);
+        event["appId"] = json!(self.config.client_id);
+        event["accountId"] = json!(encoded_id("Account", 1));
+        event["itemId"] = json!(item);
+        event["occuredAt"] = json!(stamp(Utc::now()));
+        let body = body.to_string();
         let signature = crate::jobber::webhooks::sign(&self.config.client_secret, body.as_bytes());
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         runtime.spawn(async move {
@@ -725,7 +733,10 @@ async fn graphql_endpoint(State(sim): State<Arc<Simulator>>, headers: HeaderMap,
     if requested > available {
         state.stats.throttled += 1;
         let cost = json!({"requestedQueryCost": requested, "actualQueryCost": 0, "throttleStatus": status(available)});
-        return errors("Throttled", Some("THROTTLED"), json!({"cost": cost, "versioning": versioning}));
+        // Jobber's documented answer (fixtures/), with this request's figures.
+        let mut answer: Value = serde_json::from_str(THROTTLED).expect("the fixture is JSON");
+        answer["extensions"] = json!({"cost": cost, "versioning": versioning});
+        return axum::Json(answer).into_response();
     }
     let data = match op.ty {
         OperationType::Query => execute(&state, &doc, &op.selection_set.node, &variables),

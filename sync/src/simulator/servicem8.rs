@@ -824,10 +824,15 @@ async fn gate(sim: &Simulator, headers: &HeaderMap, request: &str) -> Gate {
     }
 }
 
+/// ServiceM8's per-minute rate-limit answer (fixtures/).
+const ERROR_429: &str = include_str!("../../../fixtures/servicem8/error_429.json");
+
 fn too_many(retry_after: Option<u64>, text_body: bool, window: &str) -> Response {
     let message = format!("Number of allowed API requests {window} exceeded");
     let mut response = if text_body {
         (StatusCode::TOO_MANY_REQUESTS, message).into_response()
+    } else if window == "per minute" {
+        (StatusCode::TOO_MANY_REQUESTS, [(header::CONTENT_TYPE, "application/json")], ERROR_429).into_response()
     } else {
         sm_error(StatusCode::TOO_MANY_REQUESTS, &message)
     };
