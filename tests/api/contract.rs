@@ -404,18 +404,7 @@ pub async fn a_write_is_read_back_at_once_and_never_reaches_another_company(kind
         json!({"access": "read_write", "scopes": crate::endpoints::every_scope()}),
     )
     .await;
-    let send = |method: reqwest::Method, path: String, body: Option<Value>| {
-        let (app, key, ep) = (&c.app, key.clone(), ep.clone());
-        async move {
-            let mut request = app.client.request(method, app.url(&format!("/api/public/{ep}{path}"))).bearer_auth(key);
-            if let Some(body) = body {
-                request = request.json(&body);
-            }
-            let response = request.send().await.unwrap();
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
+    let send = |method, path: String, body| crate::helpers::send_as(&c.app, &ep, &key, method, path, body);
     let status = match kind {
         Kind::ServiceM8 => "Quote",
         Kind::Jobber => "Work Order",

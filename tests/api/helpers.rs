@@ -310,6 +310,24 @@ pub async fn spawn_app_for_jobber(sim: &clientapi_sync::simulator::jobber::Runni
     spawn_app_with(&settings).await
 }
 
+/// `method /api/public/{ep}{path}` with `key`, a JSON body if given: (status, JSON answer).
+pub async fn send_as(
+    app: &TestApp,
+    ep: &str,
+    key: &str,
+    method: reqwest::Method,
+    path: String,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = app.client.request(method, app.url(&format!("/api/public/{ep}{path}"))).bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 /// `GET path` with a bearer token (a key or an admin token), as JSON.
 pub async fn get_json(app: &TestApp, path: &str, bearer: &str) -> serde_json::Value {
     app.client.get(app.url(path)).bearer_auth(bearer).send().await.unwrap().json().await.unwrap()

@@ -8,7 +8,7 @@ use clientapi_schema::ConnectionId;
 use clientapi_sync::jobber::{Jobber, JobberConfig};
 use clientapi_sync::simulator::jobber::{Running, SimConfig};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::endpoints::{create_endpoint, every_scope};
 use crate::helpers::{TestApp, admin_token, connect_provider, spawn_app_for_jobber, spawn_jobber};
@@ -209,18 +209,7 @@ async fn writes_become_jobber_mutations_read_back_at_once_and_what_jobber_refuse
     let company = client["id"].as_str().unwrap().to_owned();
     let (ep, key) =
         create_endpoint(&app, &token, id, &company, json!({"access": "read_write", "scopes": every_scope()})).await;
-    let send = |method: reqwest::Method, path: String, body: Option<Value>| {
-        let (app, key, ep) = (&app, key.clone(), ep.clone());
-        async move {
-            let mut request = app.client.request(method, app.url(&format!("/api/public/{ep}{path}"))).bearer_auth(key);
-            if let Some(body) = body {
-                request = request.json(&body);
-            }
-            let response = request.send().await.unwrap();
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
+    let send = |method, path: String, body| crate::helpers::send_as(&app, &ep, &key, method, path, body);
 
     // A job: created at the client's first property, read back at once.
     let (status, created) = send(
@@ -306,28 +295,7 @@ async fn jobber_webhooks_bring_changes_and_destroys_without_a_sync_and_forged_on
     let token = admin_token(&app, "ops@example.com", "acme").await;
     let id = ConnectionId(connect_provider(&app, &token, "jobber").await["id"].as_i64().unwrap());
     app.state.engine.sync_connection(id, false, None).await.unwrap();
-    let response = app
-        .client
-        .patch(app.url(&format!("/api/admin/connections/{}/schedule", id.0)))
-        .bearer_auth(&token)
-        .json(&json!({"paused": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let db = app.db.clone();
-    eventually(Duration::from_secs(20), "Jobber's webhooks to be subscribed", || {
-        let db = db.clone();
-        async move {
-            let status: String = sqlx::query_scalar("select webhook_status from connections where id = $1")
-                .bind(id)
-                .fetch_one(&db)
-                .await
-                .unwrap();
-            status == "subscribed"
-        }
-    })
-    .await;
+    crate::webhooks::pause_and_await_subscription(&app, &token, id).await;
     let query = |sql: &'static str, bind: String| {
         let db = app.db.clone();
         async move { sqlx::query_scalar::<_, Option<String>>(sql).bind(bind).fetch_optional(&db).await.unwrap().flatten() }

@@ -107,10 +107,17 @@ pub async fn connected(config: SimConfig, settings: &[(&str, &str)]) -> (Running
     let token = admin_token(&app, "ops@example.com", "acme").await;
     let id = ConnectionId(connect_servicem8(&app, &token).await["id"].as_i64().unwrap());
     app.state.engine.sync_connection(id, false, None).await.unwrap();
+    pause_and_await_subscription(&app, &token, id).await;
+    (sim, app, token, id)
+}
+
+/// Pauses the connection's schedule (from here on only webhooks bring changes) and waits for its
+/// provider webhooks to be subscribed.
+pub async fn pause_and_await_subscription(app: &TestApp, token: &str, id: ConnectionId) {
     let response = app
         .client
         .patch(app.url(&format!("/api/admin/connections/{}/schedule", id.0)))
-        .bearer_auth(&token)
+        .bearer_auth(token)
         .json(&json!({"paused": true}))
         .send()
         .await
@@ -129,7 +136,6 @@ pub async fn connected(config: SimConfig, settings: &[(&str, &str)]) -> (Running
         }
     })
     .await;
-    (sim, app, token, id)
 }
 
 /// An endpoint for `company` with the default scopes and `webhooks:manage`.
