@@ -212,6 +212,33 @@ impl Sim {
         }
     }
 
+    /// The settings that point a `clientapi` process at this simulator.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Sim::ServiceM8(sim) => vec![
+                ("CLIENTAPI_SERVICEM8_API_URL", sim.api_url()),
+                ("CLIENTAPI_SERVICEM8_OAUTH_URL", sim.oauth_url()),
+                ("CLIENTAPI_SERVICEM8_CLIENT_ID", sim.sim.config().client_id.clone()),
+                ("CLIENTAPI_SERVICEM8_CLIENT_SECRET", sim.sim.config().client_secret.clone()),
+            ],
+            Sim::Jobber(sim) => vec![
+                ("CLIENTAPI_JOBBER_API_URL", sim.api_url()),
+                ("CLIENTAPI_JOBBER_OAUTH_URL", sim.oauth_url()),
+                ("CLIENTAPI_JOBBER_CLIENT_ID", sim.sim.config().client_id.clone()),
+                ("CLIENTAPI_JOBBER_CLIENT_SECRET", sim.sim.config().client_secret.clone()),
+            ],
+        }
+    }
+
+    /// Every provider request waits this long (so a sync spans long enough to be killed in).
+    pub fn slow_down(&self, latency: std::time::Duration) {
+        let knobs = sm::FaultKnobs { latency, ..Default::default() };
+        match self {
+            Sim::ServiceM8(sim) => sim.sim.set_knobs(knobs),
+            Sim::Jobber(sim) => sim.sim.set_knobs(knobs),
+        }
+    }
+
     pub fn api_requests(&self) -> u64 {
         match self {
             Sim::ServiceM8(sim) => sim.sim.stats().api_requests,
@@ -435,6 +462,55 @@ pub async fn a_write_is_read_back_at_once_and_never_reaches_another_company(kind
     assert_ne!(description.as_deref(), Some("Not yours"), "the other company's job is unchanged");
 }
 
+pub async fn a_sync_process_killed_part_way_resumes_and_converges(kind: Kind) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use rand::Rng;
+
+    let c = connect(kind).await;
+    c.sim.slow_down(std::time::Duration::from_millis(15));
+    let database_url = c.app.state.config.database_url.as_ref().unwrap().expose().clone();
+    let settings = c.sim.settings();
+    let mut envs: Vec<(&str, &str)> =
+        vec![("DATABASE_URL", database_url.as_str()), ("CLIENTAPI_SECRET_KEY", crate::helpers::TEST_MASTER_KEY)];
+    envs.extend(settings.iter().map(|(k, v)| (*k, v.as_str())));
+    let id_arg = c.id.0.to_string();
+    let companies = c.sim.companies();
+    let mut finished = 0;
+    for trial in 0..8 {
+        // The provider keeps changing between runs.
+        let company = &companies[trial % companies.len()];
+        if let Some(job) = c.sim.jobs_of(company).first() {
+            c.sim.touch_job(job);
+        }
+        let mut child = crate::helpers::clientapi(&["connection", "sync", &id_arg], &envs)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = rand::rng().random_range(200..1_200);
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        if child.try_wait().unwrap().is_some() {
+            finished += 1;
+        }
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        child.wait().unwrap();
+        // A killed worker's lease would expire by itself; the test does not wait for it.
+        sqlx::query("update connections set sync_lease_owner = null, sync_lease_until = null")
+            .execute(&c.app.db)
+            .await
+            .unwrap();
+    }
+    assert!(finished < 8, "no run was killed part-way; the kills proved nothing");
+    sync(&c, false).await;
+    assert_converged(&c).await;
+    let killed: i64 = sqlx::query_scalar("select count(*) from sync_runs where status = 'running'")
+        .fetch_one(&c.app.db)
+        .await
+        .unwrap();
+    assert!(killed > 0, "some runs were killed mid-way");
+}
+
 /// Runs each contract test against each provider.
 macro_rules! contract {
     ($($test:ident),* $(,)?) => {
@@ -454,4 +530,5 @@ contract!(
     faults_at_the_first_a_middle_and_the_last_request_lose_nothing,
     a_key_sees_its_own_company_only,
     a_write_is_read_back_at_once_and_never_reaches_another_company,
+    a_sync_process_killed_part_way_resumes_and_converges,
 );
