@@ -52,6 +52,12 @@ pub const BUCKET_MAXIMUM: f64 = 10_000.0;
 pub const BUCKET_RESTORE_PER_SECOND: f64 = 500.0;
 /// The DDoS guard, 2,500 requests per 300 s, as a per-minute budget.
 pub const REQUESTS_PER_MINUTE: u32 = 500;
+/// How long a query waiting for the bucket sleeps before looking again (answers arriving
+/// meanwhile may say more is available).
+const RECHECK_PACING: Duration = Duration::from_millis(250);
+/// The moment between sending a query and Jobber pricing it, which the bucket's figures do not
+/// restore over.
+const PRICING_MARGIN: Duration = Duration::from_millis(50);
 /// How many times a `THROTTLED` answer is waited out before the run backs off.
 const THROTTLE_ATTEMPTS: u32 = 3;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -188,12 +194,15 @@ impl JobberConfig {
 }
 
 /// One account's query-cost bucket as this process last knew it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Bucket {
     available: f64,
     maximum: f64,
     restore: f64,
     at: Instant,
+    /// Queries sent and not yet answered: (when sent, price reserved). An answer's
+    /// `throttleStatus` already counts those sent before it, not those sent after.
+    in_flight: Vec<(Instant, f64)>,
 }
 
 impl Bucket {
@@ -209,6 +218,7 @@ impl Default for Bucket {
             maximum: BUCKET_MAXIMUM,
             restore: BUCKET_RESTORE_PER_SECOND,
             at: Instant::now(),
+            in_flight: Vec::new(),
         }
     }
 }
@@ -345,8 +355,10 @@ impl Jobber {
         let bucket = self.bucket(token);
         let body = json!({"query": query, "variables": variables});
         for attempt in 0..=THROTTLE_ATTEMPTS {
-            {
-                // Waiters queue on the bucket: each reserves its price before sending.
+            // Wait until the bucket holds the price, then reserve it. The bucket is not held while
+            // waiting: an answer that arrives meanwhile (saying what was really charged) shortens
+            // the wait.
+            let sent = loop {
                 let mut b = bucket.lock().await;
                 if cost > b.maximum {
                     return Err(ProviderError::Rejected {
@@ -355,25 +367,44 @@ impl Jobber {
                     });
                 }
                 let short = cost - b.now();
-                if short > 0.0 {
-                    let wait = Duration::from_secs_f64(short / b.restore.max(1.0));
-                    self.counters.lock().unwrap_or_else(|e| e.into_inner()).paced_ms += wait.as_millis() as u64;
-                    tokio::time::sleep(wait).await;
+                if short <= 0.0 {
+                    b.available = b.now() - cost;
+                    let now = Instant::now();
+                    b.at = now;
+                    b.in_flight.push((now, cost));
+                    break now;
                 }
-                b.available = b.now() - cost;
-                b.at = Instant::now();
+                let wait = Duration::from_secs_f64(short / b.restore.max(1.0)).min(RECHECK_PACING);
+                drop(b);
+                self.counters.lock().unwrap_or_else(|e| e.into_inner()).paced_ms += wait.as_millis() as u64;
+                tokio::time::sleep(wait).await;
+            };
+            let answered = |b: &mut Bucket| {
+                if let Some(at) = b.in_flight.iter().position(|(t, c)| *t == sent && *c == cost) {
+                    b.in_flight.remove(at);
+                }
+            };
+            let answer = async {
+                let response = self
+                    .http
+                    .post(self.config.api_url.clone())
+                    .bearer_auth(token.expose())
+                    .header("X-JOBBER-GRAPHQL-VERSION", &self.config.graphql_version)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(ProviderError::from_reqwest)?;
+                let response = crate::servicem8::check_status(response).await?;
+                response.bytes().await.map_err(ProviderError::from_reqwest)
             }
-            let response = self
-                .http
-                .post(self.config.api_url.clone())
-                .bearer_auth(token.expose())
-                .header("X-JOBBER-GRAPHQL-VERSION", &self.config.graphql_version)
-                .json(&body)
-                .send()
-                .await
-                .map_err(ProviderError::from_reqwest)?;
-            let response = crate::servicem8::check_status(response).await?;
-            let bytes = response.bytes().await.map_err(ProviderError::from_reqwest)?;
+            .await;
+            let bytes = match answer {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    answered(&mut *bucket.lock().await);
+                    return Err(e);
+                }
+            };
             let parsed: GqlResponse<'_> = serde_json::from_slice(&bytes)
                 .map_err(|e| ProviderError::Malformed(format!("invalid JSON ({} bytes): {e}", bytes.len())))?;
             {
@@ -389,16 +420,21 @@ impl Jobber {
                 }
             }
             let mut requested = cost;
-            if let Some(c) = parsed.extensions.cost {
-                requested = c.requested_query_cost.unwrap_or(cost);
-                if let Some(t) = c.throttle_status {
-                    let mut b = bucket.lock().await;
-                    *b = Bucket {
-                        available: t.currently_available,
-                        maximum: t.maximum_available,
-                        restore: t.restore_rate,
-                        at: Instant::now(),
-                    };
+            {
+                let mut b = bucket.lock().await;
+                answered(&mut b);
+                if let Some(c) = parsed.extensions.cost {
+                    requested = c.requested_query_cost.unwrap_or(cost);
+                    if let Some(t) = c.throttle_status {
+                        // The figures are as of when Jobber priced this query, a moment after it
+                        // was sent: they restore from then (less a margin for that moment), and
+                        // queries sent after this one are not in them yet.
+                        let later: f64 = b.in_flight.iter().filter(|(t, _)| *t > sent).map(|(_, c)| c).sum();
+                        b.available = t.currently_available - later - t.restore_rate * PRICING_MARGIN.as_secs_f64();
+                        b.maximum = t.maximum_available;
+                        b.restore = t.restore_rate;
+                        b.at = sent;
+                    }
                 }
             }
             let code = |e: &GqlError| e.extensions.as_ref().and_then(|x| x.code.clone()).unwrap_or_default();
@@ -406,7 +442,7 @@ impl Jobber {
                 match code(error).as_str() {
                     "THROTTLED" => {
                         self.counters.lock().unwrap_or_else(|e| e.into_inner()).throttled += 1;
-                        let b = *bucket.lock().await;
+                        let b = bucket.lock().await.clone();
                         let wait =
                             Duration::from_secs_f64(((requested - b.now()).max(0.0) / b.restore.max(1.0)).max(0.05));
                         tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, "Jobber answered THROTTLED");
