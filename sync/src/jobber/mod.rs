@@ -55,9 +55,6 @@ pub const REQUESTS_PER_MINUTE: u32 = 500;
 /// How long a query waiting for the bucket sleeps before looking again (answers arriving
 /// meanwhile may say more is available).
 const RECHECK_PACING: Duration = Duration::from_millis(250);
-/// The moment between sending a query and Jobber pricing it, which the bucket's figures do not
-/// restore over.
-const PRICING_MARGIN: Duration = Duration::from_millis(50);
 /// How many times a `THROTTLED` answer is waited out before the run backs off.
 const THROTTLE_ATTEMPTS: u32 = 3;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -426,14 +423,15 @@ impl Jobber {
                 if let Some(c) = parsed.extensions.cost {
                     requested = c.requested_query_cost.unwrap_or(cost);
                     if let Some(t) = c.throttle_status {
-                        // The figures are as of when Jobber priced this query, a moment after it
-                        // was sent: they restore from then (less a margin for that moment), and
-                        // queries sent after this one are not in them yet.
+                        // The figures are as of when Jobber priced this query, some time between
+                        // sending and this answer: they restore from now (never sooner, so no query
+                        // is sent before the bucket holds its price), and queries sent after this
+                        // one are not in them yet.
                         let later: f64 = b.in_flight.iter().filter(|(t, _)| *t > sent).map(|(_, c)| c).sum();
-                        b.available = t.currently_available - later - t.restore_rate * PRICING_MARGIN.as_secs_f64();
+                        b.available = t.currently_available - later;
                         b.maximum = t.maximum_available;
                         b.restore = t.restore_rate;
-                        b.at = sent;
+                        b.at = Instant::now();
                     }
                 }
             }
