@@ -49,6 +49,9 @@ pub fn reader_pool_with_timeout(options: PgConnectOptions, acquire_timeout: Dura
         .connect_lazy_with(options)
 }
 
+/// How many times a read runs at most when its connection is lost under it ([`scoped_read`]).
+pub const READ_ATTEMPTS: u32 = 3;
+
 /// The read path's backends' `application_name`.
 pub const READER_APPLICATION: &str = "clientapi-reader";
 
@@ -125,7 +128,9 @@ impl std::fmt::Debug for Reader {
 }
 
 /// Runs `run` inside a scoped read transaction; when the connection was lost under it (a killed
-/// backend, a failover), once more on a fresh one, so a dropped connection costs no failed read.
+/// backend, a failover), again on a fresh one, up to [`READ_ATTEMPTS`] in all, so a dropped
+/// connection costs no failed read (one retry was not enough: a backend killed during the retry's
+/// statement too, under load, failed one read in a CI run of `tests/api/resilience.rs`).
 /// On a standby that cannot serve, the read runs on the primary.
 pub async fn scoped_read<T, F>(reader: &Reader, scope: Scope, mut run: F) -> Result<T, sqlx::Error>
 where
@@ -144,14 +149,14 @@ async fn scoped_read_on<T, F>(pool: &PgPool, scope: Scope, run: &mut F) -> Resul
 where
     F: for<'c> FnMut(&'c mut PgConnection) -> Statement<'c, T>,
 {
-    let mut retried = false;
+    let mut attempts = 1;
     loop {
         let mut scoped = Scoped::begin_on(pool, scope).await?;
         let result = run(scoped.conn()).await;
         match scoped.finish(result).await {
-            Err(e) if !retried && connection_lost(&e) => {
+            Err(e) if attempts < READ_ATTEMPTS && connection_lost(&e) => {
                 metrics::counter!("read_retries_total").increment(1);
-                retried = true;
+                attempts += 1;
             }
             other => return other,
         }
