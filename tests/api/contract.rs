@@ -468,7 +468,7 @@ pub async fn a_sync_process_killed_part_way_resumes_and_converges(kind: Kind) {
     use rand::Rng;
 
     let c = connect(kind).await;
-    c.sim.slow_down(std::time::Duration::from_millis(15));
+    c.sim.slow_down(std::time::Duration::from_millis(60));
     let database_url = c.app.state.config.database_url.as_ref().unwrap().expose().clone();
     let settings = c.sim.settings();
     let mut envs: Vec<(&str, &str)> =
@@ -476,6 +476,15 @@ pub async fn a_sync_process_killed_part_way_resumes_and_converges(kind: Kind) {
     envs.extend(settings.iter().map(|(k, v)| (*k, v.as_str())));
     let id_arg = c.id.0.to_string();
     let companies = c.sim.companies();
+    // One whole run first, timed, so the kills land inside a run whatever its length (a Jobber
+    // account answers in a few large queries; a fixed window let every run finish in one trial).
+    let started = std::time::Instant::now();
+    // Waited for off the runtime: the simulator answering it runs on this test's one thread.
+    let mut whole_run = crate::helpers::clientapi(&["connection", "sync", "--full", &id_arg], &envs);
+    let status = tokio::task::spawn_blocking(move || whole_run.output()).await.unwrap().unwrap();
+    assert!(status.status.success(), "a whole sync run failed: {}", String::from_utf8_lossy(&status.stderr));
+    let whole = started.elapsed();
+    eprintln!("{kind:?}: a whole run took {whole:?}");
     let mut finished = 0;
     for trial in 0..8 {
         // The provider keeps changing between runs.
@@ -483,13 +492,12 @@ pub async fn a_sync_process_killed_part_way_resumes_and_converges(kind: Kind) {
         if let Some(job) = c.sim.jobs_of(company).first() {
             c.sim.touch_job(job);
         }
-        let mut child = crate::helpers::clientapi(&["connection", "sync", &id_arg], &envs)
+        let mut child = crate::helpers::clientapi(&["connection", "sync", "--full", &id_arg], &envs)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let delay = rand::rng().random_range(200..1_200);
-        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        tokio::time::sleep(whole.mul_f64(rand::rng().random_range(0.3..0.95))).await;
         if child.try_wait().unwrap().is_some() {
             finished += 1;
         }
