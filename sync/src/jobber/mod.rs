@@ -200,6 +200,9 @@ struct Bucket {
     /// Queries sent and not yet answered: (when sent, price reserved). An answer's
     /// `throttleStatus` already counts those sent before it, not those sent after.
     in_flight: Vec<(Instant, f64)>,
+    /// When the query whose answer last set the figures was sent: an answer to a query sent
+    /// before it (priced before it, as a rule) holds older figures and is not taken.
+    figures_sent: Option<Instant>,
 }
 
 impl Bucket {
@@ -216,6 +219,7 @@ impl Default for Bucket {
             restore: BUCKET_RESTORE_PER_SECOND,
             at: Instant::now(),
             in_flight: Vec::new(),
+            figures_sent: None,
         }
     }
 }
@@ -391,19 +395,28 @@ impl Jobber {
                     .send()
                     .await
                     .map_err(ProviderError::from_reqwest)?;
+                // Jobber priced the query before it began to answer: its figures hold from here
+                // on, not from when the whole body has arrived and been read.
+                let arrived = Instant::now();
                 let response = crate::servicem8::check_status(response).await?;
-                response.bytes().await.map_err(ProviderError::from_reqwest)
+                Ok((arrived, response.bytes().await.map_err(ProviderError::from_reqwest)?))
             }
             .await;
-            let bytes = match answer {
-                Ok(bytes) => bytes,
+            let (arrived, bytes) = match answer {
+                Ok(answer) => answer,
                 Err(e) => {
                     answered(&mut *bucket.lock().await);
                     return Err(e);
                 }
             };
-            let parsed: GqlResponse<'_> = serde_json::from_slice(&bytes)
-                .map_err(|e| ProviderError::Malformed(format!("invalid JSON ({} bytes): {e}", bytes.len())))?;
+            let parsed: GqlResponse<'_> = match serde_json::from_slice(&bytes) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    // Priced or not, the query is no longer in flight.
+                    answered(&mut *bucket.lock().await);
+                    return Err(ProviderError::Malformed(format!("invalid JSON ({} bytes): {e}", bytes.len())));
+                }
+            };
             {
                 let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
                 counters.queries += 1;
@@ -422,16 +435,17 @@ impl Jobber {
                 answered(&mut b);
                 if let Some(c) = parsed.extensions.cost {
                     requested = c.requested_query_cost.unwrap_or(cost);
-                    if let Some(t) = c.throttle_status {
+                    if let Some(t) = c.throttle_status.filter(|_| b.figures_sent.is_none_or(|f| f <= sent)) {
                         // The figures are as of when Jobber priced this query, some time between
-                        // sending and this answer: they restore from now (never sooner, so no query
-                        // is sent before the bucket holds its price), and queries sent after this
-                        // one are not in them yet.
+                        // sending and the answer's first byte: they restore from that byte (never
+                        // sooner, so no query is sent before the bucket holds its price), and
+                        // queries sent after this one are not in them yet.
                         let later: f64 = b.in_flight.iter().filter(|(t, _)| *t > sent).map(|(_, c)| c).sum();
                         b.available = t.currently_available - later;
                         b.maximum = t.maximum_available;
                         b.restore = t.restore_rate;
-                        b.at = Instant::now();
+                        b.at = arrived;
+                        b.figures_sent = Some(sent);
                     }
                 }
             }
@@ -459,6 +473,12 @@ impl Jobber {
             return parsed.data.map(|d| d.get().to_owned()).ok_or_else(|| ProviderError::Malformed("no data".into()));
         }
         unreachable!("the loop returns on its last attempt")
+    }
+
+    /// [`Self::query`], its `data` parsed.
+    async fn query_value(&self, token: &Secret<String>, query: &str, variables: Value) -> Result<Value, ProviderError> {
+        let data = self.query(token, query, variables).await?;
+        serde_json::from_str(&data).map_err(|e| ProviderError::Malformed(e.to_string()))
     }
 
     fn map_node(&self, stream: &str, node: &Obj<'_>) -> Result<Vec<Record>, RecordError> {
@@ -508,8 +528,7 @@ impl Jobber {
             let (mut more, mut after) = node.page_info(field);
             let query = more_query(parent, field, fragment, definition);
             while more {
-                let data = self.query(token, &query, json!({"id": id, "after": after})).await?;
-                let data: Value = serde_json::from_str(&data).map_err(|e| ProviderError::Malformed(e.to_string()))?;
+                let data = self.query_value(token, &query, json!({"id": id, "after": after})).await?;
                 let connection = RawValue::from_string(data[*parent][*field].to_string()).expect("JSON");
                 let page = Obj::parse(&connection).map_err(ProviderError::Malformed)?;
                 let parent_record = records[0].clone();
@@ -634,21 +653,19 @@ impl Provider for Jobber {
         if body["mutation"] == "jobCreate" && variables["input"]["propertyId"].is_null() {
             // A Jobber job lives at a property: the client's first, unless the write named a site.
             let data = self
-                .query(
+                .query_value(
                     token,
                     "query Properties($id: EncodedId!) { client(id: $id) { properties { id } } }",
                     json!({"id": body["client"]}),
                 )
                 .await?;
-            let data: Value = serde_json::from_str(&data).map_err(|e| ProviderError::Malformed(e.to_string()))?;
             let property = data["client"]["properties"][0]["id"].as_str().ok_or_else(|| ProviderError::Rejected {
                 status: 422,
                 message: "the client has no property to put a job at; add a site (property) in Jobber first".into(),
             })?;
             variables["input"]["propertyId"] = json!(property);
         }
-        let data = self.query(token, &query, variables).await?;
-        let data: Value = serde_json::from_str(&data).map_err(|e| ProviderError::Malformed(e.to_string()))?;
+        let data = self.query_value(token, &query, variables).await?;
         let id = write::outcome(&data, path)?;
         if let Some(job) = body["job"].as_str() {
             // Jobber has no query for one line item: its read-back reads its job.
@@ -669,8 +686,7 @@ impl Provider for Jobber {
         body: Value,
     ) -> Result<(), ProviderError> {
         let (query, variables, path) = write::mutation(&body, Some(id))?;
-        let data = self.query(token, &query, variables).await?;
-        let data: Value = serde_json::from_str(&data).map_err(|e| ProviderError::Malformed(e.to_string()))?;
+        let data = self.query_value(token, &query, variables).await?;
         write::outcome(&data, path).map(drop)
     }
 
@@ -744,8 +760,7 @@ impl Provider for Jobber {
     }
 
     async fn account(&self, token: &Secret<String>) -> Result<(String, String), ProviderError> {
-        let data = self.query(token, "query Account { account { id name } }", json!({})).await?;
-        let data: Value = serde_json::from_str(&data).map_err(|e| ProviderError::Malformed(e.to_string()))?;
+        let data = self.query_value(token, "query Account { account { id name } }", json!({})).await?;
         let id = data["account"]["id"].as_str().ok_or_else(|| ProviderError::Malformed("account has no id".into()))?;
         let name = data["account"]["name"].as_str().unwrap_or("Jobber account");
         Ok((id.to_owned(), name.to_owned()))
@@ -758,14 +773,11 @@ impl Provider for Jobber {
     async fn subscribe_webhooks(&self, token: &Secret<String>, callback: &Url) -> Result<Vec<String>, ProviderError> {
         let mut subscribed = Vec::new();
         for (topic, _) in webhooks::TOPICS {
-            let data = self
-                .query(
+            let data = self.query_value(
                     token,
                     "mutation Subscribe($input: WebhookEndpointCreateInput!) { webhookEndpointCreate(input: $input) { webhookEndpoint { id } userErrors { message path } } }",
                     json!({"input": {"topic": topic, "url": callback.as_str()}}),
-                )
-                .await?;
-            let data: Value = serde_json::from_str(&data).map_err(|e| ProviderError::Malformed(e.to_string()))?;
+                ).await?;
             write::outcome(&data, &["webhookEndpointCreate", "webhookEndpoint", "id"])?;
             subscribed.push((*topic).to_owned());
         }

@@ -728,7 +728,10 @@ async fn graphql_endpoint(State(sim): State<Arc<Simulator>>, headers: HeaderMap,
 
     let mut state = sim.lock();
     let max = sim.config.bucket_maximum;
-    let available = (state.bucket + state.bucket_at.elapsed().as_secs_f64() * sim.config.restore_rate).min(max);
+    // The bucket as of now; it goes on restoring while the query runs.
+    let priced = Instant::now();
+    let available =
+        (state.bucket + priced.duration_since(state.bucket_at).as_secs_f64() * sim.config.restore_rate).min(max);
     let status = |available: f64| json!({"maximumAvailable": max, "currentlyAvailable": available.floor(), "restoreRate": sim.config.restore_rate});
     if requested > available {
         state.stats.throttled += 1;
@@ -750,7 +753,7 @@ async fn graphql_endpoint(State(sim): State<Arc<Simulator>>, headers: HeaderMap,
         Err(_) => 0.0,
     };
     state.bucket = available - actual;
-    state.bucket_at = Instant::now();
+    state.bucket_at = priced;
     state.stats.cost += actual as u64;
     let cost =
         json!({"requestedQueryCost": requested, "actualQueryCost": actual, "throttleStatus": status(state.bucket)});
