@@ -828,13 +828,13 @@ fn execute(
                 if let Some(sort) = graphql::argument(f, "sort", vars) {
                     let sort = sort.as_array().and_then(|s| s.first().cloned()).unwrap_or(sort);
                     if sort["key"] == "UPDATED_AT" {
-                        rows.sort_by_key(|r| r["updatedAt"].as_str().and_then(parse_datetime));
+                        rows.sort_by_cached_key(|r| r["updatedAt"].as_str().and_then(parse_datetime));
                         if sort["direction"] == "DESCENDING" {
                             rows.reverse();
                         }
                     }
                 }
-                let rows: Vec<Value> = rows.into_iter().cloned().collect();
+                // Only the page is copied: each query used to copy the whole table under the lock.
                 connection(&rows, f, children, doc, vars)
             }
             "__typename" => json!("Query"),
@@ -1051,8 +1051,8 @@ fn cursor(index: usize) -> String {
 }
 
 /// A Relay connection over `items`, paged by `first` and `after`.
-fn connection(
-    items: &[Value],
+fn connection<T: serde::Serialize>(
+    items: &[T],
     f: &Field,
     set: &SelectionSet,
     doc: &ExecutableDocument,
