@@ -100,6 +100,60 @@ async fn unknown_routes_and_methods_answer_problem_json_with_the_request_id_as_i
     }
 }
 
+/// A client that sends its headers and then its body (Python's http.client does, for text
+/// bodies) and reuses the connection: an answer given before the body arrived must not
+/// leave the connection closing under the next request.
+#[tokio::test]
+async fn an_answer_given_before_the_body_arrives_keeps_the_connection_for_the_next_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let mut socket = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let body = r#"{"name": "late"}"#;
+    for (method, path) in [("PUT", "/api/public/ep_x/jobs/j1"), ("OPTIONS", "/healthz"), ("POST", "/no/such/thing")] {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        socket.write_all(body.as_bytes()).await.unwrap();
+        let answer = read_answer(&mut socket).await;
+        assert!(answer.starts_with("HTTP/1.1 4"), "{method} {path} answered: {answer}");
+        assert!(!answer.to_ascii_lowercase().contains("connection: close"), "{method} {path} kept alive: {answer}");
+    }
+    // The same connection still answers.
+    socket.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let answer = read_answer(&mut socket).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "the reused connection answered: {answer}");
+
+    /// One whole answer (headers and a Content-Length body), or what arrived before the close.
+    async fn read_answer(socket: &mut tokio::net::TcpStream) -> String {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if rest.len() >= length {
+                    return text;
+                }
+            }
+            let read = tokio::time::timeout(std::time::Duration::from_secs(10), socket.read(&mut buf))
+                .await
+                .expect("an answer within 10 s")
+                .unwrap();
+            if read == 0 {
+                return format!("{text}<closed>");
+            }
+            seen.extend_from_slice(&buf[..read]);
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_served_openapi_document_is_the_committed_one_and_the_docs_page_is_offline() {
     let app = spawn_app().await;
