@@ -48,9 +48,11 @@ FIGURES = [
     ("Invoice export, NDJSON / psql \\copy of the same JSON (ratio)",
      lambda r: round(r["invoice_export"]["ndjson_seconds"] / r["invoice_export"]["peer_psql_copy_json_seconds"], 2),
      (lambda v: v <= 1.3, "≤ 1.3", "median")),
-    ("Invoice export, CSV / psql \\copy csv (ratio)",
-     lambda r: round(r["invoice_export"]["csv_seconds"] / r["invoice_export"]["peer_psql_copy_csv_seconds"], 2),
+    ("Invoice export, CSV / psql \\copy of the same select (ratio)",
+     lambda r: round(r["invoice_export"]["csv_seconds"] / r["invoice_export"]["peer_psql_copy_same_csv_seconds"], 2),
      (lambda v: v <= 1.3, "≤ 1.3", "median")),
+    ("Invoice export, CSV / psql \\copy of the table's own columns (ratio)",
+     lambda r: round(r["invoice_export"]["csv_seconds"] / r["invoice_export"]["peer_psql_copy_csv_seconds"], 2), None),
     ("Invoice export, service RSS growth during it, KiB",
      lambda r: max(r["invoice_export"]["rss_kb_max_during_ndjson"], r["invoice_export"]["rss_kb_max_during_csv"])
      - r["invoice_export"]["rss_kb_before"], None),

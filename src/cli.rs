@@ -101,6 +101,16 @@ pub enum BenchSupport {
         #[arg(long, default_value_t = 50)]
         page_size: u32,
     },
+    /// The exact `select` the export copies out for `resource` in `format` (ndjson or csv),
+    /// unfiltered, for one company.
+    ExportSql {
+        #[arg(long, default_value = "invoice")]
+        resource: String,
+        #[arg(long, default_value = "csv")]
+        format: String,
+        #[arg(long)]
+        company: i64,
+    },
     /// Well-formed keys (valid checksum) that belong to no endpoint.
     WrongKeys { count: usize },
 }
@@ -320,6 +330,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 include_remote_data: false,
             };
             println!("{}", clientapi_schema::read::list_sql(&query).0);
+            return Ok(());
+        }
+        Command::BenchSupport(BenchSupport::ExportSql { resource, format, company }) => {
+            use clientapi_schema::read::{ExportFormat, Scope, export_select};
+            let resource = clientapi_schema::model::Resource::parse(resource).context("unknown resource")?;
+            let format = match format.as_str() {
+                "csv" => ExportFormat::Csv,
+                "ndjson" => ExportFormat::Ndjson,
+                other => anyhow::bail!("unknown format {other}: ndjson or csv"),
+            };
+            let scope = Scope::new(clientapi_schema::CompanyId(*company), false);
+            println!("{}", export_select(scope, resource, &Default::default(), format).0);
             return Ok(());
         }
         Command::BenchSupport(BenchSupport::WrongKeys { count }) => {

@@ -878,39 +878,6 @@ fn export_query(resource: Resource, filters: &Filters) -> ListQuery {
     }
 }
 
-/// Streams every row of a filtered scope into `rows` (JSON text), in id order, with flat
-/// memory: rows are handed over as Postgres sends them, and a slow reader (the bounded
-/// channel) slows the scan. Stops early when the receiver is gone. Returns the count sent.
-pub async fn export(
-    reader: &Reader,
-    scope: Scope,
-    resource: Resource,
-    filters: &Filters,
-    rows: tokio::sync::mpsc::Sender<String>,
-) -> Result<u64, sqlx::Error> {
-    let (sql, binds) = list_sql(&export_query(resource, filters));
-    // Order by id only, without a limit: the cheapest complete scan.
-    // (The last `order by`: a field's own subquery may hold one.)
-    let sql = match sql.rfind(" order by ") {
-        Some(at) => format!("{} order by t.external_id", &sql[..at]),
-        None => sql,
-    };
-    let mut scoped = Scoped::begin(reader, scope).await?;
-    let mut count = 0;
-    let outcome: Result<(), sqlx::Error> = async {
-        let mut stream = bind_all::<(String, String, String)>(sql, scope.company, binds).fetch(scoped.conn());
-        while let Some((json, _, _)) = stream.try_next().await? {
-            if rows.send(json).await.is_err() {
-                break;
-            }
-            count += 1;
-        }
-        Ok(())
-    }
-    .await;
-    scoped.finish(outcome).await.map(|()| count)
-}
-
 /// How related records are found from a parent: by their own id (to-one), or by a column of
 /// theirs naming the parent (to-many).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1014,42 +981,72 @@ pub async fn load_related(
     Ok(answer)
 }
 
-/// Streams a filtered scope as CSV with a header row, rendered by Postgres' own `COPY … CSV`
-/// (RFC 4180 quoting; a null is an empty field, an empty string `""`), in id order, with flat
-/// memory: chunks of about `chunk` bytes go to `out` as Postgres sends them. Values read as in
-/// the JSON (RFC 3339 times, `true`/`false`). Returns the bytes sent.
-pub async fn export_csv(
-    reader: &Reader,
+/// The two shapes of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// One record per line, as the REST API renders it.
+    Ndjson,
+    /// A header row, then one record per row (RFC 4180).
+    Csv,
+}
+
+/// The `select` an export copies out, without its `copy`: the company inlined (our own
+/// integer) and every filter value read back with `current_setting()` from the settings
+/// [`export`] makes (COPY takes no parameters, so caller text is never spliced into SQL).
+/// Returns it with the filter values, in the order of their settings `clientapi.export_2`, ….
+pub fn export_select(
     scope: Scope,
     resource: Resource,
     filters: &Filters,
-    chunk: usize,
-    out: tokio::sync::mpsc::Sender<bytes::Bytes>,
-) -> Result<u64, sqlx::Error> {
+    format: ExportFormat,
+) -> (String, Vec<Option<String>>) {
     let (mut conditions, binds) = list_conditions(&export_query(resource, filters));
-    // COPY takes no parameters: the filter values travel as settings of the transaction and are
-    // read back with current_setting(), so caller text is never spliced into SQL. Highest first,
-    // so `$1` does not match the start of `$12`.
+    // Highest first, so `$1` does not match the start of `$12`.
     for n in (0..binds.len()).rev() {
         conditions =
             conditions.replace(&format!("${}", n + 2), &format!("current_setting('clientapi.export_{}')", n + 2));
     }
-    // The company id is our own integer.
     conditions = conditions.replace("$1", &scope.company.0.to_string());
-    let columns: Vec<String> = record_fields(resource, false)
-        .iter()
-        .map(|f| match f.kind {
-            FieldKind::Timestamp | FieldKind::Date | FieldKind::Boolean => {
-                format!("to_json({})#>>'{{}}' as \"{}\"", f.expr, f.name)
-            }
-            _ => format!("{} as \"{}\"", f.expr, f.name),
-        })
-        .collect();
-    let sql = format!(
-        "copy (select {} from {} t where {conditions} order by t.external_id) to stdout with (format csv, header)",
-        columns.join(", "),
-        resource.plural()
-    );
+    let columns = match format {
+        ExportFormat::Ndjson => json_select(resource, false).to_owned(),
+        // Values read as in the JSON (RFC 3339 times, `true`/`false`).
+        ExportFormat::Csv => record_fields(resource, false)
+            .iter()
+            .map(|f| match f.kind {
+                FieldKind::Timestamp | FieldKind::Date | FieldKind::Boolean => {
+                    format!("to_json({})#>>'{{}}' as \"{}\"", f.expr, f.name)
+                }
+                _ => format!("{} as \"{}\"", f.expr, f.name),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    // In id order, without a limit: the cheapest complete scan.
+    (format!("select {columns} from {} t where {conditions} order by t.external_id", resource.plural()), binds)
+}
+
+/// Streams a filtered scope in id order, rendered by Postgres' own `COPY`, with flat memory:
+/// chunks of about `chunk` bytes go to `out` as Postgres sends them, and a slow reader (the
+/// bounded channel) slows the scan. CSV is `COPY … CSV` (RFC 4180 quoting; a null is an empty
+/// field, an empty string `""`). NDJSON is the JSON text of each record copied in CSV mode with
+/// a quote and a delimiter that JSON text never holds (it escapes every control character), so
+/// each line is the record exactly, unquoted and unescaped. Returns the bytes sent; stops early
+/// when the receiver is gone.
+pub async fn export(
+    reader: &Reader,
+    scope: Scope,
+    resource: Resource,
+    filters: &Filters,
+    format: ExportFormat,
+    chunk: usize,
+    out: tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> Result<u64, sqlx::Error> {
+    let (select, binds) = export_select(scope, resource, filters, format);
+    let options = match format {
+        ExportFormat::Csv => "format csv, header",
+        ExportFormat::Ndjson => "format csv, quote e'\\x01', delimiter e'\\x02'",
+    };
+    let sql = format!("copy ({select}) to stdout with ({options})");
     let mut scoped = Scoped::begin(reader, scope).await?;
     let mut sent = 0u64;
     let mut abandoned = false;
@@ -1062,7 +1059,7 @@ pub async fn export_csv(
                 .await?;
         }
         let mut stream = scoped.conn().copy_out_raw(&sql).await?;
-        let mut buffer = bytes::BytesMut::with_capacity(chunk);
+        let mut buffer = bytes::BytesMut::with_capacity(chunk + 8 * 1024);
         while let Some(data) = stream.try_next().await? {
             buffer.extend_from_slice(&data);
             if buffer.len() >= chunk {

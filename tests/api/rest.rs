@@ -465,7 +465,8 @@ async fn the_csv_export_quotes_like_rfc_4180_and_says_what_the_ndjson_says() {
         synced(SimConfig { companies: 2, jobs_per_company: 10, ..SimConfig::default() }).await;
     let company = sim.sim.records("company")[0]["uuid"].as_str().unwrap().to_owned();
     let job = sim.sim.records("job").into_iter().find(|j| j["company_uuid"] == json!(company)).unwrap();
-    let awkward = "Fix \"the\" tap, then\nthe sink; café ✓";
+    // Quotes, a newline, a backslash and control characters: JSON escapes them, CSV quotes them.
+    let awkward = "Fix \"the\" tap, then\nthe sink\\drain;\u{1}\u{2}\t café ✓";
     sim.sim.modify("job", job["uuid"].as_str().unwrap(), json!({"job_description": awkward}));
     app.state.engine.sync_connection(conn, false, None).await.unwrap();
     let (ep, key) = create_endpoint(&app, &token, conn, &company, json!({})).await;
@@ -499,6 +500,12 @@ async fn the_csv_export_quotes_like_rfc_4180_and_says_what_the_ndjson_says() {
     }
     let row = csv.iter().find(|r| r[0].as_deref() == job["uuid"].as_str()).unwrap();
     assert_eq!(row[header.iter().position(|h| h == "description").unwrap()].as_deref(), Some(awkward));
+    // Each NDJSON line is the record exactly as a read of it renders it.
+    let line = ndjson.iter().find(|r| r["id"] == job["uuid"]).unwrap();
+    assert_eq!(line["description"], awkward);
+    let url = app.url(&format!("/api/public/{ep}/jobs/{}", job["uuid"].as_str().unwrap()));
+    let one: Value = app.client.get(url).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(line, &one["data"], "the export's line and the read agree");
 }
 
 #[tokio::test]

@@ -518,46 +518,20 @@ async fn export_records(
     let company = auth.principal.read_scope();
     let filters = request.query.filters.clone();
     let endpoint = auth.principal.public_id.clone();
-    let body = if csv {
-        // Postgres renders the CSV itself (COPY): the service only relays its bytes.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-        tokio::spawn(async move {
-            match read::export_csv(&reader, company, resource, &filters, EXPORT_CHUNK, tx).await {
-                Ok(bytes) => tracing::info!(endpoint, resource = resource.singular(), bytes, "CSV export finished"),
-                Err(e) => {
-                    tracing::error!(endpoint, error = %e, "CSV export failed part-way; the response is truncated")
-                }
+    // Postgres renders either format itself (COPY): the service only relays its bytes.
+    let format = if csv { read::ExportFormat::Csv } else { read::ExportFormat::Ndjson };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        match read::export(&reader, company, resource, &filters, format, EXPORT_CHUNK, tx).await {
+            Ok(bytes) => tracing::info!(endpoint, resource = resource.singular(), ?format, bytes, "export finished"),
+            Err(e) => {
+                tracing::error!(endpoint, error = %e, ?format, "export failed part-way; the response is truncated")
             }
-        });
-        Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|chunk| (Ok::<_, Infallible>(chunk), rx))
-        }))
-    } else {
-        let (rows_tx, rows_rx) = tokio::sync::mpsc::channel::<String>(1024);
-        tokio::spawn(async move {
-            match read::export(&reader, company, resource, &filters, rows_tx).await {
-                Ok(count) => tracing::info!(endpoint, resource = resource.singular(), items = count, "export finished"),
-                Err(e) => tracing::error!(endpoint, error = %e, "export failed part-way; the response is truncated"),
-            }
-        });
-        // Rows are gathered into chunks of about EXPORT_CHUNK bytes as they arrive.
-        Body::from_stream(futures::stream::unfold(rows_rx, |mut rx| async move {
-            let mut chunk = String::new();
-            let first = rx.recv().await?;
-            chunk.push_str(&first);
-            chunk.push('\n');
-            while chunk.len() < EXPORT_CHUNK {
-                match rx.try_recv() {
-                    Ok(row) => {
-                        chunk.push_str(&row);
-                        chunk.push('\n');
-                    }
-                    Err(_) => break,
-                }
-            }
-            Some((Ok::<_, Infallible>(Bytes::from(chunk)), rx))
-        }))
-    };
+        }
+    });
+    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (Ok::<_, Infallible>(chunk), rx))
+    }));
     let (content_type, extension) =
         if csv { ("text/csv; charset=utf-8", "csv") } else { ("application/x-ndjson", "ndjson") };
     let mut response = body.into_response();
