@@ -207,6 +207,7 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<url::Url, String> {
     if url.len() > 2000 {
         return Err("must be at most 2000 characters".into());
     }
+    uri_text(url)?;
     let parsed = url::Url::parse(url).map_err(|e| format!("is not a URL ({e})"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err("must be an http or https URL".into());
@@ -224,6 +225,39 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<url::Url, String> {
             .into());
     }
     Ok(parsed)
+}
+
+/// The text of a URI as RFC 3986 writes it (the document's `format: uri`): ASCII only, no
+/// spaces or control characters (a URL parser would silently drop or encode them), every `%`
+/// followed by two hex digits, brackets only around an IP literal host.
+fn uri_text(url: &str) -> Result<(), String> {
+    const ALLOWED: &str = "-._~:/?#[]@!$&'()*+,;=%";
+    if let Some(c) = url.chars().find(|&c| !(c.is_ascii_alphanumeric() || ALLOWED.contains(c))) {
+        return Err(if c.is_ascii() {
+            format!("is not a URI (RFC 3986): {:?} must be percent-encoded", c)
+        } else {
+            format!(
+                "is not a URI (RFC 3986): {c:?} is not ASCII; write a host in its punycode form (xn--…) and \
+                 percent-encode the rest"
+            )
+        });
+    }
+    let bytes = url.as_bytes();
+    for (i, _) in url.match_indices('%') {
+        if !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        {
+            return Err("is not a URI (RFC 3986): every % must begin a percent-encoding such as %20".into());
+        }
+    }
+    // Brackets belong only to an IP literal, at the start of the authority.
+    let authority = url.split_once("//").map_or("", |(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let literal = host.starts_with('[') && host.matches('[').count() == 1 && host.matches(']').count() == 1;
+    let brackets = url.matches(['[', ']']).count();
+    if brackets > 0 && !(literal && brackets == 2) {
+        return Err("is not a URI (RFC 3986): [ and ] belong only around an IPv6 host".into());
+    }
+    Ok(())
 }
 
 /// `events`: each `*`, `sync.completed`, `sync.*`, `{resource}.*` or `{resource}.{change}`, of a
@@ -621,4 +655,34 @@ pub async fn deliveries(
     }
     let next = more.then(|| rows.last().map(|r| r.event_id.clone())).flatten();
     Ok(json!({ "data": rows, "next_before": next }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uri_text;
+
+    #[test]
+    fn uri_text_takes_what_rfc_3986_writes_and_nothing_else() {
+        for good in [
+            "https://hooks.example.com/x?a=1&b=%20c",
+            "https://[2001:db8::1]:8443/x",
+            "https://user@[2001:db8::1]/x",
+            "http://xn--3-rdb.example/x;p=1,(2)*'~!$",
+        ] {
+            assert_eq!(uri_text(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "https://¾3",
+            "https://a b.example",
+            "https://a.example/\n",
+            "https://a.example/x%2",
+            "https://a.example/x%g0",
+            "https://a.example/[x]",
+            "https://[2001:db8::1]]/x",
+            "https://a.example/\"q\"",
+            "https://a.example/{x}",
+        ] {
+            assert!(uri_text(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -520,6 +520,12 @@ async fn subscriptions_belong_to_their_endpoint_and_its_admins_and_ask_only_for_
         (json!({"url": receiver.url("/x")}), "url", "private"),
         (json!({"url": "ftp://hooks.example.com/x"}), "url", "http"),
         (json!({"url": "https://user:pw@hooks.example.com/x"}), "url", "password"),
+        // Not RFC 3986 (the document's `format: uri`), though a lenient URL parser would take each.
+        (json!({"url": "https://\u{be}3"}), "url", "punycode"),
+        (json!({"url": "https://hooks.example.com/a b"}), "url", "percent-encoded"),
+        (json!({"url": "https://hooks.exa\tmple.com/x"}), "url", "percent-encoded"),
+        (json!({"url": "https://hooks.example.com/%zz"}), "url", "%20"),
+        (json!({"url": "https://hooks.example.com/[x]"}), "url", "IPv6"),
         (json!({"url": "https://hooks.example.com/x", "events": ["job.exploded"]}), "events[0]", "job.updated"),
         (
             json!({"url": "https://hooks.example.com/x", "events": ["staff_member.updated"]}),
