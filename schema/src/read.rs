@@ -10,8 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Executor, PgConnection, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Executor, PgConnection, Postgres, Row};
 
 use crate::CompanyId;
 use crate::model::Resource;
@@ -734,15 +734,12 @@ impl Drop for Scoped {
     }
 }
 
-fn bind_all<'q, O>(
+fn bind_all<'q>(
     sql: String,
     company: CompanyId,
     binds: Vec<Option<String>>,
-) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>
-where
-    O: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
-{
-    let mut q = sqlx::query_as::<_, O>(sqlx::AssertSqlSafe(sql)).bind(company);
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(company);
     for b in binds {
         q = q.bind(b);
     }
@@ -761,6 +758,46 @@ pub async fn list_page_rendering(
     query: &ListQuery,
     select: &str,
 ) -> Result<PageRows, sqlx::Error> {
+    let (fetched, more) = fetch_page(reader, scope, query, select).await?;
+    let mut rows = Vec::with_capacity(fetched.len());
+    let mut keys = Vec::with_capacity(fetched.len());
+    for row in &fetched {
+        rows.push(row.try_get(0)?);
+        keys.push(row_keys(row)?);
+    }
+    let next = if more { keys.last().cloned() } else { None };
+    Ok(PageRows { rows, keys, next })
+}
+
+/// A page as a response body holds it: the records' JSON joined by commas (what goes between
+/// `[` and `]`), how many there are, and the next page's keyset position.
+pub struct JoinedPage {
+    pub json: String,
+    pub count: usize,
+    pub next: Option<(String, String)>,
+}
+
+/// [`list_page`] for a response body: each record's JSON is copied once, from the connection's
+/// buffer into the joined text, and only the last record's keys are decoded (the next cursor),
+/// where [`list_page`] makes three strings of every row.
+pub async fn list_page_joined(reader: &Reader, scope: Scope, query: &ListQuery) -> Result<JoinedPage, sqlx::Error> {
+    let (fetched, more) =
+        fetch_page(reader, scope, query, json_select(query.resource, query.include_remote_data)).await?;
+    let records = fetched.iter().map(|row| row.try_get::<&str, _>(0)).collect::<Result<Vec<_>, _>>()?;
+    let next = match fetched.last() {
+        Some(last) if more => Some(row_keys(last)?),
+        _ => None,
+    };
+    Ok(JoinedPage { json: records.join(","), count: records.len(), next })
+}
+
+/// Runs one page's statement: its rows (at most the page size) and whether there are more.
+async fn fetch_page(
+    reader: &Reader,
+    scope: Scope,
+    query: &ListQuery,
+    select: &str,
+) -> Result<(Vec<PgRow>, bool), sqlx::Error> {
     let (sql, binds) = list_sql_rendering(query, select);
     let custom_plan = query.filters.value_dependent();
     let mut fetched = scoped_read(reader, scope, |conn| {
@@ -769,17 +806,19 @@ pub async fn list_page_rendering(
             if custom_plan {
                 conn.execute(CUSTOM_PLANS).await?;
             }
-            bind_all::<(String, String, String)>(sql, scope.company, binds).fetch_all(conn).await
+            bind_all(sql, scope.company, binds).fetch_all(conn).await
         })
     })
     .await?;
     let page_size = query.page_size as usize;
     let more = fetched.len() > page_size;
     fetched.truncate(page_size);
-    let (rows, keys) = fetched.into_iter().map(|(json, key, id)| (json, (key, id))).unzip();
-    let keys: Vec<(String, String)> = keys;
-    let next = if more { keys.last().cloned() } else { None };
-    Ok(PageRows { rows, keys, next })
+    Ok((fetched, more))
+}
+
+/// A page row's keyset position: its sort key as text, and its id.
+fn row_keys(row: &PgRow) -> Result<(String, String), sqlx::Error> {
+    Ok((row.try_get(1)?, row.try_get(2)?))
 }
 
 /// How many records the list's filters admit (ignoring its position and page size).
@@ -794,11 +833,11 @@ pub async fn count(reader: &Reader, scope: Scope, query: &ListQuery) -> Result<i
             if custom_plan {
                 conn.execute(CUSTOM_PLANS).await?;
             }
-            bind_all::<(i64,)>(sql, scope.company, binds).fetch_one(conn).await
+            bind_all(sql, scope.company, binds).fetch_one(conn).await
         })
     })
     .await?;
-    Ok(counted.0)
+    counted.try_get(0)
 }
 
 /// One record by id, or `None` (missing and foreign look the same).
