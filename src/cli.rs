@@ -100,6 +100,9 @@ pub enum BenchSupport {
         resource: String,
         #[arg(long, default_value_t = 50)]
         page_size: u32,
+        /// As for a key holding `technicians:read` (default: without, as the default scopes).
+        #[arg(long)]
+        technicians: bool,
     },
     /// The exact `select` the export copies out for `resource` in `format` (ndjson or csv),
     /// unfiltered, for one company.
@@ -319,7 +322,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", clientapi_graphql::GraphqlApi::new().sdl());
             return Ok(());
         }
-        Command::BenchSupport(BenchSupport::ListSql { resource, page_size }) => {
+        Command::BenchSupport(BenchSupport::ListSql { resource, page_size, technicians }) => {
             let resource = clientapi_schema::model::Resource::parse(resource).context("unknown resource")?;
             let query = clientapi_schema::read::ListQuery {
                 resource,
@@ -329,7 +332,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 after: None,
                 include_remote_data: false,
             };
-            println!("{}", clientapi_schema::read::list_sql(&query).0);
+            println!("{}", clientapi_schema::read::list_sql(&query, *technicians).0);
             return Ok(());
         }
         Command::BenchSupport(BenchSupport::ExportSql { resource, format, company }) => {

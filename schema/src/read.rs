@@ -399,14 +399,21 @@ pub fn record_fields(resource: Resource, include_remote_data: bool) -> &'static 
     &tables().fields[table_index(resource, include_remote_data)]
 }
 
-/// The JSON object of one record, rendered by Postgres as text.
-pub fn json_select(resource: Resource, include_remote_data: bool) -> &'static str {
-    &tables().selects[table_index(resource, include_remote_data)]
+/// The JSON object of one record, rendered by Postgres as text. Without `technicians` (a key
+/// without `technicians:read`) the technician is a plain `null` in the statement itself, not a
+/// subquery the transaction's setting turns off: the statement then never names the staff and
+/// visits tables, whose partitions and indexes a generic plan would otherwise lock on every
+/// read (160 relation locks a page of jobs, 144 of them in the shared lock manager, against 70;
+/// bench/README.md).
+pub fn json_select(resource: Resource, include_remote_data: bool, technicians: bool) -> &'static str {
+    let selects = if technicians { &tables().selects } else { &tables().selects_without_technicians };
+    &selects[table_index(resource, include_remote_data)]
 }
 
 struct Tables {
     fields: Vec<Vec<RecordField>>,
     selects: Vec<String>,
+    selects_without_technicians: Vec<String>,
 }
 
 fn table_index(resource: Resource, include_remote_data: bool) -> usize {
@@ -421,17 +428,25 @@ fn tables() -> &'static Tables {
             .into_iter()
             .flat_map(|r| [build_record_fields(r, false), build_record_fields(r, true)])
             .collect();
-        let selects = fields
-            .iter()
-            .map(|fields| {
-                let pairs: Vec<String> = fields.iter().map(|f| format!("'{}', {}", f.name, f.expr)).collect();
-                // json_build_object takes at most 100 arguments; these stay far below.
-                format!("json_build_object({})::text", pairs.join(", "))
-            })
-            .collect();
-        Tables { fields, selects }
+        let select = |fields: &[RecordField], technicians: bool| {
+            let pairs: Vec<String> = fields
+                .iter()
+                .map(|f| {
+                    let expr = if f.name == TECHNICIAN && !technicians { "null" } else { f.expr.as_str() };
+                    format!("'{}', {expr}", f.name)
+                })
+                .collect();
+            // json_build_object takes at most 100 arguments; these stay far below.
+            format!("json_build_object({})::text", pairs.join(", "))
+        };
+        let selects = fields.iter().map(|f| select(f, true)).collect();
+        let selects_without_technicians = fields.iter().map(|f| select(f, false)).collect();
+        Tables { fields, selects, selects_without_technicians }
     })
 }
+
+/// The field shown only to keys holding `technicians:read`.
+const TECHNICIAN: &str = "technician";
 
 fn build_record_fields(resource: Resource, include_remote_data: bool) -> Vec<RecordField> {
     use FieldKind::*;
@@ -448,7 +463,7 @@ fn build_record_fields(resource: Resource, include_remote_data: bool) -> Vec<Rec
     // otherwise the subquery is never run and the field is null.
     let technician = |staff_id: &str| {
         field(
-            "technician",
+            TECHNICIAN,
             format!(
                 "case when current_setting('clientapi.technicians', true) = 'on' then \
                  (select json_build_object('id', s.external_id, \
@@ -597,8 +612,8 @@ mod one_line {
     #[test]
     fn every_records_sql_is_one_line() {
         for resource in Resource::ALL {
-            for remote in [false, true] {
-                assert!(!json_select(resource, remote).contains('\n'), "{resource}");
+            for (remote, technicians) in [(false, false), (false, true), (true, false), (true, true)] {
+                assert!(!json_select(resource, remote, technicians).contains('\n'), "{resource}");
             }
         }
     }
@@ -647,8 +662,8 @@ fn list_conditions(query: &ListQuery) -> (String, Vec<Option<String>>) {
 }
 
 /// SQL and text binds for a page. `$1` is always the company.
-pub fn list_sql(query: &ListQuery) -> (String, Vec<Option<String>>) {
-    list_sql_rendering(query, json_select(query.resource, query.include_remote_data))
+pub fn list_sql(query: &ListQuery, technicians: bool) -> (String, Vec<Option<String>>) {
+    list_sql_rendering(query, json_select(query.resource, query.include_remote_data, technicians))
 }
 
 /// [`list_sql`] with each row rendered by `select`, a text expression over `t` (GraphQL's
@@ -748,7 +763,8 @@ fn bind_all<'q>(
 
 /// Runs one page: one data statement inside the scoped transaction.
 pub async fn list_page(reader: &Reader, scope: Scope, query: &ListQuery) -> Result<PageRows, sqlx::Error> {
-    list_page_rendering(reader, scope, query, json_select(query.resource, query.include_remote_data)).await
+    list_page_rendering(reader, scope, query, json_select(query.resource, query.include_remote_data, scope.technicians))
+        .await
 }
 
 /// [`list_page`] with each row rendered by `select` (see [`list_sql_rendering`]).
@@ -782,7 +798,8 @@ pub struct JoinedPage {
 /// where [`list_page`] makes three strings of every row.
 pub async fn list_page_joined(reader: &Reader, scope: Scope, query: &ListQuery) -> Result<JoinedPage, sqlx::Error> {
     let (fetched, more) =
-        fetch_page(reader, scope, query, json_select(query.resource, query.include_remote_data)).await?;
+        fetch_page(reader, scope, query, json_select(query.resource, query.include_remote_data, scope.technicians))
+            .await?;
     let records = fetched.iter().map(|row| row.try_get::<&str, _>(0)).collect::<Result<Vec<_>, _>>()?;
     let next = match fetched.last() {
         Some(last) if more => Some(row_keys(last)?),
@@ -883,7 +900,7 @@ pub async fn changes(
                          'record', {}::json)::text
                   from {} t where {} and t.change_seq > $2 order by t.change_seq limit $3)",
                 r.singular(),
-                json_select(*r, false),
+                json_select(*r, false, scope.technicians),
                 r.plural(),
                 scope_condition(*r, "$1"),
             )
@@ -980,7 +997,7 @@ pub async fn load_related(
                    (select {} as row, t.external_id as id from {} t
                     where {} and t.{} = k.v{live} order by t.external_id limit {limit}) r",
                 n + 2,
-                json_select(*resource, *remote_data),
+                json_select(*resource, *remote_data, scope.technicians),
                 resource.plural(),
                 scope_condition(*resource, "$1"),
                 link.column(),
@@ -1047,7 +1064,7 @@ pub fn export_select(
     }
     conditions = conditions.replace("$1", &scope.company.0.to_string());
     let columns = match format {
-        ExportFormat::Ndjson => json_select(resource, false).to_owned(),
+        ExportFormat::Ndjson => json_select(resource, false, scope.technicians).to_owned(),
         // Values read as in the JSON (RFC 3339 times, `true`/`false`).
         ExportFormat::Csv => record_fields(resource, false)
             .iter()
