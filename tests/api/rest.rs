@@ -538,6 +538,57 @@ async fn a_read_abandoned_inside_its_transaction_never_goes_back_to_the_pool_ope
     panic!("the abandoned transaction's connection is still open");
 }
 
+/// A finished read's end (`rollback`, queued rather than awaited: `Scoped::finish`) reaches
+/// Postgres with the pool's check of the returning connection: nothing is left open, and the
+/// next read on that connection starts without the last one's company.
+#[tokio::test]
+async fn a_finished_read_leaves_no_transaction_and_no_company_on_its_connection() {
+    let app = crate::helpers::spawn_app().await;
+    let reader = app.state.reads.primary();
+    let in_transaction = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_stat_activity
+              where datname = current_database() and application_name = $1 and state like 'idle in transaction%'",
+        )
+        .bind(clientapi_schema::read::READER_APPLICATION)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    let scope = clientapi_schema::read::Scope::new(clientapi_schema::CompanyId(7), false);
+    let mut scoped = clientapi_schema::read::Scoped::begin(&reader, scope).await.unwrap();
+    let company: String =
+        sqlx::query_scalar("select current_setting('clientapi.company_id')").fetch_one(scoped.conn()).await.unwrap();
+    assert_eq!(company, "7");
+    assert_eq!(in_transaction().await, 1);
+    scoped.finish(Ok(())).unwrap();
+    let mut closed = false;
+    for _ in 0..50 {
+        if in_transaction().await == 0 {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closed, "the finished read's transaction is still open");
+    // The pool made one connection, so this is the one the read used: back outside any
+    // transaction, with the company's setting gone with it.
+    let mut conn = reader.pool().acquire().await.unwrap();
+    // One simple-protocol statement: its implicit transaction begins with it, so the two
+    // timestamps differ only when a transaction was already open.
+    let row = sqlx::raw_sql(
+        "select nullif(current_setting('clientapi.company_id', true), ''),
+                transaction_timestamp() = statement_timestamp()",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    let (company, own_transaction): (Option<String>, bool) = (sqlx::Row::get(&row, 0), sqlx::Row::get(&row, 1));
+    assert_eq!(company, None);
+    assert!(own_transaction, "the statement ran inside a transaction begun before it");
+    assert_eq!(reader.pool().size(), 1);
+}
+
 #[tokio::test]
 async fn a_parameter_given_without_a_value_is_refused_by_name() {
     let (sim, app, token, conn) = crate::endpoints::synced(1).await;
