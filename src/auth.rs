@@ -13,13 +13,19 @@
 //! for its answers, as scanners and credential-stuffing scripts do, then costs a few requests a
 //! second per connection instead of thousands, and for 10 s after its last failure it gets no
 //! verification (argon2 or database) of keys not proven good: its wrong keys cost nothing.
+//! The hold doubles for every further 10 s an address keeps failing, to 8 times the delay (4 s
+//! at the default), so a flood that runs for minutes is answered at a fraction of its first rate;
+//! the run is remembered for a minute after its last failure, so pausing does not reset it.
+//! An address is held as failing as soon as more than a few of its keys fail verification, too,
+//! whatever its rate of failed answers: while argon2 is what answers its wrong keys, they come
+//! back slower than the free budget of failures, and would otherwise keep argon2 busy for good.
 //! Keys proven good from the same address are never held or refused.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use clientapi_schema::{AccountId, CompanyId, ConnectionId};
@@ -45,12 +51,22 @@ const ARGON2_PER_IP: (u32, u32) = (20, 50);
 /// Failed authentications per client IP answered at once (sustained per second, burst); past
 /// them each failure is answered after the configured delay.
 const FREE_FAILURES_PER_IP: (u32, u32) = (5, 30);
+/// Keys from one client IP that may fail verification (argon2 ran and no key matched, or the
+/// endpoint has no such key) before the address is held as failing (sustained per second, burst).
+/// Keys that verify never count: many customers' first requests from one address are not held.
+const FAILED_VERIFICATIONS_PER_IP: (u32, u32) = (1, 10);
 /// Failed answers held at once; past this many they are answered without delay (a held answer
 /// is a sleeping task and an open connection: cheap, not free).
 const MAX_HELD_FAILURES: usize = 10_000;
 /// An address held for failing runs no key verification (argon2, or the database) for keys not
 /// proven good, until it has not failed for this long.
 const FAILING_FOR: Duration = Duration::from_secs(10);
+/// A failing address's hold doubles for each further this long that it keeps failing...
+const HOLD_DOUBLES_EVERY: Duration = Duration::from_secs(10);
+/// ...at most this many times (8 times the configured delay).
+const MAX_HOLD_DOUBLINGS: u32 = 3;
+/// A run of failures is over once its address has not failed for this long.
+const FAILURE_RUN_MEMORY: Duration = Duration::from_secs(60);
 /// How often last-used times are written.
 pub const LAST_USED_FLUSH: Duration = Duration::from_secs(5);
 pub const NOTIFY_CHANNEL: &str = "clientapi_endpoints";
@@ -145,11 +161,20 @@ pub struct KeyVerifier {
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     argon2_slots: Semaphore,
     free_failures: DefaultKeyedRateLimiter<IpAddr>,
+    failed_verifications: DefaultKeyedRateLimiter<IpAddr>,
     held_failures: Semaphore,
     failure_delay: Duration,
     /// Addresses past their free failures, recently: unproven keys from them are not verified.
     failing: Cache<IpAddr, ()>,
+    /// When each failing address's run of failures began: its holds grow with the run.
+    failing_since: Cache<IpAddr, Instant>,
     last_used: Mutex<HashMap<i64, (DateTime<Utc>, IpAddr)>>,
+}
+
+/// How long a failed answer is held for an address that has kept failing for `failing_for`.
+fn hold_for(delay: Duration, failing_for: Duration) -> Duration {
+    let doublings = (failing_for.as_secs() / HOLD_DOUBLES_EVERY.as_secs()).min(u64::from(MAX_HOLD_DOUBLINGS));
+    delay * (1u32 << doublings)
 }
 
 fn quota((per_second, burst): (u32, u32)) -> Quota {
@@ -175,9 +200,11 @@ impl KeyVerifier {
             // Leave a core for serving cached traffic.
             argon2_slots: Semaphore::new(cores.saturating_sub(1).max(1)),
             free_failures: RateLimiter::keyed(quota(FREE_FAILURES_PER_IP)),
+            failed_verifications: RateLimiter::keyed(quota(FAILED_VERIFICATIONS_PER_IP)),
             held_failures: Semaphore::new(MAX_HELD_FAILURES),
             failure_delay,
             failing: Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(FAILING_FOR).build(),
+            failing_since: Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(FAILURE_RUN_MEMORY).build(),
             last_used: Mutex::new(HashMap::new()),
         }
     }
@@ -244,6 +271,7 @@ impl KeyVerifier {
                 self.proven.invalidate(&digest).await;
             }
             self.rejected.insert(refusal, ()).await;
+            self.failed_verification(ip).await;
             return Err(AuthFailure::Unauthorized);
         }
         let matched = if proven.is_some() {
@@ -258,6 +286,7 @@ impl KeyVerifier {
         };
         let Some(index) = matched else {
             self.rejected.insert(refusal, ()).await;
+            self.failed_verification(ip).await;
             return Err(AuthFailure::Unauthorized);
         };
         let c = candidates.into_iter().nth(index).expect("index from this list");
@@ -289,15 +318,36 @@ impl KeyVerifier {
     }
 
     /// Called on every failed authentication from `ip` before it is answered: past the IP's
-    /// free budget the address is marked failing and the answer waits `failure_delay`.
+    /// free budget the address is marked failing and the answer waits `failure_delay`, doubled
+    /// for every [`HOLD_DOUBLES_EVERY`] the address has kept failing (at most
+    /// [`MAX_HOLD_DOUBLINGS`] times).
     pub async fn hold_failure(&self, ip: IpAddr) {
         if self.failure_delay.is_zero() || self.free_failures.check_key(&ip).is_ok() {
             return;
         }
-        self.failing.insert(ip, ()).await;
+        let since = self.mark_failing(ip).await;
         if let Ok(_held) = self.held_failures.try_acquire() {
             metrics::counter!("auth_failures_held_total").increment(1);
-            tokio::time::sleep(self.failure_delay).await;
+            tokio::time::sleep(hold_for(self.failure_delay, since.elapsed())).await;
+        }
+    }
+
+    /// Holds `ip` as failing for [`FAILING_FOR`] more; returns when its run of failures began
+    /// (now, unless it failed within [`FAILURE_RUN_MEMORY`]).
+    async fn mark_failing(&self, ip: IpAddr) -> Instant {
+        self.failing.insert(ip, ()).await;
+        let since = self.failing_since.get(&ip).await.unwrap_or_else(Instant::now);
+        self.failing_since.insert(ip, since).await;
+        since
+    }
+
+    /// Counts a key from `ip` that failed verification: past [`FAILED_VERIFICATIONS_PER_IP`] the
+    /// address is held as failing at once (with the tarpit on), so its next unproven keys cost
+    /// no argon2.
+    async fn failed_verification(&self, ip: IpAddr) {
+        if !self.failure_delay.is_zero() && self.failed_verifications.check_key(&ip).is_err() {
+            metrics::counter!("auth_addresses_held_for_failed_verifications_total").increment(1);
+            self.mark_failing(ip).await;
         }
     }
 
@@ -361,6 +411,7 @@ impl KeyVerifier {
             self.per_ip.retain_recent();
             self.per_endpoint.retain_recent();
             self.free_failures.retain_recent();
+            self.failed_verifications.retain_recent();
         }
         let _ = self.flush_last_used(&db).await;
         let _ = listener.await;
@@ -407,5 +458,29 @@ impl KeyVerifier {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_doubles_every_ten_seconds_of_failing_up_to_eight_times() {
+        let delay = Duration::from_millis(500);
+        let ms = |secs: u64| hold_for(delay, Duration::from_secs(secs)).as_millis();
+        assert_eq!([ms(0), ms(9), ms(10), ms(19), ms(20), ms(30), ms(3600)], [500, 500, 1000, 1000, 2000, 4000, 4000]);
+    }
+
+    #[tokio::test]
+    async fn a_run_of_failures_keeps_its_start_while_it_lasts() {
+        let verifier = KeyVerifier::new(Duration::from_millis(500));
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let first = verifier.mark_failing(ip).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(verifier.mark_failing(ip).await, first);
+        assert!(verifier.failing.contains_key(&ip));
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        assert!(verifier.mark_failing(other).await > first, "another address starts its own run");
     }
 }

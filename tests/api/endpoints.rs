@@ -570,6 +570,33 @@ async fn a_client_that_keeps_failing_is_answered_slowly_while_valid_keys_are_not
 }
 
 #[tokio::test]
+async fn an_address_whose_keys_keep_failing_verification_is_held_before_it_spends_much_argon2() {
+    let (sim, app, token, conn) = synced_with(1, &[("CLIENTAPI_FAILED_AUTH_DELAY_MS", "100")]).await;
+    let (ep, key) =
+        create_endpoint(&app, &token, conn, &company(&sim, 0), json!({"rate_limit_per_minute": 100000})).await;
+    let path = format!("/api/public/{ep}/jobs");
+    assert_eq!(get_as(&app, &path, Some(&key)).await.status(), 200);
+    // Distinct wrong keys for a real endpoint, one after another: each is answered only once
+    // argon2 has refused it, so the failed answers alone would not outrun the free budget for a
+    // long while. A burst of 10 failed verifications, then 1 a second, and the address is held:
+    // its next wrong keys are refused without argon2.
+    let started = Instant::now();
+    let mut verified = 0;
+    for _ in 0..30 {
+        let wrong = clientapi::endpoint_key::generate(false);
+        let (status, body) = problem(get_as(&app, &path, Some(&wrong)).await).await;
+        match (status, body["code"].as_str()) {
+            (401, Some("unauthorized")) => verified += 1,
+            (429, Some("too_many_auth_attempts")) => {}
+            other => panic!("a wrong key answered {other:?}"),
+        }
+    }
+    let bound = 10 + started.elapsed().as_secs_f64().ceil() as usize;
+    assert!(verified <= bound, "{verified} of 30 wrong keys were verified with argon2 (at most {bound})");
+    assert_eq!(get_as(&app, &path, Some(&key)).await.status(), 200, "a proven key from the address is not refused");
+}
+
+#[tokio::test]
 async fn endpoint_input_is_validated_with_every_bad_field_named() {
     let (_sim, app, token, conn) = synced(1).await;
     let response = app
