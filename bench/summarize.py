@@ -38,6 +38,8 @@ FIGURES = [
     ("pgbench -R, the same SQL at the same rate: p99 at 25% of peak, ms", lambda r: open_loop(r, 25).get("peer_p99_ms"), None),
     ("pgbench -R, the same SQL at the same rate: p99 at 50% of peak, ms", lambda r: open_loop(r, 50).get("peer_p99_ms"), None),
     ("pgbench -R, the same SQL at the same rate: p99 at 75% of peak, ms", lambda r: open_loop(r, 75).get("peer_p99_ms"), None),
+    ("The data statement alone at the same rate (1 round trip, 4 clients): p99 at 50% of peak, ms",
+     lambda r: open_loop(r, 50).get("floor_p99_ms"), None),
     ("GraphQL list / REST list (ratio)", lambda r: r["graphql"]["list_ratio_to_rest"], None),
     ("GraphQL nested (depth 6), req/s", lambda r: r["graphql"]["nested_rps"], None),
     ("Verified key on a route with no query / no auth (ratio)",
