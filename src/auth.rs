@@ -19,6 +19,9 @@
 //! An address is held as failing as soon as more than a few of its keys fail verification, too,
 //! whatever its rate of failed answers: while argon2 is what answers its wrong keys, they come
 //! back slower than the free budget of failures, and would otherwise keep argon2 busy for good.
+//! Keys already waiting for argon2 when their address comes to be held are refused unverified,
+//! and an address that resumes failing within its remembered run is held again at its first
+//! failed verification: a flood pays for about ten verifications once, not at every pause.
 //! Keys proven good from the same address are never held or refused.
 
 use std::collections::HashMap;
@@ -278,6 +281,12 @@ impl KeyVerifier {
             Some(0)
         } else {
             let _slot = self.argon2_slots.acquire().await.map_err(|_| AuthFailure::Throttled)?;
+            // Keys queued for a slot while their address came to be held (a flood's first
+            // wrong keys arrive together) are refused now, not verified one after another.
+            if self.failing.contains_key(&ip) {
+                metrics::counter!("key_verifications_throttled_total").increment(1);
+                return Err(AuthFailure::Throttled);
+            }
             let hashes: Vec<String> = candidates.iter().map(|c| c.key_hash.clone()).collect();
             let token_owned = token.to_owned();
             tokio::task::spawn_blocking(move || hashes.iter().position(|h| endpoint_key::verify(&token_owned, h)))
@@ -343,9 +352,14 @@ impl KeyVerifier {
 
     /// Counts a key from `ip` that failed verification: past [`FAILED_VERIFICATIONS_PER_IP`] the
     /// address is held as failing at once (with the tarpit on), so its next unproven keys cost
-    /// no argon2.
+    /// no argon2. An address still in a run of failures (held within [`FAILURE_RUN_MEMORY`]) is
+    /// held again at its first such key: a flood that pauses past [`FAILING_FOR`] and resumes
+    /// does not get a fresh burst of verifications.
     async fn failed_verification(&self, ip: IpAddr) {
-        if !self.failure_delay.is_zero() && self.failed_verifications.check_key(&ip).is_err() {
+        if self.failure_delay.is_zero() {
+            return;
+        }
+        if self.failing_since.contains_key(&ip) || self.failed_verifications.check_key(&ip).is_err() {
             metrics::counter!("auth_addresses_held_for_failed_verifications_total").increment(1);
             self.mark_failing(ip).await;
         }
@@ -482,5 +496,26 @@ mod tests {
         assert!(verifier.failing.contains_key(&ip));
         let other: IpAddr = "192.0.2.8".parse().unwrap();
         assert!(verifier.mark_failing(other).await > first, "another address starts its own run");
+    }
+
+    #[tokio::test]
+    async fn an_address_resuming_within_its_run_is_held_at_its_first_failed_verification() {
+        let verifier = KeyVerifier::new(Duration::from_millis(500));
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        // A fresh address has a few failed verifications before it is held.
+        verifier.failed_verification(ip).await;
+        assert!(!verifier.failing.contains_key(&ip));
+        // Held, then its mark lapses (it paused past FAILING_FOR) while its run is remembered:
+        // its next failed verification holds it again, with no fresh burst.
+        verifier.mark_failing(ip).await;
+        verifier.failing.invalidate(&ip).await;
+        verifier.failed_verification(ip).await;
+        assert!(verifier.failing.contains_key(&ip), "a resumed flood was given a fresh burst of argon2");
+        // With the tarpit off nothing is held.
+        let off = KeyVerifier::new(Duration::ZERO);
+        off.mark_failing(ip).await;
+        off.failing.invalidate(&ip).await;
+        off.failed_verification(ip).await;
+        assert!(!off.failing.contains_key(&ip));
     }
 }

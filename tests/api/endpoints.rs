@@ -597,6 +597,38 @@ async fn an_address_whose_keys_keep_failing_verification_is_held_before_it_spend
 }
 
 #[tokio::test]
+async fn wrong_keys_arriving_together_stop_being_verified_once_their_address_is_held() {
+    let (sim, app, token, conn) = synced_with(1, &[("CLIENTAPI_FAILED_AUTH_DELAY_MS", "100")]).await;
+    let (ep, key) =
+        create_endpoint(&app, &token, conn, &company(&sim, 0), json!({"rate_limit_per_minute": 100000})).await;
+    let path = format!("/api/public/{ep}/jobs");
+    assert_eq!(get_as(&app, &path, Some(&key)).await.status(), 200);
+    // 30 distinct wrong keys at once, as a flood's connections open: they pass the address's
+    // check together and queue for argon2. Once 10 have failed verification the address is
+    // held, and the keys still waiting for argon2 are refused without it: at most one more per
+    // argon2 slot (the cores but one) is verified, and the budgets' refill while this runs.
+    let slots = std::thread::available_parallelism().map_or(2, |n| n.get()).saturating_sub(1).max(1);
+    let started = Instant::now();
+    let answers = futures::future::join_all((0..30).map(|_| {
+        let wrong = clientapi::endpoint_key::generate(false);
+        let (app, path) = (&app, &path);
+        async move { problem(get_as(app, path, Some(&wrong)).await).await }
+    }))
+    .await;
+    let mut verified = 0;
+    for (status, body) in answers {
+        match (status, body["code"].as_str()) {
+            (401, Some("unauthorized")) => verified += 1,
+            (429, Some("too_many_auth_attempts")) => {}
+            other => panic!("a wrong key answered {other:?}"),
+        }
+    }
+    let bound = 10 + slots + started.elapsed().as_secs_f64().ceil() as usize;
+    assert!(verified <= bound, "{verified} of 30 wrong keys sent together were verified with argon2 (at most {bound})");
+    assert_eq!(get_as(&app, &path, Some(&key)).await.status(), 200, "a proven key from the address is not refused");
+}
+
+#[tokio::test]
 async fn endpoint_input_is_validated_with_every_bad_field_named() {
     let (_sim, app, token, conn) = synced(1).await;
     let response = app
