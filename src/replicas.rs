@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use clientapi_schema::read::{self, Reader};
+use clientapi_schema::read::{self, Reader, ReaderPool};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
@@ -59,7 +59,7 @@ pub struct Replica {
     /// `host:port/database`, for logs and status; never the password.
     pub name: String,
     /// Reads, as the row-level-security role.
-    reader: PgPool,
+    reader: ReaderPool,
     /// Probes and sync-status reads, as the configured user.
     service: PgPool,
     up: AtomicBool,
@@ -93,7 +93,7 @@ struct Inner {
     primary: PgPool,
     /// The announcement listener's own connection to the primary (short connect timeout).
     listen: PgPool,
-    primary_reader: PgPool,
+    primary_reader: ReaderPool,
     replicas: Vec<Arc<Replica>>,
     max_lag: Duration,
     /// Endpoint id → the WAL position after its last write (this process's, or announced).
@@ -113,7 +113,12 @@ struct Inner {
 impl ReadRouter {
     /// A router over `replicas` (connection options), with `primary` (the service pool) and
     /// `primary_reader` (the primary's reader pool). No replicas: every read on the primary.
-    pub fn new(primary: PgPool, primary_reader: PgPool, replicas: Vec<PgConnectOptions>, max_lag: Duration) -> Self {
+    pub fn new(
+        primary: PgPool,
+        primary_reader: ReaderPool,
+        replicas: Vec<PgConnectOptions>,
+        max_lag: Duration,
+    ) -> Self {
         let replicas = replicas
             .into_iter()
             .map(|options| {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clientapi_schema::db;
 use clientapi_schema::local_pg::{Durability, LocalPostgres};
+use clientapi_schema::read::ReaderPool;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
@@ -48,7 +49,7 @@ pub struct Shared {
     pub db: PgPool,
     /// The public read path's pool on the primary: its connections act as the
     /// row-level-security role.
-    pub reader: PgPool,
+    pub reader: ReaderPool,
     /// Where customer reads run: a read replica within the lag bound, else the primary.
     pub reads: crate::replicas::ReadRouter,
     pub cursors: CursorSigner,
@@ -80,7 +81,7 @@ impl AppState {
     /// there are any.
     pub fn new(
         db: PgPool,
-        reader: PgPool,
+        reader: ReaderPool,
         replicas: Vec<PgConnectOptions>,
         config: Config,
         master_key: MasterKey,
@@ -158,7 +159,7 @@ impl AppState {
 /// The service's database: a pool, and the local cluster behind it when there is one.
 pub struct Database {
     pub pool: PgPool,
-    pub reader: PgPool,
+    pub reader: ReaderPool,
     /// Read replicas: configured (`CLIENTAPI_READ_REPLICA_URLS`) and local ones.
     pub replicas: Vec<PgConnectOptions>,
     local: Option<LocalPostgres>,

@@ -8,6 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
+use std::fmt::Write as _;
 
 use crate::read::ListQuery;
 
@@ -16,18 +17,20 @@ const MAX_CURSOR_LEN: usize = 2048;
 
 #[derive(Clone)]
 pub struct CursorSigner {
-    key: [u8; 32],
+    /// HMAC-SHA256 keyed once (its inner and outer pads already absorbed); each tag clones it.
+    keyed: HmacSha256,
 }
 
 impl CursorSigner {
     pub fn new(master_key: &[u8; 32]) -> Self {
         let mut mac = HmacSha256::new_from_slice(master_key).expect("HMAC takes any key length");
         mac.update(b"clientapi cursor key v1");
-        Self { key: mac.finalize().into_bytes().into() }
+        let key: [u8; 32] = mac.finalize().into_bytes().into();
+        Self { keyed: HmacSha256::new_from_slice(&key).expect("HMAC takes any key length") }
     }
 
     fn tag(&self, payload: &[u8]) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac = self.keyed.clone();
         mac.update(payload);
         mac
     }
@@ -66,7 +69,11 @@ struct ListCursor {
 
 fn filters_fingerprint(query: &ListQuery) -> String {
     let digest = Sha256::digest(format!("{:?}", query.filters).as_bytes());
-    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+    let mut hex = String::with_capacity(24);
+    for b in &digest[..12] {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
 }
 
 impl CursorSigner {

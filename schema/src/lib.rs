@@ -9,6 +9,7 @@ pub mod mirror;
 pub mod model;
 pub mod outbox;
 pub mod read;
+pub mod reader_pool;
 pub mod secret;
 pub mod write;
 

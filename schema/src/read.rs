@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, PgTransactionManager};
+use sqlx::postgres::{PgConnectOptions, PgRow, PgTransactionManager};
 use sqlx::{Executor, PgConnection, Postgres, Row, SqlSafeStr};
 use sqlx_core::transaction::TransactionManager;
 
 use crate::CompanyId;
 use crate::model::Resource;
+pub use crate::reader_pool::{ReaderConnection, ReaderPool};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -23,31 +23,22 @@ const READER_CONNECTIONS: u32 = 32;
 
 /// A pool for the public read path: every connection runs as `clientapi_reader`. Lazy: no
 /// connection is made until the first read.
-pub fn reader_pool(options: PgConnectOptions) -> PgPool {
+pub fn reader_pool(options: PgConnectOptions) -> ReaderPool {
     reader_pool_with_timeout(options, Duration::from_secs(5))
 }
 
 /// [`reader_pool`] that gives up on a connection after `acquire_timeout` (a standby's is short:
 /// the primary can answer instead).
-pub fn reader_pool_with_timeout(options: PgConnectOptions, acquire_timeout: Duration) -> PgPool {
+pub fn reader_pool_with_timeout(options: PgConnectOptions, acquire_timeout: Duration) -> ReaderPool {
     // Named, so an operator (and a test) can tell the read path's backends from the rest.
     // Generic plans: the read statements are prepared once per connection, but on tables
     // hash-partitioned by company Postgres keeps choosing a custom plan (the generic plan's cost
     // counts every partition; the executor prunes them to one at start-up), so each execution
     // was planned again, and planning cost more than running (bench/README.md).
     let options = options.application_name(READER_APPLICATION).options([("plan_cache_mode", "force_generic_plan")]);
-    PgPoolOptions::new()
-        .max_connections(READER_CONNECTIONS)
-        .acquire_timeout(acquire_timeout)
-        // `Scoped::begin_on` finds a dead connection by its `begin` instead.
-        .test_before_acquire(false)
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                conn.execute("set role clientapi_reader").await?;
-                Ok(())
-            })
-        })
-        .connect_lazy_with(options)
+    // No check of a connection before it is handed out: `Scoped::begin_on` finds a dead one
+    // by its `begin` instead.
+    ReaderPool::new(options, READER_CONNECTIONS, acquire_timeout)
 }
 
 /// How many times a read runs at most when its connection is lost under it ([`scoped_read`]).
@@ -76,37 +67,37 @@ pub type Statement<'c, T> = std::pin::Pin<Box<dyn std::future::Future<Output = R
 /// and, when it is a standby's, the primary's behind it for when the standby cannot serve.
 #[derive(Clone)]
 pub struct Reader {
-    pool: PgPool,
+    pool: ReaderPool,
     fallback: Option<Fallback>,
 }
 
 #[derive(Clone)]
 struct Fallback {
-    primary: PgPool,
+    primary: ReaderPool,
     /// Told when the standby could not serve, so it is set aside until it answers again.
     on_failure: std::sync::Arc<dyn Fn() + Send + Sync>,
 }
 
 impl Reader {
     /// Reads on the primary's reader pool.
-    pub fn primary(pool: PgPool) -> Self {
+    pub fn primary(pool: ReaderPool) -> Self {
         Self { pool, fallback: None }
     }
 
     /// Reads on a standby's reader pool; a read the standby cannot serve (down, unreachable,
     /// its statement cancelled by replay) runs on `primary` instead, and `on_failure` is told.
-    pub fn standby(pool: PgPool, primary: PgPool, on_failure: std::sync::Arc<dyn Fn() + Send + Sync>) -> Self {
+    pub fn standby(pool: ReaderPool, primary: ReaderPool, on_failure: std::sync::Arc<dyn Fn() + Send + Sync>) -> Self {
         Self { pool, fallback: Some(Fallback { primary, on_failure }) }
     }
 
     /// The pool reads try first.
-    pub fn pool(&self) -> &PgPool {
+    pub fn pool(&self) -> &ReaderPool {
         &self.pool
     }
 
     /// The primary to read from instead, when this reader is a standby's and `e` says the
     /// standby could not serve (rather than anything about the statement).
-    fn fall_back(&self, e: &sqlx::Error) -> Option<&PgPool> {
+    fn fall_back(&self, e: &sqlx::Error) -> Option<&ReaderPool> {
         let fallback = self.fallback.as_ref()?;
         let standby_failed = connection_lost(e)
             || matches!(e, sqlx::Error::PoolTimedOut)
@@ -146,7 +137,7 @@ where
     }
 }
 
-async fn scoped_read_on<T, F>(pool: &PgPool, scope: Scope, run: &mut F) -> Result<T, sqlx::Error>
+async fn scoped_read_on<T, F>(pool: &ReaderPool, scope: Scope, run: &mut F) -> Result<T, sqlx::Error>
 where
     F: for<'c> FnMut(&'c mut PgConnection) -> Statement<'c, T>,
 {
@@ -688,7 +679,7 @@ pub fn list_sql_rendering(query: &ListQuery, select: &str) -> (String, Vec<Optio
 /// caller that went away mid-read), the connection is closed, never handed back to the pool
 /// inside its transaction.
 pub struct Scoped {
-    conn: PoolConnection<Postgres>,
+    conn: ReaderConnection,
     open: bool,
 }
 
@@ -708,7 +699,7 @@ impl Scoped {
     /// a pooled connection whose backend died while idle fails here instead, before any
     /// statement, is closed (not returned), and the next one is taken, up to the whole pool
     /// (after a failover every idle one is dead).
-    async fn begin_on(pool: &PgPool, scope: Scope) -> Result<Scoped, sqlx::Error> {
+    async fn begin_on(pool: &ReaderPool, scope: Scope) -> Result<Scoped, sqlx::Error> {
         // The company id is our own integer, never caller text: safe to inline.
         let begin = format!(
             "begin read only; select set_config('clientapi.company_id', '{}', true), set_config('clientapi.technicians', '{}', true)",
@@ -733,10 +724,10 @@ impl Scoped {
     }
 
     /// Ends the transaction and hands the result on. The transaction is read-only, so ending it
-    /// by `rollback` is the same as committing it, and the `rollback` is queued rather than
-    /// awaited: the pool sends it with the check it makes of every connection handed back (one
-    /// write, in the pool's own task), and the connection is idle again only once both are
-    /// answered. A read costs two round trips of its own (the scoped `begin`, its statements)
+    /// by `rollback` is the same as committing it, and the `rollback` is sent rather than
+    /// awaited: the pool sends it as the connection comes back and takes the connection back at
+    /// once; its answer is read by the connection's next exchange, before the next `begin` is
+    /// sent ([`ReaderPool`]). A read costs two round trips (the scoped `begin`, its statements)
     /// instead of three.
     pub fn finish<T>(mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
         queue_rollback(&mut self.conn);
@@ -751,8 +742,8 @@ async fn begin_tracked(conn: &mut PgConnection, statement: sqlx::SqlStr) -> Resu
     PgTransactionManager::begin(conn, Some(statement)).await
 }
 
-/// Queues the `rollback` of the transaction [`begin_tracked`] began; it is sent with the
-/// connection's next exchange (the pool's check on its return).
+/// Queues the `rollback` of the transaction [`begin_tracked`] began; the pool sends it as the
+/// connection comes back.
 fn queue_rollback(conn: &mut PgConnection) {
     PgTransactionManager::start_rollback(conn)
 }

@@ -539,7 +539,7 @@ async fn a_read_abandoned_inside_its_transaction_never_goes_back_to_the_pool_ope
 }
 
 /// A finished read's end (`rollback`, queued rather than awaited: `Scoped::finish`) reaches
-/// Postgres with the pool's check of the returning connection: nothing is left open, and the
+/// Postgres as the pool takes the connection back: nothing is left open, and the
 /// next read on that connection starts without the last one's company.
 #[tokio::test]
 async fn a_finished_read_leaves_no_transaction_and_no_company_on_its_connection() {
@@ -587,6 +587,52 @@ async fn a_finished_read_leaves_no_transaction_and_no_company_on_its_connection(
     assert_eq!(company, None);
     assert!(own_transaction, "the statement ran inside a transaction begun before it");
     assert_eq!(reader.pool().size(), 1);
+}
+
+/// The read pool hands out at most its size in connections: more reads at once than that wait
+/// their turn and all succeed, each connection goes back idle outside any transaction, and a
+/// closed pool refuses reads.
+#[tokio::test]
+async fn more_reads_than_the_read_pool_holds_wait_their_turn_and_leave_nothing_open() {
+    let app = crate::helpers::spawn_app().await;
+    let reader = app.state.reads.primary();
+    let scope = clientapi_schema::read::Scope::new(clientapi_schema::CompanyId(3), false);
+    let reads = (0..80).map(|_| {
+        let reader = reader.clone();
+        async move {
+            let mut scoped = clientapi_schema::read::Scoped::begin(&reader, scope).await?;
+            let result =
+                sqlx::query_scalar::<_, String>("select current_setting('clientapi.company_id') from pg_sleep(0.05)")
+                    .fetch_one(scoped.conn())
+                    .await;
+            scoped.finish(result)
+        }
+    });
+    let companies = futures::future::join_all(reads).await;
+    assert!(companies.iter().all(|c| c.as_deref().ok() == Some("3")), "{companies:?}");
+    assert!(reader.pool().size() <= 32, "the pool opened {} connections", reader.pool().size());
+    let busy = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_stat_activity where application_name = $1 and state <> 'idle'",
+        )
+        .bind(clientapi_schema::read::READER_APPLICATION)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    let mut left = busy().await;
+    for _ in 0..50 {
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = busy().await;
+    }
+    assert_eq!(left, 0, "reader connections still in a transaction or a statement");
+    reader.pool().close().await;
+    assert_eq!(reader.pool().size(), 0);
+    let refused = clientapi_schema::read::Scoped::begin(&reader, scope).await;
+    assert!(matches!(refused, Err(sqlx::Error::PoolClosed)), "{:?}", refused.err());
 }
 
 #[tokio::test]

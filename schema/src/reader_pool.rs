@@ -1,0 +1,221 @@
+//! The read path's own connection pool. sqlx's pool checks every connection handed back to it
+//! with a round trip of its own, in a task it spawns (`ping`: a `Sync` and a wait for Postgres's
+//! answer). A scoped read ends its read-only transaction with a `rollback` that needs no answer
+//! before the connection is used again, so this pool sends that `rollback` as the connection
+//! comes back and takes it back at once; the answer is read by the connection's next exchange,
+//! before its next statement is sent (sqlx counts the answers it still expects). A REST read
+//! then costs the service two exchanges with Postgres and no third (bench/README.md).
+//!
+//! What it keeps of sqlx's pool: at most `max_connections` connections, made lazily (each one
+//! `set role clientapi_reader` once, as the read role), handed out last in first out, an
+//! acquire that gives up after `acquire_timeout` ([`sqlx::Error::PoolTimedOut`]), connections
+//! closed past [`MAX_LIFETIME`] or idle past [`IDLE_TIMEOUT`], and `close`. A connection that
+//! died while idle is not pinged for: the read's `begin` finds it (`read::Scoped`).
+
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A connection is closed once it is this old (sqlx's default).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+/// An idle connection is closed after this long unused (sqlx's default).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// A pool of connections acting as the read role. Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub struct ReaderPool(Arc<Inner>);
+
+struct Inner {
+    options: PgConnectOptions,
+    acquire_timeout: Duration,
+    /// One permit per connection that may exist; an acquired connection holds one.
+    permits: Arc<Semaphore>,
+    /// Idle connections, the most recently returned last.
+    idle: Mutex<Vec<Idle>>,
+    /// Connections open now, idle or handed out.
+    size: AtomicU32,
+    closed: AtomicBool,
+}
+
+struct Idle {
+    conn: PgConnection,
+    born: Instant,
+    since: Instant,
+}
+
+impl ReaderPool {
+    /// A lazy pool: no connection is made until the first acquire.
+    pub fn new(options: PgConnectOptions, max_connections: u32, acquire_timeout: Duration) -> Self {
+        Self(Arc::new(Inner {
+            options,
+            acquire_timeout,
+            permits: Arc::new(Semaphore::new(max_connections as usize)),
+            idle: Mutex::new(Vec::new()),
+            size: AtomicU32::new(0),
+            closed: AtomicBool::new(false),
+        }))
+    }
+
+    /// A connection: the most recently returned idle one, or a new one while fewer than the
+    /// maximum are open. Waits up to the acquire timeout for one to come back.
+    pub async fn acquire(&self) -> Result<ReaderConnection, sqlx::Error> {
+        let inner = &self.0;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(sqlx::Error::PoolClosed);
+        }
+        let permit = match tokio::time::timeout(inner.acquire_timeout, inner.permits.clone().acquire_owned()).await {
+            Err(_) => return Err(sqlx::Error::PoolTimedOut),
+            Ok(Err(_)) => return Err(sqlx::Error::PoolClosed),
+            Ok(Ok(permit)) => permit,
+        };
+        let idle = inner.lock_idle().pop();
+        let (conn, born) = match idle {
+            Some(idle) => (idle.conn, idle.born),
+            None => {
+                let connect = async {
+                    let mut conn = PgConnection::connect_with(&inner.options).await?;
+                    conn.execute("set role clientapi_reader").await?;
+                    Ok::<_, sqlx::Error>(conn)
+                };
+                let conn = match tokio::time::timeout(inner.acquire_timeout, connect).await {
+                    Err(_) => return Err(sqlx::Error::PoolTimedOut),
+                    Ok(conn) => conn?,
+                };
+                inner.size.fetch_add(1, Ordering::AcqRel);
+                (conn, Instant::now())
+            }
+        };
+        Ok(ReaderConnection { conn: Some(conn), born, close: false, pool: self.0.clone(), permit: Some(permit) })
+    }
+
+    /// Connections open now, idle or handed out.
+    pub fn size(&self) -> u32 {
+        self.0.size.load(Ordering::Acquire)
+    }
+
+    /// Refuses further acquires and closes the idle connections; connections handed out are
+    /// closed as they come back.
+    pub async fn close(&self) {
+        let inner = &self.0;
+        inner.closed.store(true, Ordering::Release);
+        inner.permits.close();
+        let idle = std::mem::take(&mut *inner.lock_idle());
+        for idle in idle {
+            inner.size.fetch_sub(1, Ordering::AcqRel);
+            let _ = idle.conn.close().await;
+        }
+    }
+}
+
+impl Inner {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes `conn` back as idle, unless the pool is closed or the connection too old; and
+    /// closes the longest-idle connection once it has been idle too long.
+    fn take_back(&self, conn: PgConnection, born: Instant) {
+        let now = Instant::now();
+        if self.closed.load(Ordering::Acquire) || now.duration_since(born) >= MAX_LIFETIME {
+            self.discard(conn);
+            return;
+        }
+        let stale = {
+            let mut idle = self.lock_idle();
+            idle.push(Idle { conn, born, since: now });
+            match idle.first() {
+                Some(oldest) if now.duration_since(oldest.since) >= IDLE_TIMEOUT => Some(idle.remove(0).conn),
+                _ => None,
+            }
+        };
+        if let Some(stale) = stale {
+            self.discard(stale);
+        }
+    }
+
+    /// Closes `conn` (politely, in a task, when there is a runtime to run one).
+    fn discard(&self, conn: PgConnection) {
+        self.size.fetch_sub(1, Ordering::AcqRel);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
+            });
+        }
+    }
+}
+
+/// A connection of a [`ReaderPool`], handed back when dropped.
+pub struct ReaderConnection {
+    conn: Option<PgConnection>,
+    born: Instant,
+    close: bool,
+    pool: Arc<Inner>,
+    /// Released when the connection is back (or closed), so a waiter finds it idle.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl ReaderConnection {
+    /// Close this connection when it is dropped instead of handing it back (it is in a state
+    /// no other read may inherit).
+    pub fn close_on_drop(&mut self) {
+        self.close = true;
+    }
+}
+
+impl Deref for ReaderConnection {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.conn.as_ref().expect("a reader connection is present until dropped")
+    }
+}
+
+impl DerefMut for ReaderConnection {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect("a reader connection is present until dropped")
+    }
+}
+
+impl Drop for ReaderConnection {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else { return };
+        if self.close {
+            self.pool.discard(conn);
+            return;
+        }
+        if !conn.should_flush() {
+            self.pool.take_back(conn, self.born);
+            return;
+        }
+        // Messages are queued (a read's `rollback`): send them now, so that Postgres ends the
+        // transaction while the connection waits, idle, for its next read. Sending to a local
+        // socket completes at once; waiting for the answer is left to the next exchange (the
+        // future is cancel-safe: sqlx counts the answers it still expects and reads them
+        // first). Only when the socket cannot take the bytes now does a task finish sending.
+        match conn.flush().now_or_never() {
+            Some(Err(_)) => self.pool.discard(conn),
+            _ if !conn.should_flush() => self.pool.take_back(conn, self.born),
+            _ => {
+                let (pool, born, permit) = (self.pool.clone(), self.born, self.permit.take());
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        runtime.spawn(async move {
+                            match conn.flush().await {
+                                Ok(()) => pool.take_back(conn, born),
+                                Err(_) => pool.discard(conn),
+                            }
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => pool.discard(conn),
+                }
+            }
+        }
+    }
+}
