@@ -11,7 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 const QUEUE: usize = 50_000;
 const BATCH: usize = 1_000;
-pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// How long a batch that is not yet full waits for more rows. Short, so each insert is small: the
+/// same rows written every 250 ms took 2.1–4.3 ms an insert (up to 20 ms) on one of the two cores
+/// beside the read path's statements; every 50 ms, 0.5 ms (at most 3.5), the same time in all.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// How often rows held through a database outage are tried again, and how many are held.
 const RETRY_HELD: Duration = Duration::from_secs(1);
 const HELD_MAX: usize = 100_000;
@@ -114,7 +117,7 @@ async fn writer(db: PgPool, mut rx: mpsc::Receiver<LogRow>, retention_days: u32,
 
 /// Tops up a batch that is not yet full: waits [`FLUSH_EVERY`] and takes what arrived, so a
 /// trickle of requests becomes one statement. A full batch is written at once: waiting for every
-/// batch would cap the writer at [`BATCH`] rows per [`FLUSH_EVERY`] (4,000 a second, less the
+/// batch would cap the writer at [`BATCH`] rows per [`FLUSH_EVERY`] (20,000 a second, less the
 /// insert's own time), past which the queue grows until rows are dropped.
 async fn gather(rx: &mut mpsc::Receiver<LogRow>, buffer: &mut Vec<LogRow>) {
     if buffer.len() >= BATCH {
