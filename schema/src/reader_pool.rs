@@ -26,6 +26,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// An idle connection is closed after this long unused (sqlx's default).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// How often idle connections are looked at.
+const REAP_EVERY: Duration = Duration::from_secs(60);
 
 /// A pool of connections acting as the read role. Cheap to clone: clones share the pool.
 #[derive(Clone)]
@@ -41,6 +43,9 @@ struct Inner {
     /// Connections open now, idle or handed out.
     size: AtomicU32,
     closed: AtomicBool,
+    /// Whether the task that closes idle connections past [`IDLE_TIMEOUT`] runs (started by
+    /// the first acquire, which has a runtime to start it on).
+    reaper: AtomicBool,
 }
 
 struct Idle {
@@ -59,6 +64,7 @@ impl ReaderPool {
             idle: Mutex::new(Vec::new()),
             size: AtomicU32::new(0),
             closed: AtomicBool::new(false),
+            reaper: AtomicBool::new(false),
         }))
     }
 
@@ -69,7 +75,9 @@ impl ReaderPool {
         if inner.closed.load(Ordering::Acquire) {
             return Err(sqlx::Error::PoolClosed);
         }
-        let permit = match tokio::time::timeout(inner.acquire_timeout, inner.permits.clone().acquire_owned()).await {
+        inner.start_reaper(&self.0);
+        let deadline = tokio::time::Instant::now() + inner.acquire_timeout;
+        let permit = match tokio::time::timeout_at(deadline, inner.permits.clone().acquire_owned()).await {
             Err(_) => return Err(sqlx::Error::PoolTimedOut),
             Ok(Err(_)) => return Err(sqlx::Error::PoolClosed),
             Ok(Ok(permit)) => permit,
@@ -83,7 +91,7 @@ impl ReaderPool {
                     conn.execute("set role clientapi_reader").await?;
                     Ok::<_, sqlx::Error>(conn)
                 };
-                let conn = match tokio::time::timeout(inner.acquire_timeout, connect).await {
+                let conn = match tokio::time::timeout_at(deadline, connect).await {
                     Err(_) => return Err(sqlx::Error::PoolTimedOut),
                     Ok(conn) => conn?,
                 };
@@ -92,6 +100,12 @@ impl ReaderPool {
             }
         };
         Ok(ReaderConnection { conn: Some(conn), born, close: false, pool: self.0.clone(), permit: Some(permit) })
+    }
+
+    /// Closes the connections that have been idle for `at_least` (the pool does so every minute
+    /// for [`IDLE_TIMEOUT`]).
+    pub fn close_idle_for(&self, at_least: Duration) {
+        self.0.close_idle_for(at_least);
     }
 
     /// Connections open now, idle or handed out.
@@ -118,25 +132,49 @@ impl Inner {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes `conn` back as idle, unless the pool is closed or the connection too old; and
-    /// closes the longest-idle connection once it has been idle too long.
+    /// Starts the task that closes connections idle past [`IDLE_TIMEOUT`], once; it ends with
+    /// the pool (it holds only a weak reference) or when the pool is closed.
+    fn start_reaper(&self, this: &Arc<Inner>) {
+        if self.reaper.load(Ordering::Relaxed) || self.reaper.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let pool = Arc::downgrade(this);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(REAP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                if pool.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                pool.close_idle_for(IDLE_TIMEOUT);
+            }
+        });
+    }
+
+    /// Closes the connections that have been idle for `at_least`.
+    fn close_idle_for(&self, at_least: Duration) {
+        let now = Instant::now();
+        let stale: Vec<PgConnection> = {
+            let mut idle = self.lock_idle();
+            // Idle connections are in the order they came back: the stale ones lead.
+            let keep_from = idle.iter().position(|i| now.duration_since(i.since) < at_least).unwrap_or(idle.len());
+            idle.drain(..keep_from).map(|i| i.conn).collect()
+        };
+        for conn in stale {
+            self.discard(conn);
+        }
+    }
+
+    /// Takes `conn` back as idle, unless the pool is closed or the connection too old.
     fn take_back(&self, conn: PgConnection, born: Instant) {
         let now = Instant::now();
         if self.closed.load(Ordering::Acquire) || now.duration_since(born) >= MAX_LIFETIME {
             self.discard(conn);
             return;
         }
-        let stale = {
-            let mut idle = self.lock_idle();
-            idle.push(Idle { conn, born, since: now });
-            match idle.first() {
-                Some(oldest) if now.duration_since(oldest.since) >= IDLE_TIMEOUT => Some(idle.remove(0).conn),
-                _ => None,
-            }
-        };
-        if let Some(stale) = stale {
-            self.discard(stale);
-        }
+        self.lock_idle().push(Idle { conn, born, since: now });
     }
 
     /// Closes `conn` (politely, in a task, when there is a runtime to run one).

@@ -629,6 +629,16 @@ async fn more_reads_than_the_read_pool_holds_wait_their_turn_and_leave_nothing_o
         left = busy().await;
     }
     assert_eq!(left, 0, "reader connections still in a transaction or a statement");
+    // Idle connections are closed once idle long enough (ten minutes, looked at every minute;
+    // here at once), and the next read opens a fresh one.
+    assert!(reader.pool().size() > 0);
+    reader.pool().close_idle_for(Duration::ZERO);
+    assert_eq!(reader.pool().size(), 0);
+    let mut scoped = clientapi_schema::read::Scoped::begin(&reader, scope).await.unwrap();
+    let company: String =
+        sqlx::query_scalar("select current_setting('clientapi.company_id')").fetch_one(scoped.conn()).await.unwrap();
+    scoped.finish(Ok(())).unwrap();
+    assert_eq!((company.as_str(), reader.pool().size()), ("3", 1));
     reader.pool().close().await;
     assert_eq!(reader.pool().size(), 0);
     let refused = clientapi_schema::read::Scoped::begin(&reader, scope).await;
