@@ -236,6 +236,8 @@ impl Drop for ReaderConnection {
         // socket completes at once; waiting for the answer is left to the next exchange (the
         // future is cancel-safe: sqlx counts the answers it still expects and reads them
         // first). Only when the socket cannot take the bytes now does a task finish sending.
+        // `Connection::flush` is sqlx's hidden `wait_until_ready` (write what is queued, then read
+        // the answers expected), in sqlx 0.9.0 as the lock file holds it: recheck on an upgrade.
         match conn.flush().now_or_never() {
             Some(Err(_)) => self.pool.discard(conn),
             _ if !conn.should_flush() => self.pool.take_back(conn, self.born),
