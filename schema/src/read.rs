@@ -1,7 +1,9 @@
 //! The public read path over the mirror: typed list queries (filters, keyset sort, page size)
 //! turned into one SQL statement per page, run on a pool whose connections act as the
-//! row-level-security role `clientapi_reader`, with the company set for the transaction. The
-//! statement keeps its own `company_id = $1` filter: RLS is the second lock, not the first.
+//! row-level-security role `clientapi_reader`, with the company set for the connection's session
+//! (a one-statement read, [`scoped_statement`]) or for a read-only transaction (several
+//! statements, [`scoped_read`]). The statement keeps its own `company_id = $1` filter: RLS is the
+//! second lock, not the first, and where the two disagree no row passes both.
 //! Rows come back as JSON text built by Postgres, ready to be spliced into the response.
 
 use std::collections::HashMap;
@@ -35,7 +37,11 @@ pub fn reader_pool_with_timeout(options: PgConnectOptions, acquire_timeout: Dura
     // hash-partitioned by company Postgres keeps choosing a custom plan (the generic plan's cost
     // counts every partition; the executor prunes them to one at start-up), so each execution
     // was planned again, and planning cost more than running (bench/README.md).
-    let options = options.application_name(READER_APPLICATION).options([("plan_cache_mode", "force_generic_plan")]);
+    // Read-only by default: a one-statement read runs outside any explicit transaction
+    // ([`scoped_statement`]), and stays read-only as the scoped `begin read only` makes the rest.
+    let options = options
+        .application_name(READER_APPLICATION)
+        .options([("plan_cache_mode", "force_generic_plan"), ("default_transaction_read_only", "on")]);
     // No check of a connection before it is handed out: `Scoped::begin_on` finds a dead one
     // by its `begin` instead.
     ReaderPool::new(options, READER_CONNECTIONS, acquire_timeout)
@@ -123,29 +129,86 @@ impl std::fmt::Debug for Reader {
 /// backend, a failover), again on a fresh one, up to [`READ_ATTEMPTS`] in all, so a dropped
 /// connection costs no failed read (one retry was not enough: a backend killed during the retry's
 /// statement too, under load, failed one read in a CI run of `tests/api/resilience.rs`).
-/// On a standby that cannot serve, the read runs on the primary.
-pub async fn scoped_read<T, F>(reader: &Reader, scope: Scope, mut run: F) -> Result<T, sqlx::Error>
+/// On a standby that cannot serve, the read runs on the primary. For reads of several statements
+/// (one snapshot) or that change settings for the transaction (`set local`); a read of one
+/// statement is cheaper through [`scoped_statement`].
+pub async fn scoped_read<T, F>(reader: &Reader, scope: Scope, run: F) -> Result<T, sqlx::Error>
 where
     F: for<'c> FnMut(&'c mut PgConnection) -> Statement<'c, T>,
 {
-    match scoped_read_on(&reader.pool, scope, &mut run).await {
+    read_in(reader, scope, Shape::Transaction, run).await
+}
+
+/// Runs `run`, which sends exactly one statement, outside any explicit transaction (the
+/// statement is its own, read-only by the connection's default), on a connection whose session
+/// is scoped to the company: `clientapi.company_id` and `clientapi.technicians` set for the
+/// session, not the transaction. The pool hands out a connection already set to this scope when
+/// one is idle ([`ReaderPool::acquire_for`]), and then the read is one exchange with Postgres, the
+/// statement alone; otherwise the scope is set first (one exchange more). Same guarantees as
+/// [`scoped_read`]: row-level security as the read role with the company set, the statement's
+/// own company filter beside it, the same retries and fallback. `run` must not `set local`.
+pub async fn scoped_statement<T, F>(reader: &Reader, scope: Scope, run: F) -> Result<T, sqlx::Error>
+where
+    F: for<'c> FnMut(&'c mut PgConnection) -> Statement<'c, T>,
+{
+    read_in(reader, scope, Shape::OneStatement, run).await
+}
+
+/// How a scoped read holds its company: for a transaction, or for the session.
+#[derive(Clone, Copy)]
+enum Shape {
+    Transaction,
+    OneStatement,
+}
+
+async fn read_in<T, F>(reader: &Reader, scope: Scope, shape: Shape, mut run: F) -> Result<T, sqlx::Error>
+where
+    F: for<'c> FnMut(&'c mut PgConnection) -> Statement<'c, T>,
+{
+    match read_on(&reader.pool, scope, shape, &mut run).await {
         Err(e) => match reader.fall_back(&e) {
-            Some(primary) => scoped_read_on(primary, scope, &mut run).await,
+            Some(primary) => read_on(primary, scope, shape, &mut run).await,
             None => Err(e),
         },
         done => done,
     }
 }
 
-async fn scoped_read_on<T, F>(pool: &ReaderPool, scope: Scope, run: &mut F) -> Result<T, sqlx::Error>
+async fn read_on<T, F>(pool: &ReaderPool, scope: Scope, shape: Shape, run: &mut F) -> Result<T, sqlx::Error>
 where
     F: for<'c> FnMut(&'c mut PgConnection) -> Statement<'c, T>,
 {
     let mut attempts = 1;
+    let mut dead = 0;
     loop {
-        let mut scoped = Scoped::begin_on(pool, scope).await?;
-        let result = run(scoped.conn()).await;
-        match scoped.finish(result) {
+        let result = match shape {
+            Shape::Transaction => {
+                let mut scoped = Scoped::begin_on(pool, scope).await?;
+                let result = run(scoped.conn()).await;
+                scoped.finish(result)
+            }
+            Shape::OneStatement => {
+                let mut scoped = SessionScoped { conn: pool.acquire_for(scope).await?, open: true };
+                // Whether the next exchange is the first on a connection that sat idle.
+                let mut first_on_idle = !scoped.conn.is_new();
+                let result = match scoped.set(scope).await {
+                    Ok(sent) => {
+                        first_on_idle &= !sent;
+                        run(scoped.conn()).await
+                    }
+                    Err(e) => Err(e),
+                };
+                let result = scoped.finish(result);
+                // Lost on an idle connection's first exchange: it had died while idle (after a
+                // failover every idle one has): the next one is taken, as `Scoped::begin_on` does.
+                if first_on_idle && dead <= READER_CONNECTIONS && matches!(&result, Err(e) if connection_lost(e)) {
+                    dead += 1;
+                    continue;
+                }
+                result
+            }
+        };
+        match result {
             Err(e) if attempts < READ_ATTEMPTS && connection_lost(&e) => {
                 metrics::counter!("read_retries_total").increment(1);
                 attempts += 1;
@@ -756,6 +819,61 @@ impl Drop for Scoped {
     }
 }
 
+/// A reader connection whose session is scoped to one company, for one statement outside any
+/// transaction ([`scoped_statement`]). Dropped mid-exchange (a caller that went away), the
+/// connection is closed: what it was sent and what it will answer are not known.
+struct SessionScoped {
+    conn: ReaderConnection,
+    open: bool,
+}
+
+/// Sets the scope for the session (not a transaction): it stays until set again.
+const SET_SESSION_SCOPE: &str =
+    "select set_config('clientapi.company_id', $1, false), set_config('clientapi.technicians', $2, false)";
+
+impl SessionScoped {
+    /// Sets the session to `scope` unless the connection is known to be set to it already.
+    /// Returns whether it took an exchange.
+    async fn set(&mut self, scope: Scope) -> Result<bool, sqlx::Error> {
+        if self.conn.session() == Some(scope) {
+            return Ok(false);
+        }
+        // Unknown until Postgres has answered.
+        self.conn.set_session(None);
+        sqlx::query(SET_SESSION_SCOPE)
+            .bind(scope.company.0.to_string())
+            .bind(if scope.technicians { "on" } else { "off" })
+            .execute(&mut *self.conn)
+            .await?;
+        self.conn.set_session(Some(scope));
+        Ok(true)
+    }
+
+    fn conn(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+
+    /// Hands the result on; the connection goes back to the pool unless the exchange failed
+    /// other than by Postgres refusing the statement (a lost or confused connection is closed).
+    fn finish<T>(mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        if let Err(e) = &result
+            && !matches!(e, sqlx::Error::Database(_))
+        {
+            self.conn.close_on_drop();
+        }
+        self.open = false;
+        result
+    }
+}
+
+impl Drop for SessionScoped {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 fn bind_all<'q>(
     sql: String,
     company: CompanyId,
@@ -823,17 +941,7 @@ async fn fetch_page(
     select: &str,
 ) -> Result<(Vec<PgRow>, bool), sqlx::Error> {
     let (sql, binds) = list_sql_rendering(query, select);
-    let custom_plan = query.filters.value_dependent();
-    let mut fetched = scoped_read(reader, scope, |conn| {
-        let (sql, binds) = (sql.clone(), binds.clone());
-        Box::pin(async move {
-            if custom_plan {
-                conn.execute(CUSTOM_PLANS).await?;
-            }
-            bind_all(sql, scope.company, binds).fetch_all(conn).await
-        })
-    })
-    .await?;
+    let mut fetched = fetch_listing(reader, scope, &sql, &binds, query.filters.value_dependent()).await?;
     let page_size = query.page_size as usize;
     let more = fetched.len() > page_size;
     fetched.truncate(page_size);
@@ -850,18 +958,35 @@ pub async fn count(reader: &Reader, scope: Scope, query: &ListQuery) -> Result<i
     let query = ListQuery { after: None, ..query.clone() };
     let (conditions, binds) = list_conditions(&query);
     let sql = format!("select count(*) from {} t where {conditions}", query.resource.plural());
-    let custom_plan = query.filters.value_dependent();
-    let counted = scoped_read(reader, scope, |conn| {
-        let (sql, binds) = (sql.clone(), binds.clone());
-        Box::pin(async move {
-            if custom_plan {
+    let counted = fetch_listing(reader, scope, &sql, &binds, query.filters.value_dependent()).await?;
+    counted.first().ok_or(sqlx::Error::RowNotFound)?.try_get(0)
+}
+
+/// Runs a statement of [`list_conditions`] (`$1` the company, then `binds`): on its own, on a
+/// connection whose session is scoped ([`scoped_statement`]), or, when its plan should follow
+/// its values, in a scoped transaction that asks for custom plans first.
+async fn fetch_listing(
+    reader: &Reader,
+    scope: Scope,
+    sql: &str,
+    binds: &[Option<String>],
+    custom_plan: bool,
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    if custom_plan {
+        scoped_read(reader, scope, |conn| {
+            let (sql, binds) = (sql.to_owned(), binds.to_vec());
+            Box::pin(async move {
                 conn.execute(CUSTOM_PLANS).await?;
-            }
-            bind_all(sql, scope.company, binds).fetch_one(conn).await
+                bind_all(sql, scope.company, binds).fetch_all(conn).await
+            })
         })
-    })
-    .await?;
-    counted.try_get(0)
+        .await
+    } else {
+        scoped_statement(reader, scope, |conn| {
+            Box::pin(bind_all(sql.to_owned(), scope.company, binds.to_vec()).fetch_all(conn))
+        })
+        .await
+    }
 }
 
 /// One record by id, or `None` (missing and foreign look the same).
@@ -914,7 +1039,7 @@ pub async fn changes(
         })
         .collect();
     let sql = format!("select * from ({}) c order by 1 limit $3", branches.join(" union all "));
-    let rows: Vec<(i64, String)> = scoped_read(reader, scope, |conn| {
+    let rows: Vec<(i64, String)> = scoped_statement(reader, scope, |conn| {
         let sql = sql.clone();
         Box::pin(async move {
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -1021,7 +1146,7 @@ pub async fn load_related(
             values
         })
         .collect();
-    let rows = scoped_read(reader, scope, |conn| {
+    let rows = scoped_statement(reader, scope, |conn| {
         let mut q =
             sqlx::query_as::<_, (i32, String, String, String)>(sqlx::AssertSqlSafe(sql.clone())).bind(scope.company);
         for v in &values {

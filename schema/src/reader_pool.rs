@@ -3,8 +3,12 @@
 //! answer). A scoped read ends its read-only transaction with a `rollback` that needs no answer
 //! before the connection is used again, so this pool sends that `rollback` as the connection
 //! comes back and takes it back at once; the answer is read by the connection's next exchange,
-//! before its next statement is sent (sqlx counts the answers it still expects). A REST read
-//! then costs the service two exchanges with Postgres and no third (bench/README.md).
+//! before its next statement is sent (sqlx counts the answers it still expects).
+//!
+//! A connection also remembers the scope its session was last set to (`read::scoped_statement`
+//! sets it for the session, outside any transaction), and [`ReaderPool::acquire_for`] hands out
+//! an idle connection already set to the scope asked for when there is one: a one-statement read
+//! on it is one exchange with Postgres, the statement alone (bench/README.md).
 //!
 //! What it keeps of sqlx's pool: at most `max_connections` connections, made lazily (each one
 //! `set role clientapi_reader` once, as the read role), handed out last in first out, an
@@ -21,6 +25,8 @@ use futures::FutureExt;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::read::Scope;
 
 /// A connection is closed once it is this old (sqlx's default).
 pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
@@ -52,6 +58,7 @@ struct Idle {
     conn: PgConnection,
     born: Instant,
     since: Instant,
+    session: Option<Scope>,
 }
 
 impl ReaderPool {
@@ -71,6 +78,16 @@ impl ReaderPool {
     /// A connection: the most recently returned idle one, or a new one while fewer than the
     /// maximum are open. Waits up to the acquire timeout for one to come back.
     pub async fn acquire(&self) -> Result<ReaderConnection, sqlx::Error> {
+        self.acquire_preferring(None).await
+    }
+
+    /// [`acquire`](Self::acquire), but of the idle connections the most recently returned one
+    /// whose session is set to `scope` when there is one ([`ReaderConnection::session`]).
+    pub async fn acquire_for(&self, scope: Scope) -> Result<ReaderConnection, sqlx::Error> {
+        self.acquire_preferring(Some(scope)).await
+    }
+
+    async fn acquire_preferring(&self, scope: Option<Scope>) -> Result<ReaderConnection, sqlx::Error> {
         let inner = &self.0;
         if inner.closed.load(Ordering::Acquire) {
             return Err(sqlx::Error::PoolClosed);
@@ -82,9 +99,15 @@ impl ReaderPool {
             Ok(Err(_)) => return Err(sqlx::Error::PoolClosed),
             Ok(Ok(permit)) => permit,
         };
-        let idle = inner.lock_idle().pop();
-        let (conn, born) = match idle {
-            Some(idle) => (idle.conn, idle.born),
+        let idle = {
+            let mut idle = inner.lock_idle();
+            match scope.and_then(|scope| idle.iter().rposition(|i| i.session == Some(scope))) {
+                Some(at) => Some(idle.remove(at)),
+                None => idle.pop(),
+            }
+        };
+        let (conn, born, session, new) = match idle {
+            Some(idle) => (idle.conn, idle.born, idle.session, false),
             None => {
                 let connect = async {
                     let mut conn = PgConnection::connect_with(&inner.options).await?;
@@ -96,10 +119,18 @@ impl ReaderPool {
                     Ok(conn) => conn?,
                 };
                 inner.size.fetch_add(1, Ordering::AcqRel);
-                (conn, Instant::now())
+                (conn, Instant::now(), None, true)
             }
         };
-        Ok(ReaderConnection { conn: Some(conn), born, close: false, pool: self.0.clone(), permit: Some(permit) })
+        Ok(ReaderConnection {
+            conn: Some(conn),
+            born,
+            session,
+            new,
+            close: false,
+            pool: self.0.clone(),
+            permit: Some(permit),
+        })
     }
 
     /// Closes the connections that have been idle for `at_least` (the pool does so every minute
@@ -168,13 +199,13 @@ impl Inner {
     }
 
     /// Takes `conn` back as idle, unless the pool is closed or the connection too old.
-    fn take_back(&self, conn: PgConnection, born: Instant) {
+    fn take_back(&self, conn: PgConnection, born: Instant, session: Option<Scope>) {
         let now = Instant::now();
         if self.closed.load(Ordering::Acquire) || now.duration_since(born) >= MAX_LIFETIME {
             self.discard(conn);
             return;
         }
-        self.lock_idle().push(Idle { conn, born, since: now });
+        self.lock_idle().push(Idle { conn, born, since: now, session });
     }
 
     /// Closes `conn` (politely, in a task, when there is a runtime to run one).
@@ -192,6 +223,10 @@ impl Inner {
 pub struct ReaderConnection {
     conn: Option<PgConnection>,
     born: Instant,
+    /// The scope the session is set to, when known.
+    session: Option<Scope>,
+    /// Made by the acquire that handed it out (not taken from the idle ones).
+    new: bool,
     close: bool,
     pool: Arc<Inner>,
     /// Released when the connection is back (or closed), so a waiter finds it idle.
@@ -203,6 +238,24 @@ impl ReaderConnection {
     /// no other read may inherit).
     pub fn close_on_drop(&mut self) {
         self.close = true;
+    }
+
+    /// The scope this connection's session is set to, as last recorded by
+    /// [`set_session`](Self::set_session) (kept while the connection is idle); `None` when
+    /// unknown or never set.
+    pub fn session(&self) -> Option<Scope> {
+        self.session
+    }
+
+    /// Records the scope the session is now set to (`None` while it is being changed).
+    pub fn set_session(&mut self, session: Option<Scope>) {
+        self.session = session;
+    }
+
+    /// Whether this connection was made for this acquire rather than taken from the idle ones
+    /// (an idle one may have died unnoticed).
+    pub fn is_new(&self) -> bool {
+        self.new
     }
 }
 
@@ -228,7 +281,7 @@ impl Drop for ReaderConnection {
             return;
         }
         if !conn.should_flush() {
-            self.pool.take_back(conn, self.born);
+            self.pool.take_back(conn, self.born, self.session);
             return;
         }
         // Messages are queued (a read's `rollback`): send them now, so that Postgres ends the
@@ -240,14 +293,14 @@ impl Drop for ReaderConnection {
         // the answers expected), in sqlx 0.9.0 as the lock file holds it: recheck on an upgrade.
         match conn.flush().now_or_never() {
             Some(Err(_)) => self.pool.discard(conn),
-            _ if !conn.should_flush() => self.pool.take_back(conn, self.born),
+            _ if !conn.should_flush() => self.pool.take_back(conn, self.born, self.session),
             _ => {
-                let (pool, born, permit) = (self.pool.clone(), self.born, self.permit.take());
+                let (pool, born, session, permit) = (self.pool.clone(), self.born, self.session, self.permit.take());
                 match tokio::runtime::Handle::try_current() {
                     Ok(runtime) => {
                         runtime.spawn(async move {
                             match conn.flush().await {
-                                Ok(()) => pool.take_back(conn, born),
+                                Ok(()) => pool.take_back(conn, born, session),
                                 Err(_) => pool.discard(conn),
                             }
                             drop(permit);

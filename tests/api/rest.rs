@@ -538,6 +538,97 @@ async fn a_read_abandoned_inside_its_transaction_never_goes_back_to_the_pool_ope
     panic!("the abandoned transaction's connection is still open");
 }
 
+/// A one-statement read (`read::scoped_statement`) sets the company for its connection's
+/// session, not a transaction, and the pool hands that connection to the same company's next
+/// read without setting it again. One connection serving two companies in turn answers each with
+/// its own rows only; and should the session ever hold another company than the pool recorded,
+/// the statement's own company filter and row-level security disagree and no row passes both.
+#[tokio::test]
+async fn a_one_statement_read_sees_only_its_own_company_whatever_its_connection_served_before() {
+    use clientapi_schema::read::{self, Filters, ListQuery, Scope, Sort};
+    let app = crate::helpers::spawn_app().await;
+    let (a, b): (i64, i64) = sqlx::query_as(
+        "with account as (insert into accounts (name) values ('acme') returning id),
+              connection as (insert into connections (account_id, provider, external_account_id)
+                             select id, 'servicem8', 'v' from account returning id),
+              company as (insert into companies (connection_id, external_id)
+                          select id, x from connection, (values ('a'), ('b')) v(x) returning id, external_id)
+         select (select id from company where external_id = 'a'), (select id from company where external_id = 'b')",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into clients (company_id, external_id, name, remote_data, change_seq)
+         values ($1, 'client-a', 'A', '{}', 1), ($2, 'client-b', 'B', '{}', 2)",
+    )
+    .bind(a)
+    .bind(b)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let reader = app.state.reads.primary();
+    reader.pool().close_idle_for(Duration::ZERO);
+    let (scope_a, scope_b) =
+        (Scope::new(clientapi_schema::CompanyId(a), false), Scope::new(clientapi_schema::CompanyId(b), false));
+    let query = ListQuery {
+        resource: Resource::Client,
+        filters: Filters::default(),
+        sort: Sort::default(),
+        page_size: 50,
+        after: None,
+        include_remote_data: false,
+    };
+    let ids = |rows: Vec<String>| -> Vec<String> {
+        rows.iter().map(|r| serde_json::from_str::<Value>(r).unwrap()["id"].as_str().unwrap().to_owned()).collect()
+    };
+    for _ in 0..2 {
+        assert_eq!(ids(read::list_page(&reader, scope_a, &query).await.unwrap().rows), ["client-a"]);
+        assert_eq!(ids(read::list_page(&reader, scope_b, &query).await.unwrap().rows), ["client-b"]);
+        assert_eq!(ids(read::list_page(&reader, scope_b, &query).await.unwrap().rows), ["client-b"]);
+    }
+    assert_eq!(reader.pool().size(), 1, "one connection served both companies in turn");
+    // The connection is idle, outside any transaction, its session set to the last company read.
+    let mut conn = reader.pool().acquire_for(scope_b).await.unwrap();
+    assert_eq!(conn.session(), Some(scope_b));
+    let row = sqlx::raw_sql(
+        "select current_setting('clientapi.company_id'), transaction_timestamp() = statement_timestamp()",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    let (company, own_transaction): (String, bool) = (sqlx::Row::get(&row, 0), sqlx::Row::get(&row, 1));
+    assert_eq!(company, b.to_string());
+    assert!(own_transaction, "a transaction was left open");
+    // A session holding company A while the pool believes B: B's read admits nothing.
+    sqlx::query("select set_config('clientapi.company_id', $1, false)")
+        .bind(a.to_string())
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let page = read::list_page(&reader, scope_b, &query).await.unwrap();
+    assert!(page.rows.is_empty(), "rows passed a filter and a policy naming different companies: {:?}", page.rows);
+    // Reads that must hold a snapshot still run in a transaction scoped for it alone, and leave
+    // the session's company as it was.
+    let mut scoped = read::Scoped::begin(&reader, scope_a).await.unwrap();
+    let company: String =
+        sqlx::query_scalar("select current_setting('clientapi.company_id')").fetch_one(scoped.conn()).await.unwrap();
+    assert_eq!(company, a.to_string());
+    scoped.finish(Ok(())).unwrap();
+    assert_eq!(ids(read::list_page(&reader, scope_a, &query).await.unwrap().rows), ["client-a"]);
+    // A one-statement read abandoned mid-statement: its connection is closed, never handed back.
+    assert_eq!(reader.pool().size(), 1);
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(200),
+        read::scoped_statement(&reader, scope_a, |conn| Box::pin(sqlx::query("select pg_sleep(5)").execute(conn))),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the sleep ended first");
+    assert_eq!(reader.pool().size(), 0, "the abandoned read's connection went back to the pool");
+    assert_eq!(ids(read::list_page(&reader, scope_a, &query).await.unwrap().rows), ["client-a"]);
+}
+
 /// A finished read's end (`rollback`, queued rather than awaited: `Scoped::finish`) reaches
 /// Postgres as the pool takes the connection back: nothing is left open, and the
 /// next read on that connection starts without the last one's company.
