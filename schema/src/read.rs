@@ -854,10 +854,11 @@ impl SessionScoped {
     }
 
     /// Hands the result on; the connection goes back to the pool unless the exchange failed
-    /// other than by Postgres refusing the statement (a lost or confused connection is closed).
+    /// other than by Postgres refusing the statement (a lost or confused connection is closed,
+    /// as is one whose backend said it is going away).
     fn finish<T>(mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
         if let Err(e) = &result
-            && !matches!(e, sqlx::Error::Database(_))
+            && (connection_lost(e) || !matches!(e, sqlx::Error::Database(_)))
         {
             self.conn.close_on_drop();
         }
