@@ -14,7 +14,8 @@
 //! `set role clientapi_reader` once, as the read role), handed out last in first out, an
 //! acquire that gives up after `acquire_timeout` ([`sqlx::Error::PoolTimedOut`]), connections
 //! closed past [`MAX_LIFETIME`] or idle past [`IDLE_TIMEOUT`], and `close`. A connection that
-//! died while idle is not pinged for: the read's `begin` finds it (`read::Scoped`).
+//! died while idle is not pinged for: the read's first exchange on it finds it (`read::Scoped`,
+//! `read::scoped_statement`), and the read takes another.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
