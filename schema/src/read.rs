@@ -42,8 +42,8 @@ pub fn reader_pool_with_timeout(options: PgConnectOptions, acquire_timeout: Dura
     let options = options
         .application_name(READER_APPLICATION)
         .options([("plan_cache_mode", "force_generic_plan"), ("default_transaction_read_only", "on")]);
-    // No check of a connection before it is handed out: `Scoped::begin_on` finds a dead one
-    // by its `begin` instead.
+    // No check of a connection before it is handed out: a read's first exchange on it finds a
+    // dead one instead (`Scoped::begin_on`'s `begin`, `scoped_statement`'s first statement).
     ReaderPool::new(options, READER_CONNECTIONS, acquire_timeout)
 }
 
