@@ -48,6 +48,9 @@ pub struct Config {
     pub failed_auth_delay_ms: u64,
     /// Transactions (each its own Postgres backend) that may write one sync page at once.
     pub sync_writers: usize,
+    /// Reader connections (per Postgres server read from) that pages may hold at once; exports
+    /// as many again.
+    pub read_connections: u32,
     /// Reverse proxies whose `X-Forwarded-For` names the client (empty: the peer is the client).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Customer webhooks (DESIGN.md §8).
@@ -99,6 +102,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("CLIENTAPI_PROVIDER_TIMEOUT_SECS", "provider_timeout_secs"),
     ("CLIENTAPI_FAILED_AUTH_DELAY_MS", "failed_auth_delay_ms"),
     ("CLIENTAPI_SYNC_WRITERS", "sync_writers"),
+    ("CLIENTAPI_READ_CONNECTIONS", "read_connections"),
     ("CLIENTAPI_TRUSTED_PROXIES", "trusted_proxies"),
     ("CLIENTAPI_WEBHOOKS_ALLOW_PRIVATE", "webhooks_allow_private"),
     ("CLIENTAPI_WEBHOOK_RETRY_FOR_SECS", "webhook_retry_for_secs"),
@@ -117,6 +121,7 @@ pub const DEFAULT_SERVICEM8_API_URL: &str = "https://api.servicem8.com/api_1.0";
 pub const DEFAULT_SERVICEM8_OAUTH_URL: &str = "https://go.servicem8.com/oauth";
 pub const DEFAULT_JOBBER_API_URL: &str = "https://api.getjobber.com/api/graphql";
 pub const DEFAULT_JOBBER_OAUTH_URL: &str = "https://api.getjobber.com/api/oauth";
+pub use clientapi_schema::read::default_read_connections;
 pub use clientapi_sync::engine::DEFAULT_WRITERS as DEFAULT_SYNC_WRITERS;
 pub use clientapi_sync::servicem8::REQUESTS_PER_MINUTE as SERVICEM8_REQUESTS_PER_MINUTE;
 
@@ -242,6 +247,10 @@ impl Config {
             parse_number(&s, &v, 1..=clientapi_schema::mirror::MAX_LANES, "writers", &mut errors)
         });
 
+        let read_connections = get("read_connections").map_or(Some(default_read_connections()), |(s, v)| {
+            parse_number(&s, &v, 1..=1000, "connections", &mut errors)
+        });
+
         let trusted_proxies = get("trusted_proxies").map_or_else(Vec::new, |(src, v)| {
             v.split(',')
                 .map(str::trim)
@@ -329,6 +338,7 @@ impl Config {
             provider_timeout_secs: provider_timeout.expect("checked above"),
             failed_auth_delay_ms: failed_auth_delay.expect("checked above"),
             sync_writers: sync_writers.expect("checked above"),
+            read_connections: read_connections.expect("checked above"),
             trusted_proxies,
             webhooks: WebhookSettings {
                 allow_private: allow_private.expect("checked above"),
@@ -421,6 +431,17 @@ mod tests {
         assert_eq!(config.servicem8.api_url.as_str(), DEFAULT_SERVICEM8_API_URL);
         assert_eq!(config.servicem8.requests_per_minute, 180, "ServiceM8's documented limit");
         assert_eq!(config.sync_writers, 2);
+    }
+
+    #[test]
+    fn the_read_pool_is_sized_by_the_cores_unless_set() {
+        let config = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(config.read_connections, default_read_connections());
+        assert!(config.read_connections >= 4);
+        let config = Config::load(None, &env(&[("CLIENTAPI_READ_CONNECTIONS", "12")])).unwrap();
+        assert_eq!(config.read_connections, 12);
+        let err = Config::load(None, &env(&[("CLIENTAPI_READ_CONNECTIONS", "0")])).unwrap_err();
+        assert_eq!(err.0[0].0, "CLIENTAPI_READ_CONNECTIONS", "{err}");
     }
 
     #[test]

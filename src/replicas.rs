@@ -112,11 +112,13 @@ struct Inner {
 
 impl ReadRouter {
     /// A router over `replicas` (connection options), with `primary` (the service pool) and
-    /// `primary_reader` (the primary's reader pool). No replicas: every read on the primary.
+    /// `primary_reader` (the primary's reader pool); each replica's reader pool hands out
+    /// `read_connections`. No replicas: every read on the primary.
     pub fn new(
         primary: PgPool,
         primary_reader: ReaderPool,
         replicas: Vec<PgConnectOptions>,
+        read_connections: u32,
         max_lag: Duration,
     ) -> Self {
         let replicas = replicas
@@ -130,7 +132,7 @@ impl ReadRouter {
                 );
                 // A standby that cannot hand out a connection quickly is not worth waiting for:
                 // the primary answers instead.
-                let reader = read::reader_pool_with_timeout(options.clone(), PROBE_TIMEOUT);
+                let reader = read::reader_pool_with_timeout(options.clone(), read_connections, PROBE_TIMEOUT);
                 let service = PgPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(PROBE_TIMEOUT)

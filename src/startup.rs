@@ -100,6 +100,7 @@ impl AppState {
             db.clone(),
             reader.clone(),
             replicas,
+            config.read_connections,
             std::time::Duration::from_millis(config.replica_max_lag_ms),
         );
         let replica_checks = tokio::spawn(reads.clone().run(shutdown.clone()));
@@ -188,7 +189,7 @@ impl Database {
         };
         let pool = db::connect(options.clone()).await.context("connecting to Postgres")?;
         db::migrate(&pool).await.context("running migrations")?;
-        let reader = clientapi_schema::read::reader_pool(options);
+        let reader = clientapi_schema::read::reader_pool(options, config.read_connections);
         let mut replicas = crate::replicas::ReadRouter::options(&config.read_replica_urls)?;
         let mut local_replicas = Vec::new();
         let mut local = local;

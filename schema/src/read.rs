@@ -21,17 +21,28 @@ pub use crate::reader_pool::{ReaderConnection, ReaderPool};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 1000;
-const READER_CONNECTIONS: u32 = 32;
 
-/// A pool for the public read path: every connection runs as `clientapi_reader`. Lazy: no
-/// connection is made until the first read.
-pub fn reader_pool(options: PgConnectOptions) -> ReaderPool {
-    reader_pool_with_timeout(options, Duration::from_secs(5))
+/// How many reader connections a pool hands out at once by default: twice the cores of this
+/// machine (which runs Postgres too when the service starts its own cluster), at least 4. A page
+/// is one exchange with Postgres and gives its connection back at once, so more connections
+/// than Postgres can run at once add no throughput: they only let more backends share the cores
+/// whenever requests bunch up, and every request in the bunch waits on all of them. On two cores,
+/// 4 connections served the REST list faster than 32, and with a lower, steadier tail
+/// (bench/README.md).
+pub fn default_read_connections() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    u32::try_from(cores.saturating_mul(2)).unwrap_or(u32::MAX).max(4)
+}
+
+/// A pool for the public read path, `connections` wide: every connection runs as
+/// `clientapi_reader`. Lazy: no connection is made until the first read.
+pub fn reader_pool(options: PgConnectOptions, connections: u32) -> ReaderPool {
+    reader_pool_with_timeout(options, connections, Duration::from_secs(5))
 }
 
 /// [`reader_pool`] that gives up on a connection after `acquire_timeout` (a standby's is short:
 /// the primary can answer instead).
-pub fn reader_pool_with_timeout(options: PgConnectOptions, acquire_timeout: Duration) -> ReaderPool {
+pub fn reader_pool_with_timeout(options: PgConnectOptions, connections: u32, acquire_timeout: Duration) -> ReaderPool {
     // Named, so an operator (and a test) can tell the read path's backends from the rest.
     // Generic plans: the read statements are prepared once per connection, but on tables
     // hash-partitioned by company Postgres keeps choosing a custom plan (the generic plan's cost
@@ -44,7 +55,7 @@ pub fn reader_pool_with_timeout(options: PgConnectOptions, acquire_timeout: Dura
         .options([("plan_cache_mode", "force_generic_plan"), ("default_transaction_read_only", "on")]);
     // No check of a connection before it is handed out: a read's first exchange on it finds a
     // dead one instead (`Scoped::begin_on`'s `begin`, `scoped_statement`'s first statement).
-    ReaderPool::new(options, READER_CONNECTIONS, acquire_timeout)
+    ReaderPool::new(options, connections, acquire_timeout)
 }
 
 /// How many times a read runs at most when its connection is lost under it ([`scoped_read`]).
@@ -183,7 +194,7 @@ where
     loop {
         let result = match shape {
             Shape::Transaction => {
-                let mut scoped = Scoped::begin_on(pool, scope).await?;
+                let mut scoped = Scoped::begin_on(pool, scope, Hold::Page).await?;
                 let result = run(scoped.conn()).await;
                 scoped.finish(result)
             }
@@ -201,7 +212,7 @@ where
                 let result = scoped.finish(result);
                 // Lost on an idle connection's first exchange: it had died while idle (after a
                 // failover every idle one has): the next one is taken, as `Scoped::begin_on` does.
-                if first_on_idle && dead <= READER_CONNECTIONS && matches!(&result, Err(e) if connection_lost(e)) {
+                if first_on_idle && dead <= pool.max_connections() && matches!(&result, Err(e) if connection_lost(e)) {
                     dead += 1;
                     continue;
                 }
@@ -737,6 +748,14 @@ pub fn list_sql_rendering(query: &ListQuery, select: &str) -> (String, Vec<Optio
     (sql, binds)
 }
 
+/// How long a scoped transaction holds its connection: for a page's statements, or for as long
+/// as an export's client takes to read its stream.
+#[derive(Clone, Copy)]
+enum Hold {
+    Page,
+    Stream,
+}
+
 /// A reader connection inside a read-only transaction scoped to one company: row-level
 /// security admits only that company's rows until [`Scoped::finish`]. Dropped before that (a
 /// caller that went away mid-read), the connection is closed, never handed back to the pool
@@ -749,9 +768,19 @@ pub struct Scoped {
 impl Scoped {
     /// Begins on `reader`'s pool, or on the primary when a standby cannot serve.
     pub async fn begin(reader: &Reader, scope: Scope) -> Result<Scoped, sqlx::Error> {
-        match Self::begin_on(&reader.pool, scope).await {
+        Self::begin_as(reader, scope, Hold::Page).await
+    }
+
+    /// [`begin`](Self::begin) for an export, on the pool's exports' permits
+    /// ([`ReaderPool::acquire_streaming`]).
+    pub async fn begin_streaming(reader: &Reader, scope: Scope) -> Result<Scoped, sqlx::Error> {
+        Self::begin_as(reader, scope, Hold::Stream).await
+    }
+
+    async fn begin_as(reader: &Reader, scope: Scope, hold: Hold) -> Result<Scoped, sqlx::Error> {
+        match Self::begin_on(&reader.pool, scope, hold).await {
             Err(e) => match reader.fall_back(&e) {
-                Some(primary) => Self::begin_on(primary, scope).await,
+                Some(primary) => Self::begin_on(primary, scope, hold).await,
                 None => Err(e),
             },
             begun => begun,
@@ -762,7 +791,7 @@ impl Scoped {
     /// a pooled connection whose backend died while idle fails here instead, before any
     /// statement, is closed (not returned), and the next one is taken, up to the whole pool
     /// (after a failover every idle one is dead).
-    async fn begin_on(pool: &ReaderPool, scope: Scope) -> Result<Scoped, sqlx::Error> {
+    async fn begin_on(pool: &ReaderPool, scope: Scope, hold: Hold) -> Result<Scoped, sqlx::Error> {
         // The company id is our own integer, never caller text: safe to inline.
         let begin = format!(
             "begin read only; select set_config('clientapi.company_id', '{}', true), set_config('clientapi.technicians', '{}', true)",
@@ -771,12 +800,16 @@ impl Scoped {
         );
         let mut dead = 0;
         loop {
-            let mut scoped = Scoped { conn: pool.acquire().await?, open: true };
+            let conn = match hold {
+                Hold::Page => pool.acquire().await?,
+                Hold::Stream => pool.acquire_streaming().await?,
+            };
+            let mut scoped = Scoped { conn, open: true };
             // Through sqlx's own transaction bookkeeping, so that `finish` can queue the end.
             let statement = sqlx::AssertSqlSafe(begin.clone()).into_sql_str();
             match begin_tracked(&mut scoped.conn, statement).await {
                 Ok(_) => return Ok(scoped),
-                Err(e) if connection_lost(&e) && dead <= READER_CONNECTIONS => dead += 1,
+                Err(e) if connection_lost(&e) && dead <= pool.max_connections() => dead += 1,
                 Err(e) => return Err(e),
             }
         }
@@ -1236,7 +1269,7 @@ pub async fn export(
         ExportFormat::Ndjson => "format csv, quote e'\\x01', delimiter e'\\x02'",
     };
     let sql = format!("copy ({select}) to stdout with ({options})");
-    let mut scoped = Scoped::begin(reader, scope).await?;
+    let mut scoped = Scoped::begin_streaming(reader, scope).await?;
     let mut sent = 0u64;
     let mut abandoned = false;
     let outcome: Result<(), sqlx::Error> = async {

@@ -10,7 +10,12 @@
 //! an idle connection already set to the scope asked for when there is one: a one-statement read
 //! on it is one exchange with Postgres, the statement alone (bench/README.md).
 //!
-//! What it keeps of sqlx's pool: at most `max_connections` connections, made lazily (each one
+//! Exports hold a connection for as long as their client takes to read the whole stream, so they
+//! have permits of their own ([`ReaderPool::acquire_streaming`]): however many exports run, the
+//! pages keep every one of theirs.
+//!
+//! What it keeps of sqlx's pool: at most `max_connections` connections handed out at once (to
+//! reads; as many again to exports), made lazily (each one
 //! `set role clientapi_reader` once, as the read role), handed out last in first out, an
 //! acquire that gives up after `acquire_timeout` ([`sqlx::Error::PoolTimedOut`]), connections
 //! closed past [`MAX_LIFETIME`] or idle past [`IDLE_TIMEOUT`], and `close`. A connection that
@@ -43,8 +48,12 @@ pub struct ReaderPool(Arc<Inner>);
 struct Inner {
     options: PgConnectOptions,
     acquire_timeout: Duration,
-    /// One permit per connection that may exist; an acquired connection holds one.
+    /// One permit per connection that reads other than exports may hold at once; an acquired
+    /// connection holds one.
     permits: Arc<Semaphore>,
+    /// As many again for exports ([`ReaderPool::acquire_streaming`]).
+    streaming: Arc<Semaphore>,
+    max_connections: u32,
     /// Idle connections, the most recently returned last.
     idle: Mutex<Vec<Idle>>,
     /// Connections open now, idle or handed out.
@@ -63,12 +72,15 @@ struct Idle {
 }
 
 impl ReaderPool {
-    /// A lazy pool: no connection is made until the first acquire.
+    /// A lazy pool: no connection is made until the first acquire. At most `max_connections`
+    /// are handed out at once to reads, and as many again to exports.
     pub fn new(options: PgConnectOptions, max_connections: u32, acquire_timeout: Duration) -> Self {
         Self(Arc::new(Inner {
             options,
             acquire_timeout,
             permits: Arc::new(Semaphore::new(max_connections as usize)),
+            streaming: Arc::new(Semaphore::new(max_connections as usize)),
+            max_connections,
             idle: Mutex::new(Vec::new()),
             size: AtomicU32::new(0),
             closed: AtomicBool::new(false),
@@ -79,23 +91,34 @@ impl ReaderPool {
     /// A connection: the most recently returned idle one, or a new one while fewer than the
     /// maximum are open. Waits up to the acquire timeout for one to come back.
     pub async fn acquire(&self) -> Result<ReaderConnection, sqlx::Error> {
-        self.acquire_preferring(None).await
+        self.acquire_preferring(None, &self.0.permits).await
+    }
+
+    /// [`acquire`](Self::acquire) for an export, which holds its connection until its client has
+    /// read the whole stream: on the exports' own permits, so exports wait for each other, never
+    /// taking the connections pages need.
+    pub async fn acquire_streaming(&self) -> Result<ReaderConnection, sqlx::Error> {
+        self.acquire_preferring(None, &self.0.streaming).await
     }
 
     /// [`acquire`](Self::acquire), but of the idle connections the most recently returned one
     /// whose session is set to `scope` when there is one ([`ReaderConnection::session`]).
     pub async fn acquire_for(&self, scope: Scope) -> Result<ReaderConnection, sqlx::Error> {
-        self.acquire_preferring(Some(scope)).await
+        self.acquire_preferring(Some(scope), &self.0.permits).await
     }
 
-    async fn acquire_preferring(&self, scope: Option<Scope>) -> Result<ReaderConnection, sqlx::Error> {
+    async fn acquire_preferring(
+        &self,
+        scope: Option<Scope>,
+        permits: &Arc<Semaphore>,
+    ) -> Result<ReaderConnection, sqlx::Error> {
         let inner = &self.0;
         if inner.closed.load(Ordering::Acquire) {
             return Err(sqlx::Error::PoolClosed);
         }
         inner.start_reaper(&self.0);
         let deadline = tokio::time::Instant::now() + inner.acquire_timeout;
-        let permit = match tokio::time::timeout_at(deadline, inner.permits.clone().acquire_owned()).await {
+        let permit = match tokio::time::timeout_at(deadline, permits.clone().acquire_owned()).await {
             Err(_) => return Err(sqlx::Error::PoolTimedOut),
             Ok(Err(_)) => return Err(sqlx::Error::PoolClosed),
             Ok(Ok(permit)) => permit,
@@ -140,6 +163,11 @@ impl ReaderPool {
         self.0.close_idle_for(at_least);
     }
 
+    /// How many connections reads other than exports may hold at once (exports as many again).
+    pub fn max_connections(&self) -> u32 {
+        self.0.max_connections
+    }
+
     /// Connections open now, idle or handed out.
     pub fn size(&self) -> u32 {
         self.0.size.load(Ordering::Acquire)
@@ -151,6 +179,7 @@ impl ReaderPool {
         let inner = &self.0;
         inner.closed.store(true, Ordering::Release);
         inner.permits.close();
+        inner.streaming.close();
         let idle = std::mem::take(&mut *inner.lock_idle());
         for idle in idle {
             inner.size.fetch_sub(1, Ordering::AcqRel);

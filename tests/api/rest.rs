@@ -736,6 +736,49 @@ async fn more_reads_than_the_read_pool_holds_wait_their_turn_and_leave_nothing_o
     assert!(matches!(refused, Err(sqlx::Error::PoolClosed)), "{:?}", refused.err());
 }
 
+/// Exports hold their connections for as long as their clients take to read: they have permits
+/// of their own, so with every one of them held a page still gets a connection at once, and an
+/// export past them waits for one to finish.
+#[tokio::test]
+async fn exports_holding_all_their_connections_leave_the_pages_theirs() {
+    let app = crate::helpers::spawn_app().await;
+    let reader = app.state.reads.primary();
+    let width = reader.pool().max_connections();
+    let scope = clientapi_schema::read::Scope::new(clientapi_schema::CompanyId(3), false);
+    let mut exports = Vec::new();
+    for _ in 0..width {
+        exports.push(clientapi_schema::read::Scoped::begin_streaming(&reader, scope).await.unwrap());
+    }
+    let one_more = tokio::time::timeout(
+        Duration::from_millis(300),
+        clientapi_schema::read::Scoped::begin_streaming(&reader, scope),
+    )
+    .await;
+    assert!(one_more.is_err(), "an export past the exports' connections did not wait");
+    let mut pages = Vec::new();
+    for _ in 0..width {
+        let page = tokio::time::timeout(Duration::from_secs(3), clientapi_schema::read::Scoped::begin(&reader, scope))
+            .await
+            .expect("a page waited behind exports");
+        pages.push(page.unwrap());
+    }
+    for mut page in pages {
+        let company: String =
+            sqlx::query_scalar("select current_setting('clientapi.company_id')").fetch_one(page.conn()).await.unwrap();
+        assert_eq!(page.finish(Ok(company)).unwrap(), "3");
+    }
+    exports.pop().unwrap().finish(Ok(())).unwrap();
+    let next =
+        tokio::time::timeout(Duration::from_secs(3), clientapi_schema::read::Scoped::begin_streaming(&reader, scope))
+            .await
+            .expect("an export waited though one had finished");
+    next.unwrap().finish(Ok(())).unwrap();
+    for export in exports {
+        export.finish(Ok(())).unwrap();
+    }
+    assert!(reader.pool().size() <= 2 * width, "the pool opened {} connections", reader.pool().size());
+}
+
 #[tokio::test]
 async fn a_parameter_given_without_a_value_is_refused_by_name() {
     let (sim, app, token, conn) = crate::endpoints::synced(1).await;
