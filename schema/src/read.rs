@@ -1253,9 +1253,11 @@ pub fn export_select(
 /// field, an empty string `""`). NDJSON is the JSON text of each record copied in CSV mode with
 /// a quote and a delimiter that JSON text never holds (it escapes every control character), so
 /// each line is the record exactly, unquoted and unescaped. Returns the bytes sent; stops early
-/// when the receiver is gone.
+/// when the receiver is gone. Runs on `scoped`, begun for `scope` by [`Scoped::begin_streaming`]
+/// before the answer starts, so an export that cannot have a connection is refused rather than
+/// answered with an empty body.
 pub async fn export(
-    reader: &Reader,
+    mut scoped: Scoped,
     scope: Scope,
     resource: Resource,
     filters: &Filters,
@@ -1269,7 +1271,6 @@ pub async fn export(
         ExportFormat::Ndjson => "format csv, quote e'\\x01', delimiter e'\\x02'",
     };
     let sql = format!("copy ({select}) to stdout with ({options})");
-    let mut scoped = Scoped::begin_streaming(reader, scope).await?;
     let mut sent = 0u64;
     let mut abandoned = false;
     let outcome: Result<(), sqlx::Error> = async {

@@ -779,6 +779,44 @@ async fn exports_holding_all_their_connections_leave_the_pages_theirs() {
     assert!(reader.pool().size() <= 2 * width, "the pool opened {} connections", reader.pool().size());
 }
 
+/// An export takes its connection before its answer starts: with every export connection held by
+/// other exports past the pool's wait it is refused with a 503 and `Retry-After` (never an empty
+/// 200), while pages are served; once one is free, it streams.
+#[tokio::test]
+async fn an_export_that_finds_every_export_connection_busy_is_told_to_retry() {
+    let (sim, app, token, conn) = crate::endpoints::synced(1).await;
+    let (ep, key) = crate::endpoints::create_endpoint(
+        &app,
+        &token,
+        conn,
+        &crate::endpoints::company(&sim, 0),
+        serde_json::json!({}),
+    )
+    .await;
+    let reader = app.state.reads.primary();
+    let scope = clientapi_schema::read::Scope::new(clientapi_schema::CompanyId(1), false);
+    let mut held = Vec::new();
+    for _ in 0..reader.pool().max_connections() {
+        held.push(clientapi_schema::read::Scoped::begin_streaming(&reader, scope).await.unwrap());
+    }
+    let export = app.url(&format!("/api/public/{ep}/export?resource=job&format=ndjson"));
+    let refused = app.client.get(&export).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 503);
+    assert_eq!(refused.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("5"));
+    let body: Value = refused.json().await.unwrap();
+    assert!(body.to_string().contains("export connection is busy"), "{body}");
+    let page = app.client.get(app.url(&format!("/api/public/{ep}/jobs"))).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200, "a page waited behind the exports");
+    held.pop().unwrap().finish(Ok(())).unwrap();
+    let streamed = app.client.get(&export).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(streamed.status().as_u16(), 200);
+    let lines = streamed.text().await.unwrap();
+    assert!(lines.lines().count() > 0 && lines.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "{lines}");
+    for scoped in held {
+        scoped.finish(Ok(())).unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_parameter_given_without_a_value_is_refused_by_name() {
     let (sim, app, token, conn) = crate::endpoints::synced(1).await;

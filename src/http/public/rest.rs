@@ -488,48 +488,60 @@ async fn export_records(
     auth: EndpointAuth,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    // `format` is ours; everything else is a list filter.
-    let mut format = "ndjson".to_owned();
-    let mut rest = url::form_urlencoded::Serializer::new(String::new());
-    let mut errors = Vec::new();
-    for (k, v) in url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
-        if !plain_parameter(&k, &v, &mut errors) {
-            continue;
-        }
-        match k.as_ref() {
-            "format" if v == "ndjson" || v == "csv" => format = v.into_owned(),
-            "format" => errors.push(FieldError::new("format", "ndjson or csv")),
-            "cursor" | "page_size" | "sort" | "include" => {
-                errors.push(FieldError::new(k.into_owned(), "not used by export: it streams the whole scope"))
+    // Parsed in a block of its own: the query's serializer is not `Send`, and the handler awaits.
+    let (request, csv) = {
+        // `format` is ours; everything else is a list filter.
+        let mut format = "ndjson".to_owned();
+        let mut rest = url::form_urlencoded::Serializer::new(String::new());
+        let mut errors = Vec::new();
+        for (k, v) in url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
+            if !plain_parameter(&k, &v, &mut errors) {
+                continue;
             }
-            _ => {
-                rest.append_pair(&k, &v);
+            match k.as_ref() {
+                "format" if v == "ndjson" || v == "csv" => format = v.into_owned(),
+                "format" => errors.push(FieldError::new("format", "ndjson or csv")),
+                "cursor" | "page_size" | "sort" | "include" => {
+                    errors.push(FieldError::new(k.into_owned(), "not used by export: it streams the whole scope"))
+                }
+                _ => {
+                    rest.append_pair(&k, &v);
+                }
             }
         }
-    }
-    let rest = rest.finish();
-    let request = parse_list_request(&auth, &state, None, Some(&rest));
-    let request = match (request, errors.is_empty()) {
-        (Ok(r), true) => r,
-        (Ok(_), false) => return Err(ApiError::Invalid(errors)),
-        (Err(ApiError::Invalid(mut more)), _) => {
-            errors.append(&mut more);
-            return Err(ApiError::Invalid(errors));
-        }
-        (Err(e), _) => return Err(e),
+        let rest = rest.finish();
+        let request = parse_list_request(&auth, &state, None, Some(&rest));
+        let request = match (request, errors.is_empty()) {
+            (Ok(r), true) => r,
+            (Ok(_), false) => return Err(ApiError::Invalid(errors)),
+            (Err(ApiError::Invalid(mut more)), _) => {
+                errors.append(&mut more);
+                return Err(ApiError::Invalid(errors));
+            }
+            (Err(e), _) => return Err(e),
+        };
+        (request, format == "csv")
     };
     let resource = request.query.resource;
     auth.require_read(resource)?;
-    let csv = format == "csv";
     let reader = state.reads.route(auth.principal.endpoint_id).reader;
     let company = auth.principal.read_scope();
     let filters = request.query.filters.clone();
     let endpoint = auth.principal.public_id.clone();
     // Postgres renders either format itself (COPY): the service only relays its bytes.
     let format = if csv { read::ExportFormat::Csv } else { read::ExportFormat::Ndjson };
+    // The export's connection is had before the answer starts: an export that finds every one of
+    // the exports' connections busy past the pool's wait is told to retry, not sent an empty 200.
+    let scoped = read::Scoped::begin_streaming(&reader, company).await.map_err(|e| match e {
+        sqlx::Error::PoolTimedOut => ApiError::Unavailable {
+            detail: "Every export connection is busy with other exports; retry shortly.".into(),
+            retry_after_secs: Some(5),
+        },
+        e => e.into(),
+    })?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
-        match read::export(&reader, company, resource, &filters, format, EXPORT_CHUNK, tx).await {
+        match read::export(scoped, company, resource, &filters, format, EXPORT_CHUNK, tx).await {
             Ok(bytes) => tracing::info!(endpoint, resource = resource.singular(), ?format, bytes, "export finished"),
             Err(e) => {
                 tracing::error!(endpoint, error = %e, ?format, "export failed part-way; the response is truncated")
