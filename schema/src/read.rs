@@ -212,7 +212,7 @@ where
                 let result = scoped.finish(result);
                 // Lost on an idle connection's first exchange: it had died while idle (after a
                 // failover every idle one has): the next one is taken, as `Scoped::begin_on` does.
-                if first_on_idle && dead <= pool.max_connections() && matches!(&result, Err(e) if connection_lost(e)) {
+                if first_on_idle && dead <= pool.capacity() && matches!(&result, Err(e) if connection_lost(e)) {
                     dead += 1;
                     continue;
                 }
@@ -809,7 +809,7 @@ impl Scoped {
             let statement = sqlx::AssertSqlSafe(begin.clone()).into_sql_str();
             match begin_tracked(&mut scoped.conn, statement).await {
                 Ok(_) => return Ok(scoped),
-                Err(e) if connection_lost(&e) && dead <= pool.max_connections() => dead += 1,
+                Err(e) if connection_lost(&e) && dead <= pool.capacity() => dead += 1,
                 Err(e) => return Err(e),
             }
         }

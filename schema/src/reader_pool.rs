@@ -168,6 +168,12 @@ impl ReaderPool {
         self.0.max_connections
     }
 
+    /// How many connections the pool may hold at once, the pages' and the exports' together
+    /// (after a failover, every idle one may be dead).
+    pub fn capacity(&self) -> u32 {
+        self.0.max_connections.saturating_mul(2)
+    }
+
     /// Connections open now, idle or handed out.
     pub fn size(&self) -> u32 {
         self.0.size.load(Ordering::Acquire)
